@@ -1,0 +1,1 @@
+"""Pipeline-independent pieces: cameras, configuration, input images, the SIR loop, timing."""

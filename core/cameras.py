@@ -1,0 +1,278 @@
+"""Cameras: the ONE convention of this project, and converters to each library's.
+
+Convention (the same as DreamGaussian / MicroDreamer / kiui, so user habits carry over):
+
+* World: right-handed, +Y up. The object sits at the origin; the reference photo is taken
+  from azimuth 0, which is on the +Z axis. Azimuth 90 looks from +X.
+* ``elevation`` is in degrees with DreamGaussian's sign: **negative elevation puts the camera
+  above the object** (``elevation=-30`` = looking down at 30 degrees). Camera position:
+  ``(r cos(e) sin(a), -r sin(e), r cos(e) cos(a))``.
+* Poses are **camera-to-world, OpenGL axes** (camera looks along its -Z, +Y up, +X right),
+  ``c2w: float [V,4,4]``.
+* Intrinsics are pinhole with square pixels: ``fx = fy = H / (2 tan(fovy/2))``, principal point at
+  the image centre; pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, so its centre is ``j + 0.5``.
+* Images are ``[V,C,H,W]``, row 0 at the top.
+
+Converters (the only places other conventions appear):
+
+* :meth:`Cameras.viewmats` -> world-to-camera **OpenCV** ``[V,4,4]`` and :meth:`Cameras.Ks`
+  ``[V,3,3]``: what gsplat and our reference rasterisers take.
+* :meth:`Cameras.mvp` -> OpenGL clip matrices ``[V,4,4]`` for nvdiffrast, with y flipped so that
+  nvdiffrast's row 0 is the top of the image.
+* :func:`zero123_embedding` -> Stable Zero123 / Zero123-XL camera 4-vectors.
+* :func:`imagedream_embedding` -> ImageDream's flattened 16-vectors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Cameras",
+    "orbit_poses",
+    "orbit_cameras",
+    "focal_from_fovy",
+    "sample_orbit_views",
+    "zero123_embedding",
+    "imagedream_embedding",
+]
+
+
+def focal_from_fovy(fovy_deg: float, height: int) -> float:
+    """Focal length in pixels for a vertical field of view (degrees) and an image height."""
+    return height / (2.0 * math.tan(math.radians(fovy_deg) / 2.0))
+
+
+def orbit_poses(
+    elevation: torch.Tensor, azimuth: torch.Tensor, radius: torch.Tensor | float
+) -> torch.Tensor:
+    """Camera-to-world OpenGL poses ``[V,4,4]`` looking at the origin.
+
+    ``elevation``/``azimuth``: float ``[V]`` degrees (DreamGaussian sign: negative = above).
+    ``radius``: float or ``[V]``. Elevations of exactly +-90 are clamped to +-89.99 so that the
+    look-at frame stays defined.
+    """
+    elevation = torch.as_tensor(elevation, dtype=torch.float32)
+    azimuth = torch.as_tensor(azimuth, dtype=torch.float32, device=elevation.device)
+    radius = torch.as_tensor(radius, dtype=torch.float32, device=elevation.device).expand_as(elevation)
+    e = torch.deg2rad(elevation.clamp(-89.99, 89.99))
+    a = torch.deg2rad(azimuth)
+    campos = torch.stack(
+        [radius * torch.cos(e) * torch.sin(a), -radius * torch.sin(e), radius * torch.cos(e) * torch.cos(a)],
+        dim=-1,
+    )
+    back = torch.nn.functional.normalize(campos, dim=-1)  # camera +Z (it looks along -Z)
+    up_world = torch.tensor([0.0, 1.0, 0.0], device=campos.device).expand_as(back)
+    right = torch.nn.functional.normalize(torch.cross(up_world, back, dim=-1), dim=-1)
+    up = torch.cross(back, right, dim=-1)
+    c2w = torch.eye(4, device=campos.device).repeat(len(campos), 1, 1)
+    c2w[:, :3, 0] = right
+    c2w[:, :3, 1] = up
+    c2w[:, :3, 2] = back
+    c2w[:, :3, 3] = campos
+    return c2w
+
+
+@dataclass(frozen=True)
+class Cameras:
+    """A batch of V pinhole cameras on an orbit around the origin (see the module docstring).
+
+    ``c2w``: float ``[V,4,4]`` camera-to-world, OpenGL axes. ``elevation``, ``azimuth``,
+    ``radius``: float ``[V]`` (degrees, degrees, world units) - kept because the diffusion models
+    are conditioned on them. ``fovy`` in degrees; ``height``/``width`` in pixels.
+    """
+
+    c2w: torch.Tensor
+    elevation: torch.Tensor
+    azimuth: torch.Tensor
+    radius: torch.Tensor
+    fovy: float
+    height: int
+    width: int
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.c2w.device
+
+    def to(self, device: torch.device | str) -> "Cameras":
+        """The same cameras with tensors on ``device``."""
+        return replace(
+            self,
+            c2w=self.c2w.to(device),
+            elevation=self.elevation.to(device),
+            azimuth=self.azimuth.to(device),
+            radius=self.radius.to(device),
+        )
+
+    def resized(self, height: int, width: int | None = None) -> "Cameras":
+        """The same poses and field of view at another image size."""
+        return replace(self, height=height, width=height if width is None else width)
+
+    def __getitem__(self, idx) -> "Cameras":
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return replace(
+            self,
+            c2w=self.c2w[idx],
+            elevation=self.elevation[idx],
+            azimuth=self.azimuth[idx],
+            radius=self.radius[idx],
+        )
+
+    @staticmethod
+    def cat(cams: list["Cameras"]) -> "Cameras":
+        """Concatenate batches that share fovy and image size."""
+        c0 = cams[0]
+        assert all(c.fovy == c0.fovy and c.height == c0.height and c.width == c0.width for c in cams)
+        return replace(
+            c0,
+            c2w=torch.cat([c.c2w for c in cams]),
+            elevation=torch.cat([c.elevation for c in cams]),
+            azimuth=torch.cat([c.azimuth for c in cams]),
+            radius=torch.cat([c.radius for c in cams]),
+        )
+
+    @property
+    def focal(self) -> float:
+        """Focal length in pixels (fx = fy)."""
+        return focal_from_fovy(self.fovy, self.height)
+
+    def campos(self) -> torch.Tensor:
+        """Camera centres in world space, float ``[V,3]``."""
+        return self.c2w[:, :3, 3]
+
+    def viewmats(self) -> torch.Tensor:
+        """World-to-camera matrices in OpenCV axes (x right, y down, z forward), ``[V,4,4]``."""
+        flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], device=self.device))
+        c2w_cv = self.c2w @ flip
+        # Rigid inverse: cheaper and exact compared with a general inverse.
+        R = c2w_cv[:, :3, :3]
+        t = c2w_cv[:, :3, 3:]
+        w2c = torch.eye(4, device=self.device).repeat(len(self), 1, 1)
+        w2c[:, :3, :3] = R.transpose(1, 2)
+        w2c[:, :3, 3:] = -R.transpose(1, 2) @ t
+        return w2c
+
+    def Ks(self) -> torch.Tensor:
+        """Pixel intrinsics ``[V,3,3]`` (principal point at the image centre)."""
+        f = self.focal
+        K = torch.tensor(
+            [[f, 0.0, self.width / 2.0], [0.0, f, self.height / 2.0], [0.0, 0.0, 1.0]], device=self.device
+        )
+        return K.expand(len(self), 3, 3).contiguous()
+
+    def projection(self, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
+        """OpenGL projection ``[4,4]`` with y flipped (row 0 of a rasterised image is the top)."""
+        f = self.focal
+        return torch.tensor(
+            [
+                [2.0 * f / self.width, 0.0, 0.0, 0.0],
+                [0.0, -2.0 * f / self.height, 0.0, 0.0],
+                [0.0, 0.0, -(far + near) / (far - near), -(2.0 * far * near) / (far - near)],
+                [0.0, 0.0, -1.0, 0.0],
+            ],
+            device=self.device,
+        )
+
+    def mvp(self, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
+        """World-to-clip matrices ``[V,4,4]`` for nvdiffrast (``clip = mvp @ [x,y,z,1]``)."""
+        R = self.c2w[:, :3, :3]
+        t = self.c2w[:, :3, 3:]
+        w2c = torch.eye(4, device=self.device).repeat(len(self), 1, 1)
+        w2c[:, :3, :3] = R.transpose(1, 2)
+        w2c[:, :3, 3:] = -R.transpose(1, 2) @ t
+        return self.projection(near, far) @ w2c
+
+
+def orbit_cameras(
+    elevation,
+    azimuth,
+    radius: float | torch.Tensor = 2.0,
+    fovy: float = 49.1,
+    height: int = 256,
+    width: int | None = None,
+    device: torch.device | str = "cpu",
+) -> Cameras:
+    """Build :class:`Cameras` from elevations/azimuths in degrees (scalars, lists or ``[V]``)."""
+    elevation = torch.atleast_1d(torch.as_tensor(elevation, dtype=torch.float32, device=device))
+    azimuth = torch.atleast_1d(torch.as_tensor(azimuth, dtype=torch.float32, device=device))
+    elevation, azimuth = torch.broadcast_tensors(elevation, azimuth)
+    radius = torch.as_tensor(radius, dtype=torch.float32, device=device).expand_as(elevation).clone()
+    return Cameras(
+        c2w=orbit_poses(elevation, azimuth, radius),
+        elevation=elevation.clone(),
+        azimuth=azimuth.clone(),
+        radius=radius,
+        fovy=float(fovy),
+        height=int(height),
+        width=int(height if width is None else width),
+    )
+
+
+def elevation_offset_range(ref_elevation: float, min_ver: float, max_ver: float) -> tuple[int, int]:
+    """The [low, high) range of per-view elevation offsets for a reference elevation (spec 1.6)."""
+    lo = max(min(min_ver, min_ver - ref_elevation), -80 - ref_elevation)
+    hi = min(max(max_ver, max_ver - ref_elevation), 80 - ref_elevation)
+    return int(lo), int(hi)
+
+
+def sample_orbit_views(
+    rng: np.random.Generator,
+    n_views: int,
+    ref_elevation: float = 0.0,
+    min_ver: float = -30,
+    max_ver: float = 30,
+    even: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample V views as the authors do: returns (elevation offsets, azimuths), int degrees ``[V]``.
+
+    Azimuths are ``base + (360//V)*i`` with ``base`` uniform in ``[-180, -180 + 360//V)``
+    (``even=True``), else independent in ``[-180, 180)``. Each view draws its own integer elevation
+    offset in the range of :func:`elevation_offset_range`; the absolute elevation of a view is
+    ``ref_elevation + offset``.
+    """
+    lo, hi = elevation_offset_range(ref_elevation, min_ver, max_ver)
+    step = 360 // n_views
+    base = int(rng.integers(-180, -180 + step))
+    offsets = np.empty(n_views, dtype=np.int64)
+    azimuths = np.empty(n_views, dtype=np.int64)
+    for i in range(n_views):
+        offsets[i] = rng.integers(lo, hi) if hi > lo else lo
+        azimuths[i] = base + step * i if even else rng.integers(-180, 180)
+    return offsets, azimuths
+
+
+def zero123_embedding(cams: Cameras, ref_elevation: float, stable: bool = True) -> torch.Tensor:
+    """Camera 4-vectors ``[V,4]`` for (Stable) Zero123, relative to the reference view.
+
+    Stable Zero123: ``[rad(d_elev), sin(rad(azim)), cos(rad(azim)), rad(90 + ref_elev)]``;
+    Zero123-XL: the last entry is the radius offset (0 on our fixed-radius orbits). ``d_elev`` is
+    the view's elevation minus the reference elevation, in our (DreamGaussian) sign, which is
+    Zero123's polar-angle offset.
+    """
+    d_elev = torch.deg2rad(cams.elevation - ref_elevation)
+    az = torch.deg2rad(cams.azimuth)
+    if stable:
+        last = torch.full_like(d_elev, math.radians(90.0 + ref_elevation))
+    else:
+        last = torch.zeros_like(d_elev)
+    return torch.stack([d_elev, torch.sin(az), torch.cos(az), last], dim=-1)
+
+
+def imagedream_embedding(cams: Cameras) -> torch.Tensor:
+    """ImageDream camera vectors ``[V,16]``: OpenGL c2w moved to its z-up world, unit translation.
+
+    Rows (x, y, z) of the pose become (x, -z, y); the translation is scaled to unit length; the
+    4x4 matrix is flattened row-major.
+    """
+    c2w = cams.c2w[:, [0, 2, 1, 3], :].clone()
+    c2w[:, 1] *= -1
+    t = c2w[:, :3, 3]
+    c2w[:, :3, 3] = t / (t.norm(dim=-1, keepdim=True) + 1e-8)
+    return c2w.reshape(len(cams), 16)
