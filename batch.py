@@ -1,0 +1,521 @@
+"""Run both stages over many images in one process, with the diffusion model loaded once.
+
+    python batch.py --config configs/image.yaml inputs/ more/cat.png --out logs/ [key=value ...]
+    python batch.py --config configs/image.yaml inputs/ --out logs/ --shard 0/4   # machine 0 of 4
+    python batch.py --config configs/image.yaml inputs/ --out logs/ --gpus 0,1,2,3
+
+Items: every image file named on the command line, and every image (.png .jpg .jpeg .webp .bmp)
+directly inside a named folder. In a folder, ``<name>.<ext>`` is skipped when ``<name>_rgba.png``
+(``process.py``'s output) is beside it, and our own outputs (``*_preview.png``, ``*_albedo.png``)
+are never inputs. An item's name is its file stem; it becomes ``save_path``, so the outputs are
+``<out>/<name>.glb``, ``<out>/<name>_model.ply``, ... Two inputs with the same stem are an error.
+
+Resume: an item whose final ``<out>/<name>.glb`` exists is skipped (``--force`` re-runs it); its
+figures are read back from its stage reports. A failing item is logged (traceback in
+``<out>/<name>_error.log``) and the batch goes on. After every item the summary is rewritten
+atomically: ``<out>/batch_summary.json`` and ``.csv`` (per item: status ok | failed | skipped,
+seconds, NFEs, output paths, error).
+
+``--shard i/n`` (0 <= i < n) takes items i, i+n, i+2n, ... of the name-sorted list, so machines
+sharing a folder split it without talking to each other; a sharded run writes
+``batch_summary.shard-i-of-n.json/.csv`` so shards never overwrite each other. ``--gpus 0,1``
+starts one worker process per GPU (``CUDA_VISIBLE_DEVICES`` set, a sub-shard each, output in
+``<out>/batch_worker<j>_gpu<g>.log``) and merges their summaries into one.
+
+Exit status: 0 all items done, 1 some item failed, 2 a usage/config error (``error: ...``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.errors import EXIT_USER_ERROR, UserError
+
+__all__ = [
+    "Item",
+    "collect_items",
+    "parse_shard",
+    "shard_items",
+    "summary_paths",
+    "run_items",
+    "run_gpus",
+    "write_summary",
+    "main",
+]
+
+log = logging.getLogger("microdreamer.batch")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+OUTPUT_SUFFIXES = ("_preview.png", "_albedo.png", "_clip_views.png")  # our own outputs, never inputs
+OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*=")
+RESERVED_KEYS = ("input", "save_path")  # set per item by the batch
+CSV_FIELDS = [
+    "name", "input", "status", "seconds", "seconds_stage1", "seconds_stage2", "nfe", "nfe_stage1",
+    "nfe_stage2", "glb", "ply", "coarse_mesh", "error",
+]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image; ``name`` (the file stem) is its ``save_path``."""
+
+    name: str
+    input: Path
+
+
+# ------------------------------------------------------------------------------------------ items
+def collect_items(inputs: list[str]) -> list[Item]:
+    """Expand files and folders into items sorted by name (rules: module docstring)."""
+    items: dict[str, Item] = {}
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            names = {p.name for p in files}
+            files = [
+                p for p in files
+                if not p.name.endswith(OUTPUT_SUFFIXES)
+                and not (not p.stem.endswith("_rgba") and f"{p.stem}_rgba.png" in names)
+            ]
+        elif path.is_file():
+            files = [path]
+        else:
+            raise UserError(f"input {raw}: no such file or folder")
+        for f in files:
+            item = Item(f.stem, f)
+            other = items.get(item.name)
+            if other is not None and other.input.resolve() != f.resolve():
+                raise UserError(f"two inputs named '{item.name}' ({other.input} and {f}) would write the same "
+                                f"outputs; rename one")
+            items[item.name] = item
+    if not items:
+        raise UserError(f"no input images found in {' '.join(inputs)} (looked for {' '.join(IMAGE_SUFFIXES)})")
+    return sorted(items.values(), key=lambda it: it.name)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; None -> ``(0, 1)``."""
+    if text is None:
+        return 0, 1
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise UserError(f"--shard {text}: expected i/n with 0 <= i < n, e.g. --shard 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_items(items: list[Item], index: int, count: int) -> list[Item]:
+    """Items ``index, index+count, ...`` of the name-sorted list (round robin balances folders of mixed sizes)."""
+    return sorted(items, key=lambda it: it.name)[index::count]
+
+
+def summary_paths(out: Path, shard: tuple[int, int]) -> tuple[Path, Path]:
+    """``batch_summary.json/.csv``, or ``batch_summary.shard-i-of-n.*`` for a shard."""
+    stem = "batch_summary" if shard[1] == 1 else f"batch_summary.shard-{shard[0]}-of-{shard[1]}"
+    return out / f"{stem}.json", out / f"{stem}.csv"
+
+
+# ---------------------------------------------------------------------------------------- summary
+def _atomic_write(path: Path, text: str) -> None:
+    from core.preview import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _total_seconds(value: Any) -> float | None:
+    """A report's ``seconds`` (a number or a dict of phases) -> total seconds."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return round(float(sum(_total_seconds(v) or 0.0 for v in value.values())), 3)
+    return round(float(value), 3)
+
+
+def _counts(records: list[dict]) -> dict[str, int]:
+    counts = {"total": len(records), "ok": 0, "failed": 0, "skipped": 0, "pending": 0}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return counts
+
+
+def _csv_row(r: dict) -> dict:
+    s1, s2 = (r.get("outputs") or {}).get("stage1", {}), (r.get("outputs") or {}).get("stage2", {})
+    row = {k: r.get(k) for k in CSV_FIELDS}
+    row.update(glb=s2.get("glb", r.get("final")), ply=s1.get("ply"), coarse_mesh=s1.get("mesh"))
+    return {k: "" if v is None else v for k, v in row.items()}
+
+
+def write_summary(out: Path, shard: tuple[int, int], records: list[dict], meta: dict) -> tuple[Path, Path]:
+    """Write the JSON (meta + counts + items) and the CSV (one row per item), both atomically."""
+    json_path, csv_path = summary_paths(out, shard)
+    records = sorted(records, key=lambda r: r["name"])
+    doc = {**meta, "counts": _counts(records), "items": records}
+    _atomic_write(json_path, json.dumps(doc, indent=2, default=str))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(_csv_row(r) for r in records)
+    _atomic_write(csv_path, buf.getvalue())
+    return json_path, csv_path
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------- running
+def load_stages() -> tuple[Callable, Callable, Callable]:
+    """``(run_stage1, run_stage2, load_denoiser)``, imported on first use (heavy imports)."""
+    from guidance import load_denoiser
+    from main_gs import run_stage1
+    from main_mesh import run_stage2
+
+    return run_stage1, run_stage2, load_denoiser
+
+
+def item_config(config: str, overrides: list[str], out: Path, item: Item | None):
+    """The item's config: the file, the user's overrides, then ``outdir``/``input``/``save_path``."""
+    from core.config import load_config
+
+    argv = ["--config", config, *overrides, f"outdir={out}"]
+    if item is not None:
+        argv += [f"input={item.input}", f"save_path={item.name}"]
+    return load_config(argv)
+
+
+def _stage_figures(rec: dict, r1: dict | None, r2: dict | None) -> None:
+    """Copy seconds/NFEs/outputs of the two stage reports into an item record."""
+    s1 = _total_seconds((r1 or {}).get("seconds"))
+    s2 = _total_seconds((r2 or {}).get("seconds"))
+    n1, n2 = (r1 or {}).get("nfe"), (r2 or {}).get("nfe")
+    rec.update(
+        seconds_stage1=s1, seconds_stage2=s2,
+        nfe_stage1=n1, nfe_stage2=n2,
+        nfe=None if n1 is None and n2 is None else (n1 or 0) + (n2 or 0),
+        outputs={"stage1": dict((r1 or {}).get("outputs") or {}), "stage2": dict((r2 or {}).get("outputs") or {})},
+    )
+
+
+def run_items(
+    items: list[Item],
+    config: str,
+    overrides: list[str],
+    out: Path,
+    shard: tuple[int, int] = (0, 1),
+    force: bool = False,
+    show_progress: bool = True,
+    meta: dict | None = None,
+) -> list[dict]:
+    """Run both stages on each item in this process (denoiser loaded once, at the first item to run).
+
+    Returns one record per item; the summary is rewritten after every item. A UserError from
+    loading the model stops the batch (every item would fail alike) and is re-raised.
+    """
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
+    records = [{"name": it.name, "input": str(it.input), "status": "pending"} for it in items]
+    stages: tuple[Callable, Callable, Callable] | None = None
+    denoiser = None
+    t_batch = time.perf_counter()
+
+    def flush() -> None:
+        meta["seconds"] = round(time.perf_counter() - t_batch, 3)
+        meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_summary(out, shard, records, meta)
+
+    bar = _ItemProgress(len(items), enabled=show_progress)
+    with bar:
+        for idx, (item, rec) in enumerate(zip(items, records)):
+            cfg = item_config(config, overrides, out, item)
+            final = Path(cfg.outdir) / f"{cfg.save_path}.glb"
+            rec["final"] = str(final)
+            error_log = Path(cfg.outdir) / f"{cfg.save_path}_error.log"
+            if final.is_file() and not force:
+                # Resume: read the figures back from the stage reports the finished run left.
+                _stage_figures(rec, _read_json(Path(cfg.outdir) / f"{cfg.save_path}_report.json"),
+                               _read_json(Path(cfg.outdir) / f"{cfg.save_path}_final_report.json"))
+                rec.update(status="skipped", seconds=None, error=None)
+                log.info("[%d/%d] %s: skipped (%s exists)", idx + 1, len(items), item.name, final)
+                bar.advance(item.name, "skipped")
+                flush()
+                continue
+            if bar.enabled:
+                # The batch bar is the one live display; nested stage bars would clash with it.
+                from omegaconf import open_dict
+
+                with open_dict(cfg):
+                    cfg.quiet = True
+            t0 = time.perf_counter()
+            r1 = r2 = None
+            try:
+                if stages is None:
+                    stages = load_stages()
+                run_stage1, run_stage2, load_denoiser = stages
+                if denoiser is None:
+                    from core.run import resolve_device
+
+                    denoiser = load_denoiser(cfg, resolve_device(cfg.device))
+                r1 = run_stage1(cfg, denoiser)
+                r2 = run_stage2(cfg, denoiser)
+                rec.update(status="ok", error=None)
+                error_log.unlink(missing_ok=True)
+            except UserError as e:
+                if denoiser is None:  # the model itself cannot load: no item can run
+                    rec.update(status="failed", error=str(e))
+                    flush()
+                    raise
+                rec.update(status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                _atomic_write(error_log, traceback.format_exc())
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                rec.update(status="failed", error=f"{type(e).__name__}: {first}" if first else type(e).__name__)
+                _atomic_write(error_log, traceback.format_exc())
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # a failed item may leave big tensors (e.g. after OOM)
+            rec["seconds"] = round(time.perf_counter() - t0, 3)
+            _stage_figures(rec, r1, r2)
+            if rec["status"] == "failed":
+                rec["error_log"] = str(error_log)
+                log.error("[%d/%d] %s: FAILED after %.1f s: %s (traceback: %s)", idx + 1, len(items), item.name,
+                          rec["seconds"], rec["error"], error_log)
+            else:
+                log.info("[%d/%d] %s: ok in %.1f s, %s NFEs -> %s", idx + 1, len(items), item.name,
+                         rec["seconds"], rec["nfe"], final)
+            bar.advance(item.name, rec["status"])
+            flush()
+    if not items:
+        flush()
+    return records
+
+
+class _ItemProgress:
+    """A rich progress bar over items (silent when disabled or when stderr is not a terminal)."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total = total
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> "_ItemProgress":
+        if self.enabled:
+            from rich.logging import RichHandler
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+                TimeElapsedColumn(),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("batch", total=self.total, last="")
+            # Log lines go above the bar instead of tearing it.
+            self._handler = RichHandler(console=self._progress.console, show_path=False, show_time=False)
+            logging.getLogger().addHandler(self._handler)
+            self._saved = [h for h in logging.getLogger().handlers if h is not self._handler]
+            for h in self._saved:
+                logging.getLogger().removeHandler(h)
+        return self
+
+    def advance(self, name: str, status: str, completed: int | None = None) -> None:
+        """One more item finished (or set ``completed`` directly)."""
+        if self._progress is not None:
+            if completed is None:
+                self._progress.advance(self._task)
+            else:
+                self._progress.update(self._task, completed=completed)
+            self._progress.update(self._task, last=f"{name}: {status}" if name else "")
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            root = logging.getLogger()
+            root.removeHandler(self._handler)
+            for h in self._saved:
+                root.addHandler(h)
+            self._progress.__exit__(*exc)
+
+
+# -------------------------------------------------------------------------------------- multi-GPU
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start one worker with its output going to ``log_path``."""
+    fh = open(log_path, "w")  # noqa: SIM115 - closed by the child exiting; the parent keeps no reference
+    try:
+        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    finally:
+        fh.close()
+
+
+def run_gpus(
+    items: list[Item],
+    gpus: list[str],
+    config: str,
+    inputs: list[str],
+    overrides: list[str],
+    out: Path,
+    shard: tuple[int, int],
+    force: bool,
+    show_progress: bool,
+    meta: dict,
+) -> list[dict]:
+    """One ``batch.py`` worker per GPU on a sub-shard each; returns the merged item records.
+
+    Worker j of k under shard (i, n) takes shard ``(i + n*j) / (n*k)``, which is exactly the j-th
+    round-robin part of this shard's items. Items a worker did not report (it crashed) are failed.
+    """
+    index, count = shard
+    k = len(gpus)
+    workers = []
+    for j, gpu in enumerate(gpus):
+        wshard = (index + count * j, count * k)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--config", config, *inputs, "--out", str(out),
+               "--shard", f"{wshard[0]}/{wshard[1]}", "--no-progress", *(["--force"] if force else []), *overrides]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+        log_path = out / f"batch_worker{j}_gpu{gpu}.log"
+        for stale in summary_paths(out, wshard):  # a previous run's file must not pass for this run's
+            stale.unlink(missing_ok=True)
+        log.info("worker %d: GPU %s, shard %d/%d, log %s", j, gpu, *wshard, log_path)
+        workers.append((wshard, _spawn(cmd, env, log_path), log_path))
+
+    bar = _ItemProgress(len(items), enabled=show_progress)
+    try:
+        with bar:
+            while True:
+                running = [p for _, p, _ in workers if p.poll() is None]
+                done = 0
+                for wshard, _, _ in workers:
+                    doc = _read_json(summary_paths(out, wshard)[0]) or {}
+                    done += sum(r.get("status") != "pending" for r in doc.get("items", []))
+                bar.advance("", "", completed=done)
+                if not running:
+                    break
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        for _, p, _ in workers:
+            if p.poll() is None:
+                p.terminate()
+        raise
+
+    records: list[dict] = []
+    by_name = {it.name: it for it in items}
+    for (wshard, proc, log_path), gpu in zip(workers, gpus):
+        doc = _read_json(summary_paths(out, wshard)[0]) or {}
+        got = {r["name"]: r for r in doc.get("items", []) if r.get("status") != "pending"}
+        expected = [it.name for it in shard_items(items, *_sub_shard(wshard, shard))]
+        for name in expected:
+            if name in got:
+                records.append({**got[name], "gpu": gpu})
+            else:
+                records.append({"name": name, "input": str(by_name[name].input), "status": "failed", "gpu": gpu,
+                                "error": f"worker on GPU {gpu} exited with code {proc.returncode} before this "
+                                         f"item finished; see {log_path}"})
+    return records
+
+
+def _sub_shard(wshard: tuple[int, int], shard: tuple[int, int]) -> tuple[int, int]:
+    """The worker's part as a shard of this process's (already sharded) item list."""
+    return (wshard[0] - shard[0]) // shard[1], wshard[1] // shard[1]
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (``key=value`` words among the inputs are config overrides)."""
+    p = argparse.ArgumentParser(
+        prog="batch.py", description="Both stages over many images, models loaded once.",
+        epilog="Config overrides (key=value) may be mixed with the inputs, e.g. sir.iters=10.",
+    )
+    p.add_argument("--config", required=True, help="stage config, e.g. configs/image.yaml")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files and/or folders of images")
+    p.add_argument("--out", default=None, help="output folder (default: the config's outdir)")
+    p.add_argument("--shard", default=None, help="i/n: run only items i, i+n, ... (0 <= i < n)")
+    p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one worker process per GPU")
+    p.add_argument("--force", action="store_true", help="re-run items whose final .glb exists")
+    p.add_argument("--dry-run", action="store_true", help="list the items and whether they would run, then stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    return p
+
+
+def split_args(words: list[str]) -> tuple[list[str], list[str]]:
+    """Split positional words into inputs and ``key=value`` overrides (an existing path is an input)."""
+    inputs, overrides = [], []
+    for w in words:
+        (overrides if OVERRIDE_RE.match(w) and not Path(w).exists() else inputs).append(w)
+    return inputs, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the batch; exit 0 (all done), 1 (some item failed) or 2 (usage/config error)."""
+    # Intermixed: inputs and key=value overrides may come before or after the options.
+    args = build_parser().parse_intermixed_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    try:
+        inputs, overrides = split_args(args.inputs)
+        if not inputs:
+            raise UserError("no inputs: pass image files and/or folders")
+        for o in overrides:
+            if o.split("=", 1)[0] in RESERVED_KEYS:
+                raise UserError(f"{o}: batch.py sets '{o.split('=', 1)[0]}' per item; pass images/folders instead")
+        shard = parse_shard(args.shard)
+        base = item_config(args.config, overrides, Path("."), None)  # validates the config and overrides once
+        out = Path(args.out) if args.out else Path(base.outdir)
+        items = shard_items(collect_items(inputs), *shard)
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
+        if args.gpus is not None and not gpus:
+            raise UserError("--gpus needs ids, e.g. --gpus 0,1")
+        if args.dry_run:
+            for it in items:
+                done = (out / f"{it.name}.glb").is_file() and not args.force
+                print(f"{it.name}\t{it.input}\t{'done' if done else 'todo'}")
+            return 0
+        meta = {
+            "config": args.config, "overrides": overrides, "inputs": inputs, "out": str(out),
+            "shard": f"{shard[0]}/{shard[1]}", "gpus": gpus or None,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        if gpus:
+            records = run_gpus(items, gpus, args.config, inputs, overrides, out, shard, args.force,
+                               not args.no_progress, meta)
+            meta.update(seconds=round(time.perf_counter() - t0, 3),
+                        finished=datetime.now(UTC).isoformat(timespec="seconds"))
+            write_summary(out, shard, records, meta)
+        else:
+            records = run_items(items, args.config, overrides, out, shard, args.force, not args.no_progress, meta)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted (the summary lists the items finished so far)", file=sys.stderr)
+        return 130
+    counts = _counts(records)
+    json_path, csv_path = summary_paths(out, shard)
+    print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed of {counts['total']}; "
+          f"summary: {json_path}, {csv_path}")
+    for r in records:
+        if r["status"] == "failed":
+            print(f"  failed: {r['name']}: {r.get('error')}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

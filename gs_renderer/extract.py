@@ -1,0 +1,114 @@
+"""Density-grid mesh extraction from Gaussians (spec 3.1): occupancy grid + marching cubes.
+
+``occ(x) = sum_i alpha_i exp(-0.5 (x-mu_i)^T Sigma_i^-1 (x-mu_i))`` on a ``res^3`` grid over
+[-1,1]^3 after normalising the Gaussian centres into [-0.9,0.9]. The authors loop over 16^3 grid
+blocks in Python; here each Gaussian is splatted into its own box of voxels instead: Gaussians
+are sorted by box size, grouped into chunks, and each chunk evaluates all its (Gaussian, voxel)
+pairs at once and ``index_add_``s them into the flat grid. Only a few dozen chunk iterations,
+on the model's device.
+
+Reach: a Gaussian contributes within ``3 sigma`` per axis, capped at 0.25 (normalised units).
+The authors' block culling gives each Gaussian a reach between 0.19 and 0.30 regardless of its
+size; the cap keeps very large Gaussians from touching the whole grid, as theirs does.
+"""
+from __future__ import annotations
+
+import torch
+
+from .model import GaussianModel
+
+__all__ = ["density_grid", "extract_density_mesh", "extract_mesh"]
+
+
+@torch.no_grad()
+def density_grid(
+    model: GaussianModel,
+    resolution: int = 128,
+    min_opacity: float = 0.005,
+    max_reach: float = 0.25,
+    chunk_elems: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Occupancy ``[res,res,res]`` (axis order x,y,z; ``ij`` indexing) and the normalisation.
+
+    Returns ``(occ, center [3], scale)``: grid point ``(i,j,k)`` is at normalised position
+    ``-1 + 2 (i,j,k)/(res-1)``, i.e. world ``p / scale + center``.
+    """
+    dev = model.device
+    res = resolution
+    keep = model.get_opacities() > min_opacity
+    mu = model.means.detach()[keep]
+    alpha = model.get_opacities().detach()[keep]
+    cov = model.get_covariances().detach()[keep]
+    occ = torch.zeros(res**3, device=dev)
+    if len(mu) == 0:
+        return occ.reshape(res, res, res), torch.zeros(3, device=dev), 1.0
+    lo_b, hi_b = mu.amin(0), mu.amax(0)
+    center = (lo_b + hi_b) / 2
+    scale = 1.8 / float((hi_b - lo_b).max().clamp_min(1e-6))
+    mu = (mu - center) * scale
+    cov = cov * scale**2
+    prec = torch.linalg.inv(cov.double()).float()  # 3x3 inverses; double for thin Gaussians
+    reach = (3.0 * torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2))).clamp_max(max_reach)  # [N,3]
+    step = (res - 1) / 2.0
+    lo = torch.ceil((mu - reach + 1.0) * step).clamp(0, res - 1).long()
+    hi = torch.floor((mu + reach + 1.0) * step).clamp(0, res - 1).long()
+    size = (hi - lo + 1).clamp_min(0)
+    bmax = size.amax(1)
+    order = torch.argsort(bmax)
+    bsorted = bmax[order].tolist()
+    if chunk_elems is None:
+        chunk_elems = (1 << 24) if dev.type == "cuda" else (1 << 21)
+    i, n = 0, len(order)
+    while i < n:
+        b = max(bsorted[min(n - 1, i)], 1)
+        # Chunk of Gaussians whose boxes fit a b^3 cube (sorted ascending, so the last is largest).
+        j = i + 1
+        while j < n and (j - i + 1) * max(bsorted[j], 1) ** 3 <= chunk_elems:
+            j += 1
+        b = max(bsorted[j - 1], 1)
+        ids = order[i:j]
+        ar = torch.arange(b, device=dev)
+        off = torch.stack(torch.meshgrid(ar, ar, ar, indexing="ij"), dim=-1).reshape(-1, 3)  # [b^3,3]
+        idx = lo[ids][:, None, :] + off[None]  # [B,b^3,3]
+        valid = (idx <= hi[ids][:, None, :]).all(-1)
+        d = idx.float() / step - 1.0 - mu[ids][:, None, :]
+        maha = torch.einsum("bpi,bij,bpj->bp", d, prec[ids], d)
+        # Non-positive-definite leftovers (negative exponent) contribute nothing, as the authors'.
+        val = alpha[ids][:, None] * torch.exp(-0.5 * maha.clamp_min(0)) * (maha >= 0)
+        flat = (idx[..., 0] * res + idx[..., 1]) * res + idx[..., 2]
+        occ.index_add_(0, flat[valid], val[valid])
+        i = j
+    return occ.reshape(res, res, res), center, scale
+
+
+@torch.no_grad()
+def extract_density_mesh(
+    model: GaussianModel,
+    resolution: int = 128,
+    density_thresh: float = 0.2,
+    min_opacity: float = 0.005,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw marching-cubes mesh of the Gaussians' density at ``density_thresh`` (spec 3.1).
+
+    Returns ``v`` float32 ``[M,3]`` world coordinates and ``f`` int64 ``[F,3]`` on the model's
+    device (empty if the density never reaches the threshold). PyMCubes' winding is kept: it
+    is counter-clockwise seen from outside (normals point out of the dense region; tested). No cleaning or decimation
+    (mesh_renderer owns those).
+    """
+    import mcubes  # PyMCubes, lazily: only extraction needs it
+
+    occ, center, scale = density_grid(model, resolution, min_opacity)
+    v, f = mcubes.marching_cubes(occ.cpu().numpy().astype("float64"), float(density_thresh))
+    dev = model.device
+    v = torch.as_tensor(v, dtype=torch.float32, device=dev)
+    f = torch.as_tensor(f.astype("int64"), device=dev)
+    v = v / (resolution - 1) * 2.0 - 1.0
+    v = v / scale + center
+    return v, f
+
+
+def extract_mesh(
+    model: GaussianModel, resolution: int = 128, density_thresh: float = 0.2, min_opacity: float = 0.005
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alias of :func:`extract_density_mesh` (the name in docs/ARCHITECTURE.md)."""
+    return extract_density_mesh(model, resolution, density_thresh, min_opacity)

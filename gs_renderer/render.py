@@ -1,0 +1,70 @@
+"""Batched differentiable rendering of a GaussianModel: one call for all V cameras."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+__all__ = ["render", "gsplat_available"]
+
+log = logging.getLogger(__name__)
+_GSPLAT_OK: bool | None = None  # cached decision of backend="auto"
+
+
+def gsplat_available() -> bool:
+    """True if gsplat imports and its CUDA kernels run (checked once, on a tiny scene)."""
+    global _GSPLAT_OK
+    if _GSPLAT_OK is None:
+        if not torch.cuda.is_available():
+            _GSPLAT_OK = False
+        else:
+            try:
+                import gsplat
+
+                dev = torch.device("cuda")
+                img, _, _ = gsplat.rasterization(
+                    torch.zeros(1, 3, device=dev), torch.tensor([[1.0, 0, 0, 0]], device=dev),
+                    torch.full((1, 3), 0.1, device=dev), torch.ones(1, device=dev),
+                    torch.ones(1, 3, device=dev), torch.eye(4, device=dev)[None] + torch.tensor(
+                        [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2.0], [0, 0, 0, 0]], device=dev)[None],
+                    torch.tensor([[[16.0, 0, 8], [0, 16, 8], [0, 0, 1]]], device=dev), 16, 16,
+                )
+                torch.cuda.synchronize()
+                _GSPLAT_OK = bool(torch.isfinite(img).all())
+            except Exception as e:  # missing package, failed JIT build, driver mismatch...
+                log.warning("gsplat unusable (%s: %s); using the PyTorch reference renderer",
+                            type(e).__name__, e)
+                _GSPLAT_OK = False
+    return _GSPLAT_OK
+
+
+def render(
+    model,
+    cams,
+    bg: torch.Tensor,
+    backend: str = "auto",
+    need_means2d: bool = False,
+    near: float = 0.01,
+    far: float = 100.0,
+):
+    """Render ``model`` from the V cameras ``cams`` in one call -> ``RenderOutput``.
+
+    ``bg``: float ``[3]`` (or ``[V,3]``) in [0,1]. Returns ``rgb [V,3,H,W]`` in [0,1] over ``bg``,
+    ``alpha [V,1,H,W]``, ``depth [V,1,H,W]`` (expected camera z), ``means2d [V,N,2]`` pixel
+    positions (``retain_grad`` if ``need_means2d`` and grad is on) and ``radii [V,N]`` int pixels
+    (0 = invisible). Differentiable w.r.t. every Gaussian parameter. ``backend``: "gsplat" (CUDA),
+    "torch" (reference) or "auto" (gsplat on CUDA tensors when it works, else torch).
+    """
+    cams = cams.to(model.device) if cams.device != model.device else cams
+    bg = torch.as_tensor(bg, dtype=torch.float32, device=model.device)
+    if backend == "auto":
+        backend = "gsplat" if model.device.type == "cuda" and gsplat_available() else "torch"
+    if backend == "gsplat":
+        from .render_gsplat import render_gsplat
+
+        return render_gsplat(model, cams, bg, need_means2d, near, far)
+    if backend == "torch":
+        from .render_torch import render_torch
+
+        return render_torch(model, cams, bg, need_means2d, near, far)
+    raise ValueError(f"unknown Gaussian render backend {backend!r} (auto | gsplat | torch)")

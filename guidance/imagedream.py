@@ -1,0 +1,396 @@
+"""ImageDream (image + optional text -> 4 consistent views) behind the :class:`guidance.denoiser.Denoiser` interface.
+
+Loads the diffusers folder layout of ``ashawkey/imagedream-ipmv-diffusers`` (checkpoints.md 2.1) without
+remote code: each component folder is loaded by its own class, whatever library ``model_index.json``
+names (it says ``mv_unet`` for the UNet, a module shipped with the repo that we never import):
+``unet`` -> our :class:`guidance.mv_unet.MultiViewUNetModel`, ``vae`` -> ``AutoencoderKL``,
+``text_encoder``/``tokenizer`` -> ``CLIPTextModel``/``CLIPTokenizer``, ``image_encoder``/``feature_extractor``
+-> ``CLIPVisionModel``/``CLIPImageProcessor``; the scheduler config is read as JSON.
+
+Conditioning (checkpoints.md 2.4-2.6, spec 2.2):
+
+* reference (once): CLIP ``hidden_states[-2]`` ``[1,257,1280]`` through the UNet's Resampler ->
+  16 image-prompt tokens (uncond: the Resampler applied to zeros, not zero tokens); ``ip_img`` = VAE
+  posterior sample x 0.18215 (uncond: zeros); text tokens of the prompt and of the negative prompt
+  (uncond = the negative prompt, encoded like the prompt).
+* per group of 4 views: 5 frames, the 5th a placeholder whose latent the UNet overwrites with ``ip_img``
+  and whose camera is the zero 16-vector; its prediction is dropped. The self-attention of every
+  transformer runs jointly over the 5 frames, so groups must be complete.
+* CFG batch ``[uncond; cond]`` (the authors' order); any number of groups in one network call.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from core.cameras import Cameras, imagedream_embedding
+from core.errors import UserError
+from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
+from guidance.loading import resolve_model
+from guidance.mv_unet import MultiViewUNetModel
+from guidance.schedule import DDIMSchedule
+
+__all__ = [
+    "ImageDreamCond",
+    "ImageDreamDenoiser",
+    "imagedream_from_config",
+    "NEGATIVE_PROMPT",
+    "REQUIRED_COMPONENTS",
+    "FRAMES",
+]
+
+log = logging.getLogger(__name__)
+
+#: MicroDreamer's ``configs/imagedream.yaml`` negative prompt (MD @597e373, line 6).
+NEGATIVE_PROMPT = (
+    "ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear, "
+    "cropped, lowres, low quality, artifacts, duplicate, morbid, mutilated, poorly drawn face, deformed, "
+    "dehydrated, bad proportions"
+)
+REQUIRED_COMPONENTS = (
+    "unet", "vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "scheduler",
+)
+VIEWS = 4
+#: Frames per sample seen by the UNet: the 4 views plus the reference slot.
+FRAMES = VIEWS + 1
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+          "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class ImageDreamCond:
+    """Network inputs for G groups, all ``[uncond; cond]`` with ``N = G * 5`` rows per half.
+
+    ``camera [2N,16]``, ``context [2N,77+ip,D]`` (text tokens followed by image-prompt tokens),
+    ``ip_img [2G,C,h,w]``; the uncond half is the first ``N`` (resp. ``G``) rows.
+    """
+
+    camera: torch.Tensor
+    context: torch.Tensor
+    ip_img: torch.Tensor
+    groups: int
+
+
+class _GraphRunner:
+    """Calls ``fn(**tensors)`` eagerly, or through one CUDA graph per input signature.
+
+    Graph mode: static input buffers per signature, ``warmup`` eager calls on a side stream, then a
+    capture; later calls copy inputs in and replay. Any capture failure falls back to eager for good
+    (a slower run beats a crash). Returns a fresh float32 tensor, never a static buffer.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], device: torch.device, cuda_graph: bool, warmup: int = 2):
+        self.fn = fn
+        self.enabled = bool(cuda_graph) and device.type == "cuda"
+        self.warmup = warmup
+        self._entries: dict[tuple, dict[str, Any]] = {}
+        self._pool = None
+
+    def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.fn(**inputs).float()
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(inputs.items()))
+        e = self._entries.get(key)
+        if e is None:
+            e = {"bufs": {k: torch.empty_like(v) for k, v in inputs.items()}, "calls": 0, "graph": None, "out": None}
+            self._entries[key] = e
+        for k, v in inputs.items():
+            e["bufs"][k].copy_(v)
+        if e["graph"] is None:
+            e["calls"] += 1
+            if e["calls"] <= self.warmup:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    out = self.fn(**e["bufs"])
+                torch.cuda.current_stream().wait_stream(side)
+                return out.float()
+            try:
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=self._pool):
+                    e["out"] = self.fn(**e["bufs"])
+                e["graph"] = g
+                log.debug("captured a CUDA graph of the ImageDream UNet for %s", key)
+            except Exception as exc:  # pragma: no cover - GPU only
+                log.warning("CUDA graph capture failed (%s); running the UNet eagerly", exc)
+                self.enabled = False
+                self._entries.clear()
+                return self.fn(**inputs).float()
+        e["graph"].replay()
+        return e["out"].to(torch.float32, copy=True)
+
+
+def _use_safetensors(folder: Path) -> bool:
+    """True when the folder has safetensors weights (else a .bin is loaded, weights_only)."""
+    return any(folder.glob("*.safetensors"))
+
+
+def load_mv_unet(folder: Path, dtype: torch.dtype) -> MultiViewUNetModel:
+    """Load ``unet/`` strictly: every checkpoint tensor must be consumed and every parameter present."""
+    unet, info = MultiViewUNetModel.from_pretrained(
+        folder, torch_dtype=dtype, use_safetensors=_use_safetensors(folder), output_loading_info=True
+    )
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        detail = "; ".join(f"{k}: {len(v)} e.g. {list(v)[:3]}" for k, v in problems.items())
+        raise UserError(f"{folder} does not match MultiViewUNetModel ({detail})")
+    return unet
+
+
+class ImageDreamDenoiser(Denoiser):
+    """ImageDream as a SIR denoiser: 4 views per group (+ the reference frame), CFG ``[uncond; cond]``."""
+
+    def __init__(
+        self,
+        model: str | Path = "ashawkey/imagedream-ipmv-diffusers",
+        device: str | torch.device = "cuda",
+        dtype: str | torch.dtype = "fp16",
+        prompt: str = "",
+        negative_prompt: str = NEGATIVE_PROMPT,
+        ref_latent: str = "sample",
+        cuda_graph: bool = False,
+        channels_last: bool = True,
+        config_key: str = "model.path",
+        cache_dir: str | Path | None = None,
+        local_files_only: bool | None = None,
+    ) -> None:
+        """Load from a folder or Hub id. ``ref_latent``: ``sample`` (the authors) or ``mode`` for ``ip_img``."""
+        super().__init__()
+        from diffusers import AutoencoderKL
+        from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+
+        self.device = torch.device(device)
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise UserError(f"model.dtype={dtype!r} is not one of fp16, bf16, fp32")
+            dtype = DTYPES[dtype]
+        if self.device.type == "cpu" and dtype == torch.float16:
+            # fp16 convolutions are slow or missing on CPU; keep the CPU path usable.
+            log.warning("fp16 on CPU: using fp32 instead")
+            dtype = torch.float32
+        self.dtype = dtype
+        if ref_latent not in ("sample", "mode"):
+            raise UserError(f"model.ref_latent={ref_latent!r} must be 'sample' or 'mode'")
+        self.ref_latent_mode = ref_latent
+        root = resolve_model(model, config_key=config_key, cache_dir=cache_dir, local_files_only=local_files_only,
+                             allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        index_path = root / "model_index.json"
+        if not index_path.is_file():
+            raise UserError(f"{root} has no model_index.json; is it a diffusers ImageDream folder? ({config_key})")
+        index = json.loads(index_path.read_text())
+        missing = [c for c in REQUIRED_COMPONENTS if c not in index or not (root / c).is_dir()]
+        if missing:
+            raise UserError(f"{root} lacks component folder(s) {', '.join(missing)} of an ImageDream pipeline")
+        self.root = root
+
+        self.unet = load_mv_unet(root / "unet", dtype).to(self.device).eval().requires_grad_(False)
+        if int(self.unet.config.ip_dim) <= 0:
+            raise UserError(f"{root / 'unet'} has ip_dim=0: an MVDream (text-only) UNet, not ImageDream")
+        vae_dir = root / "vae"
+        self.vae = (
+            AutoencoderKL.from_pretrained(vae_dir, torch_dtype=dtype, use_safetensors=_use_safetensors(vae_dir))
+            .to(self.device).eval().requires_grad_(False)
+        )
+        # Load transformers models in the file's dtype then cast: avoids the torch_dtype/dtype keyword
+        # split between transformers 4 and 5.
+        txt_dir, img_dir = root / "text_encoder", root / "image_encoder"
+        self.text_encoder = (
+            CLIPTextModel.from_pretrained(txt_dir, use_safetensors=_use_safetensors(txt_dir))
+            .to(self.device, dtype).eval().requires_grad_(False)
+        )
+        self.image_encoder = (
+            CLIPVisionModel.from_pretrained(img_dir, use_safetensors=_use_safetensors(img_dir))
+            .to(self.device, dtype).eval().requires_grad_(False)
+        )
+        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+        self.feature_extractor = CLIPImageProcessor.from_pretrained(root / "feature_extractor")
+        self.schedule = DDIMSchedule.from_file(root / "scheduler" / "scheduler_config.json")
+
+        if channels_last and self.device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.latent_size = int(self.unet.config.image_size)
+        self.latent_channels = int(self.unet.config.out_channels)
+        self.image_size = self.latent_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.views_per_group = VIEWS
+        self._runner = _GraphRunner(self._unet_call, self.device, cuda_graph)
+
+        self.ref_elevation = 0.0
+        self.ref_latent: torch.Tensor | None = None  # [1,C,h,w] scaled
+        self.ip_tokens: torch.Tensor | None = None  # [2,ip_dim,D]: [uncond; cond]
+        self.text: torch.Tensor | None = None  # [2,77,D]: [negative; prompt]
+        self.set_prompt(prompt, negative_prompt)
+
+    # ------------------------------------------------------------------ text / reference
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Prompts -> CLIP last hidden states ``[len(texts), 77, D]`` (after the final LayerNorm)."""
+        ids = self.tokenizer(
+            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0].to(self.dtype)
+
+    def set_prompt(self, prompt: str = "", negative_prompt: str | None = None) -> None:
+        """Encode the prompt and negative prompt (None keeps the current negative prompt)."""
+        if negative_prompt is not None:
+            self.negative_prompt = negative_prompt
+        self.prompt = prompt or ""
+        self.text = self.encode_text([self.negative_prompt, self.prompt])
+
+    @torch.no_grad()
+    def set_reference(
+        self, rgb: torch.Tensor, elevation: float, noise: NoiseSource | None = None, prompt: str | None = None
+    ) -> None:
+        """Image conditioning of ``rgb`` float ``[3,H,W]`` in [0,1] (on white), computed once.
+
+        ``elevation`` is only recorded: ImageDream's cameras are absolute poses, the reference frame
+        has no camera. ``noise``: the posterior-sample draw of ``ip_img`` (default: global RNG).
+        ``prompt``: re-encode the text prompt as well.
+        """
+        if prompt is not None:
+            self.set_prompt(prompt)
+        S = self.image_size
+        x = rgb.to(self.device, torch.float32)[None]
+        if x.shape[-2:] != (S, S):
+            x = F.interpolate(x, (S, S), mode="bilinear", align_corners=False)
+        # The authors go through PIL (to_pil_image truncates x*255 to uint8) before the CLIP preprocessing.
+        from PIL import Image
+
+        u8 = x[0].clamp(0, 1).mul(255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        pix = self.feature_extractor(images=Image.fromarray(u8), return_tensors="pt").pixel_values
+        hidden = self.image_encoder(pix.to(self.device, self.dtype), output_hidden_states=True).hidden_states[-2]
+        feats = torch.cat([torch.zeros_like(hidden), hidden], dim=0)  # [2,T,W]: zeros are the uncond prompt
+        self.ip_tokens = self.unet.embed_image(feats)  # [2,ip_dim,D]
+        post = self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist
+        lat = post.mean.float()
+        if self.ref_latent_mode == "sample":
+            lat = lat + post.std.float() * (noise or TorchNoise()).randn(lat.shape, self.device)
+        self.ref_latent = lat * self.scaling_factor  # ImageDream's ip_img IS scaled (unlike zero123)
+        self.ref_elevation = float(elevation)
+
+    # ------------------------------------------------------------------ VAE
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, noise: NoiseSource | None = None) -> torch.Tensor:
+        """Pixels float ``[B,3,S,S]`` in [0,1] -> scaled float32 latents ``[B,C,h,w]`` (sample if ``noise``)."""
+        x = (2 * images.to(self.device, torch.float32) - 1).to(self.dtype)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        post = self.vae.encode(x).latent_dist
+        lat = post.mean.float()
+        if noise is not None:
+            lat = lat + post.std.float() * noise.randn(lat.shape, self.device)
+        return lat * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled float32 latents ``[B,C,h,w]`` -> images float32 ``[B,3,S,S]`` in [0,1]."""
+        z = (latents / self.scaling_factor).to(self.dtype)
+        img = self.vae.decode(z, return_dict=False)[0].float()
+        return (img / 2 + 0.5).clamp(0, 1)
+
+    # ------------------------------------------------------------------ conditioning
+    def camera_vectors(self, cams: Cameras) -> torch.Tensor:
+        """Per-group camera inputs float32 ``[G*5,16]``: the 4 views' vectors, then a zero row per group."""
+        B = len(cams)
+        if B % VIEWS:
+            raise ValueError(f"ImageDream needs groups of {VIEWS} views, got {B}")
+        cam = imagedream_embedding(cams).to(self.device, torch.float32).view(B // VIEWS, VIEWS, 16)
+        cam = torch.cat([cam, torch.zeros_like(cam[:, :1])], dim=1)  # [G,5,16]
+        return cam.reshape(-1, 16)
+
+    @torch.no_grad()
+    def prepare(self, cams: Cameras) -> ImageDreamCond:
+        """``[uncond; cond]`` network inputs for the B = 4G cameras (consecutive views form a group)."""
+        if self.ip_tokens is None or self.ref_latent is None or self.text is None:
+            raise RuntimeError("call set_reference before prepare")
+        cam = self.camera_vectors(cams).to(self.dtype)
+        G = cam.shape[0] // FRAMES
+        N = G * FRAMES
+        ctx = torch.cat([self.text, self.ip_tokens.to(self.dtype)], dim=1)  # [2,77+ip,D]
+        context = ctx.repeat_interleave(N, dim=0)  # [2N,...]: uncond rows first
+        ref = self.ref_latent.to(self.dtype).expand(G, -1, -1, -1)
+        ip_img = torch.cat([torch.zeros_like(ref), ref], dim=0)
+        return ImageDreamCond(camera=torch.cat([cam, cam], dim=0), context=context, ip_img=ip_img, groups=G)
+
+    def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, camera: torch.Tensor,
+                   ip_img: torch.Tensor) -> torch.Tensor:
+        """One UNet evaluation on prepared inputs; the context already holds the image-prompt tokens."""
+        ip_dim = int(self.unet.config.ip_dim)
+        return self.unet(x, t, context[:, :-ip_dim], camera=camera, num_frames=FRAMES,
+                         ip_tokens=context[:, -ip_dim:], ip_img=ip_img)
+
+    def _frames(self, x: torch.Tensor, G: int) -> torch.Tensor:
+        """Latents ``[4G,C,h,w]`` -> ``[5G,C,h,w]`` in the UNet dtype with a zero 5th frame per group."""
+        if x.shape[0] != G * VIEWS:
+            raise ValueError(f"latent batch {x.shape[0]} does not match the {G} prepared groups")
+        v = x.to(self.dtype).view(G, VIEWS, *x.shape[1:])
+        # The zero latent is a placeholder: the UNet writes ip_img there.
+        x5 = torch.cat([v, torch.zeros_like(v[:, :1])], dim=1).view(G * FRAMES, *x.shape[1:])
+        if self.device.type == "cuda":
+            x5 = x5.contiguous(memory_format=torch.channels_last)
+        return x5
+
+    def _drop_ref(self, eps: torch.Tensor, G: int) -> torch.Tensor:
+        """``[5G,C,h,w]`` -> the 4 views' predictions ``[4G,C,h,w]``."""
+        return eps.view(G, FRAMES, *eps.shape[1:])[:, :VIEWS].reshape(G * VIEWS, *eps.shape[1:])
+
+    @torch.no_grad()
+    def eps_cfg(self, x: torch.Tensor, t: int, cond: ImageDreamCond, scale: float) -> torch.Tensor:
+        """``eps_u + scale (eps_c - eps_u)`` float32 ``[B,C,h,w]``; one UNet call at batch ``2 * 5G``."""
+        G = cond.groups
+        x5 = self._frames(x, G)
+        inp = torch.cat([x5, x5], dim=0)
+        # float32 timesteps: exact for every integer t, and the sinusoidal embedding is float32 anyway.
+        tt = torch.full((inp.shape[0],), float(t), device=self.device, dtype=torch.float32)
+        eps = self._runner(x=inp, t=tt, context=cond.context, camera=cond.camera, ip_img=cond.ip_img)
+        self._count("cfg", inp.shape[0])
+        N = G * FRAMES
+        e_u, e_c = self._drop_ref(eps[:N], G), self._drop_ref(eps[N:], G)
+        return torch.lerp(e_u, e_c, scale) if scale != 1.0 else e_c
+
+    @torch.no_grad()
+    def eps_uncond(self, x: torch.Tensor, t: int, cond: ImageDreamCond) -> torch.Tensor:
+        """Unconditional eps float32 ``[B,C,h,w]`` (negative prompt, Resampler(0), zero ip_img); batch ``5G``."""
+        G = cond.groups
+        N = G * FRAMES
+        x5 = self._frames(x, G)
+        tt = torch.full((N,), float(t), device=self.device, dtype=torch.float32)
+        eps = self._runner(x=x5, t=tt, context=cond.context[:N], camera=cond.camera[:N], ip_img=cond.ip_img[:G])
+        self._count("uncond", N)
+        return self._drop_ref(eps, G)
+
+
+def imagedream_from_config(cfg: Any, device: torch.device | str) -> ImageDreamDenoiser:
+    """Build from the run config: ``model.{path,id,cache_dir,dtype,cuda_graph,ref_latent,negative_prompt}``, ``prompt``.
+
+    An empty ``prompt`` falls back to ``<input stem>_caption.txt`` beside ``input`` when that file exists.
+    """
+    m = cfg.model
+    model = m.get("path") or m.get("id") or "ashawkey/imagedream-ipmv-diffusers"
+    prompt = str(cfg.get("prompt") or "")
+    if not prompt and cfg.get("input"):
+        cap = Path(str(cfg.input)).with_name(Path(str(cfg.input)).stem + "_caption.txt")
+        if cap.is_file():
+            prompt = cap.read_text().strip()
+    neg = m.get("negative_prompt")
+    return ImageDreamDenoiser(
+        model=model,
+        device=device,
+        dtype=m.get("dtype", "fp16"),
+        prompt=prompt,
+        negative_prompt=NEGATIVE_PROMPT if neg is None else str(neg),
+        ref_latent=m.get("ref_latent", "sample"),
+        cuda_graph=bool(m.get("cuda_graph", False)),
+        config_key="model.path",
+        cache_dir=m.get("cache_dir") or None,
+    )

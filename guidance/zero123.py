@@ -1,0 +1,322 @@
+"""Stable Zero123 / Zero123-XL behind the :class:`guidance.denoiser.Denoiser` interface.
+
+Loads the diffusers folder layout of ``ashawkey/stable-zero123-diffusers`` (checkpoints.md 1.1-1.7)
+without remote code: ``model_index.json`` is read only to check the components, and each folder is
+loaded with its own stock class (``UNet2DConditionModel``, ``AutoencoderKL``,
+``CLIPVisionModelWithProjection``, ``CLIPImageProcessor``) plus our :class:`CLIPCameraProjection`.
+The scheduler config is only read as JSON into :class:`guidance.schedule.DDIMSchedule`.
+
+Conditioning (checkpoints.md 1.8, spec 2.1):
+* reference: CLIP ``image_embeds`` [1,D] of the 256px reference through the feature extractor, and
+  the **unscaled** VAE latent of the reference (posterior sample like the authors, or the mode);
+* per view: ``proj(cat(clip_emb, cam4))`` -> one cross-attention token [B,1,D];
+* CFG batch ``[cond; uncond]``; the uncond half has a zero token AND a zero concat latent, so the
+  unconditional branch does not depend on the cameras at all (inversion runs it alone at batch B).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.cameras import Cameras, zero123_embedding
+from core.errors import UserError
+from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
+from guidance.loading import resolve_model
+from guidance.schedule import DDIMSchedule
+
+try:  # diffusers is a hard dependency of this backend, but keep `import guidance` light elsewhere.
+    from diffusers import ModelMixin
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+except ImportError:  # pragma: no cover
+    ModelMixin = nn.Module  # type: ignore[misc,assignment]
+    ConfigMixin = object  # type: ignore[misc,assignment]
+
+    def register_to_config(f):  # type: ignore[no-redef]
+        return f
+
+
+__all__ = ["CLIPCameraProjection", "Zero123Cond", "Zero123Denoiser", "DTYPES", "REQUIRED_COMPONENTS"]
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+          "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+REQUIRED_COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler", "clip_camera_projection")
+
+
+class CLIPCameraProjection(ModelMixin, ConfigMixin):
+    """Linear(embedding_dim + additional_embeddings -> embedding_dim) named ``proj`` (keys proj.weight/bias)."""
+
+    @register_to_config
+    def __init__(self, embedding_dim: int = 768, additional_embeddings: int = 4):
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.additional_embeddings = additional_embeddings
+        self.proj = nn.Linear(embedding_dim + additional_embeddings, embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., D+4]`` (CLIP embedding first, camera last) -> ``[..., D]``."""
+        return self.proj(x)
+
+
+@dataclass
+class Zero123Cond:
+    """Per-iteration conditioning: ``hidden`` [2B,1,D] and ``concat`` [2B,C,h,w], both ``[cond; uncond]``."""
+
+    hidden: torch.Tensor
+    concat: torch.Tensor
+    batch: int
+
+
+class _UNetRunner:
+    """Calls the UNet eagerly or through a CUDA graph captured once per input shape.
+
+    Graph mode keeps static input buffers per shape, captures after ``warmup`` eager calls on a side
+    stream (cuDNN/cuBLAS pick their algorithms there), and replays afterwards. The returned tensor
+    is a fresh copy in float32, so callers never hold a static buffer.
+    """
+
+    def __init__(self, unet: nn.Module, device: torch.device, cuda_graph: bool, warmup: int = 2):
+        self.unet = unet
+        self.device = device
+        self.cuda_graph = bool(cuda_graph) and device.type == "cuda"
+        self.warmup = warmup
+        self._graphs: dict[tuple, dict[str, Any]] = {}
+        self._pool = None
+
+    def _eager(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
+
+    def __call__(self, sample: torch.Tensor, t: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``sample`` [N,Cin,h,w] (UNet dtype), integer ``t``, ``hidden`` [N,1,D] -> eps float32 [N,C,h,w]."""
+        N = sample.shape[0]
+        if not self.cuda_graph:
+            # float32 timesteps: exact for every integer t (fp16 is too, bf16 is not: 901 -> 900),
+            # and the UNet's sinusoidal embedding upcasts to float32 anyway.
+            tt = torch.full((N,), float(t), device=sample.device, dtype=torch.float32)
+            return self._eager(sample, tt, hidden).float()
+        key = (tuple(sample.shape), tuple(hidden.shape), sample.dtype)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = {
+                "sample": torch.empty_like(sample),
+                "t": torch.empty((N,), device=sample.device, dtype=torch.float32),
+                "hidden": torch.empty_like(hidden),
+                "calls": 0,
+                "graph": None,
+                "out": None,
+            }
+            self._graphs[key] = entry
+        entry["sample"].copy_(sample)
+        entry["hidden"].copy_(hidden)
+        entry["t"].fill_(float(t))
+        if entry["graph"] is None:
+            entry["calls"] += 1
+            if entry["calls"] <= self.warmup:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    out = self._eager(entry["sample"], entry["t"], entry["hidden"])
+                torch.cuda.current_stream().wait_stream(side)
+                return out.float()
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self._pool):
+                entry["out"] = self._eager(entry["sample"], entry["t"], entry["hidden"])
+            entry["graph"] = g
+            log.debug("captured a CUDA graph of the UNet for %s", key)
+        entry["graph"].replay()
+        return entry["out"].to(torch.float32, copy=True)
+
+
+def _use_safetensors(folder: Path) -> bool:
+    """True when the folder has safetensors weights; else the .bin is loaded with weights_only=True."""
+    return any(folder.glob("*.safetensors"))
+
+
+class Zero123Denoiser(Denoiser):
+    """Stable Zero123 (or Zero123-XL) as a SIR denoiser; 1 view per group, CFG [cond; uncond]."""
+
+    def __init__(
+        self,
+        model: str | Path = "ashawkey/stable-zero123-diffusers",
+        device: str | torch.device = "cuda",
+        dtype: str | torch.dtype = "fp16",
+        variant: str = "auto",
+        concat_latent: str = "sample",
+        cuda_graph: bool = False,
+        channels_last: bool = True,
+        config_key: str = "model.path",
+        cache_dir: str | Path | None = None,
+        local_files_only: bool | None = None,
+    ):
+        """Load from a folder or Hub id.
+
+        ``variant``: ``stable`` (4th camera entry = rad(90 + ref elevation)), ``xl`` (radius offset),
+        or ``auto`` (``xl`` when the id/folder name contains "xl", else ``stable``).
+        ``concat_latent``: ``sample`` (the authors) or ``mode`` (the diffusers pipeline / threestudio).
+        """
+        super().__init__()
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+        self.device = torch.device(device)
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise UserError(f"guidance.dtype={dtype!r} is not one of fp16, bf16, fp32")
+            dtype = DTYPES[dtype]
+        if self.device.type == "cpu" and dtype == torch.float16:
+            # fp16 convolutions are slow or missing on CPU; keep the CPU path usable.
+            log.warning("fp16 on CPU: using fp32 instead")
+            dtype = torch.float32
+        self.dtype = dtype
+        if concat_latent not in ("sample", "mode"):
+            raise UserError(f"concat_latent={concat_latent!r} must be 'sample' or 'mode'")
+        self.concat_latent = concat_latent
+        root = resolve_model(model, config_key=config_key, cache_dir=cache_dir, local_files_only=local_files_only,
+                             allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        index_path = root / "model_index.json"
+        if not index_path.is_file():
+            raise UserError(f"{root} has no model_index.json; is it a diffusers Zero123 folder? ({config_key})")
+        index = json.loads(index_path.read_text())
+        missing = [c for c in REQUIRED_COMPONENTS if c not in index or not (root / c).is_dir()]
+        if missing:
+            raise UserError(f"{root} lacks component folder(s) {', '.join(missing)} of a Zero123 pipeline")
+        if variant == "auto":
+            variant = "xl" if "xl" in Path(str(model)).name.lower() else "stable"
+        if variant not in ("stable", "xl"):
+            raise UserError(f"zero123 variant {variant!r} must be 'stable', 'xl' or 'auto'")
+        self.variant = variant
+        self.root = root
+
+        def _diffusers(cls, name):
+            folder = root / name
+            m = cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=_use_safetensors(folder))
+            return m.to(self.device).eval().requires_grad_(False)
+
+        self.unet = _diffusers(UNet2DConditionModel, "unet")
+        self.vae = _diffusers(AutoencoderKL, "vae")
+        self.cam_proj = _diffusers(CLIPCameraProjection, "clip_camera_projection")
+        enc_dir = root / "image_encoder"
+        # Load in the file's dtype then cast: avoids the torch_dtype/dtype keyword split of transformers 4/5.
+        self.image_encoder = (
+            CLIPVisionModelWithProjection.from_pretrained(enc_dir, use_safetensors=_use_safetensors(enc_dir))
+            .to(self.device, dtype).eval().requires_grad_(False)
+        )
+        self.feature_extractor = CLIPImageProcessor.from_pretrained(root / "feature_extractor")
+        sched_dir = root / "scheduler"
+        self.schedule = DDIMSchedule.from_file(sched_dir / "scheduler_config.json")
+
+        if channels_last and self.device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.latent_size = int(self.unet.config.sample_size)
+        self.latent_channels = int(self.unet.config.out_channels)
+        self.image_size = self.latent_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.views_per_group = 1
+        self._runner = _UNetRunner(self.unet, self.device, cuda_graph)
+        self.clip_emb: torch.Tensor | None = None
+        self.ref_latent: torch.Tensor | None = None
+        self.ref_elevation = 0.0
+        self._zeros: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ reference
+    @torch.no_grad()
+    def set_reference(self, rgb: torch.Tensor, elevation: float, noise: NoiseSource | None = None) -> None:
+        """CLIP embedding [1,D] and unscaled concat latent [1,C,h,w] of ``rgb`` float [3,H,W] in [0,1].
+
+        ``noise``: source of the posterior-sample draw of the concat latent (``concat_latent=sample``);
+        default: the global torch RNG.
+        """
+        S = self.image_size
+        x = rgb.to(self.device, torch.float32)[None]
+        if x.shape[-2:] != (S, S):
+            x = F.interpolate(x, (S, S), mode="bilinear", align_corners=False)
+        # The authors go through PIL (to_pil_image truncates x*255 to uint8) before the processor.
+        u8 = x[0].clamp(0, 1).mul(255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        from PIL import Image
+
+        pix = self.feature_extractor(images=Image.fromarray(u8), return_tensors="pt").pixel_values
+        self.clip_emb = self.image_encoder(pix.to(self.device, self.dtype)).image_embeds.float()  # [1,D]
+        post = self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist
+        if self.concat_latent == "mode":
+            lat = post.mean.float()
+        else:
+            z = (noise or TorchNoise()).randn(post.mean.shape, self.device)
+            lat = post.mean.float() + post.std.float() * z
+        self.ref_latent = lat  # unscaled: zero123 was trained on raw VAE latents
+        self.ref_elevation = float(elevation)
+
+    # ------------------------------------------------------------------ VAE
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, noise: NoiseSource | None = None) -> torch.Tensor:
+        """Pixels float [B,3,S,S] in [0,1] -> scaled float32 latents [B,C,h,w] (sample if ``noise``)."""
+        x = (2 * images.to(self.device, torch.float32) - 1).to(self.dtype)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        post = self.vae.encode(x).latent_dist
+        lat = post.mean.float()
+        if noise is not None:
+            lat = lat + post.std.float() * noise.randn(lat.shape, self.device)
+        return lat * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled float32 latents [B,C,h,w] -> images float32 [B,3,S,S] in [0,1]."""
+        z = (latents / self.scaling_factor).to(self.dtype)
+        img = self.vae.decode(z, return_dict=False)[0].float()
+        return (img / 2 + 0.5).clamp(0, 1)
+
+    # ------------------------------------------------------------------ conditioning
+    def camera_vectors(self, cams: Cameras) -> torch.Tensor:
+        """Camera 4-vectors float32 [B,4] relative to the reference (stable or xl variant)."""
+        return zero123_embedding(cams, self.ref_elevation, stable=self.variant == "stable").to(self.device)
+
+    @torch.no_grad()
+    def prepare(self, cams: Cameras) -> Zero123Cond:
+        """[cond; uncond] token [2B,1,D] and concat latents [2B,C,h,w] for the B cameras."""
+        if self.clip_emb is None or self.ref_latent is None:
+            raise RuntimeError("call set_reference before prepare")
+        B = len(cams)
+        cam = self.camera_vectors(cams)
+        emb = torch.cat([self.clip_emb.expand(B, -1), cam], dim=-1).to(self.dtype)  # [B,D+4]
+        tok = self.cam_proj(emb)[:, None]  # [B,1,D]
+        hidden = torch.cat([tok, torch.zeros_like(tok)], dim=0)
+        ref = self.ref_latent.to(self.dtype).expand(B, -1, -1, -1)
+        concat = torch.cat([ref, torch.zeros_like(ref)], dim=0)
+        return Zero123Cond(hidden=hidden, concat=concat, batch=B)
+
+    def _unet_input(self, x: torch.Tensor, concat: torch.Tensor) -> torch.Tensor:
+        inp = torch.cat([x.to(self.dtype), concat], dim=1)
+        if self.device.type == "cuda":
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        return inp
+
+    @torch.no_grad()
+    def eps_cfg(self, x: torch.Tensor, t: int, cond: Zero123Cond, scale: float) -> torch.Tensor:
+        """``eps_u + scale (eps_c - eps_u)`` float32 [B,C,h,w]; one UNet call at batch 2B."""
+        B = x.shape[0]
+        inp = self._unet_input(torch.cat([x, x], dim=0), cond.concat)
+        eps = self._runner(inp, t, cond.hidden)
+        self._count("cfg", 2 * B)
+        e_c, e_u = eps[:B], eps[B:]
+        return torch.lerp(e_u, e_c, scale) if scale != 1.0 else e_c
+
+    @torch.no_grad()
+    def eps_uncond(self, x: torch.Tensor, t: int, cond: Zero123Cond) -> torch.Tensor:
+        """Unconditional eps float32 [B,C,h,w] (zero token, zero concat latent); one call at batch B."""
+        B = x.shape[0]
+        inp = self._unet_input(x, cond.concat[B:])
+        eps = self._runner(inp, t, cond.hidden[B:])
+        self._count("uncond", B)
+        return eps

@@ -1,0 +1,164 @@
+"""Stage 1: image -> 3D Gaussians by score-based iterative reconstruction -> coarse textured mesh.
+
+    python main_gs.py --config configs/image.yaml input=cat.png [key=value ...]
+
+Writes ``<outdir>/<save_path>_model.ply``, ``_mesh.<mesh_format>``, ``_preview.png`` and
+``_report.json``. :func:`run_stage1` is the library entry point (batch runs call it with a
+denoiser loaded once).
+"""
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from omegaconf import DictConfig
+
+from core.run import (
+    cli,
+    log,
+    output_path,
+    peak_memory_gb,
+    progress,
+    reference_view,
+    resolve_device,
+    seed_everything,
+    write_report,
+)
+from core.timing import PhaseTimer
+
+WHITE = (1.0, 1.0, 1.0)
+
+
+def run_stage1(cfg: DictConfig, denoiser=None) -> dict:
+    """Run stage 1 for one input; returns the report dict (also written as JSON)."""
+    from core.cameras import orbit_cameras
+    from core.sir import run_sir
+    from core.stage_plans import stage1_plan
+    from gs_renderer import GaussianModel, save_ply
+    from gs_renderer.representation import GaussianRepresentation
+    from guidance import load_denoiser
+    from guidance.denoiser import TorchNoise
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rng = seed_everything(cfg.seed)
+    timer = PhaseTimer(device)
+
+    with timer.phase("load_model"):
+        if denoiser is None:
+            denoiser = load_denoiser(cfg, device)
+    with timer.phase("prepare"):
+        ref_rgb, ref_mask = reference_view(cfg, denoiser)
+        ref_rgb, ref_mask = ref_rgb.to(device), ref_mask.to(device)
+        denoiser.set_reference(ref_rgb, cfg.elevation)
+        nfe0 = denoiser.nfe
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        model = GaussianModel.init_ball(
+            cfg.gaussians.num_pts, radius=cfg.gaussians.init_radius, sh_degree=cfg.gaussians.sh_degree,
+            seed=cfg.seed, device=device,
+        )
+        ref_cam = orbit_cameras(
+            cfg.elevation, cfg.cameras.ref_azimuth, cfg.cameras.radius, cfg.cameras.fovy, cfg.ref_size,
+            device=device,
+        )
+        rep = GaussianRepresentation(model, cfg, ref_rgb, ref_mask, ref_cam, bg=WHITE)
+        plan = stage1_plan(cfg, denoiser)
+
+    with progress(len(plan.t_pairs) + (plan.init_steps > 0), "stage 1 (Gaussians)", cfg.quiet) as on_iter:
+        stats = run_sir(rep, denoiser, plan, rng, TorchNoise(gen), timer, device, on_iter)
+
+    outputs = {}
+    with timer.phase("save_ply"):
+        rep.finish()
+        ply = output_path(cfg, "_model.ply")
+        save_ply(model, ply)
+        outputs["ply"] = str(ply)
+    mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs)
+    with timer.phase("preview"):
+        write_previews(cfg, model, device, outputs)
+
+    report = {
+        "stage": 1,
+        "seed": cfg.seed,
+        "device": str(device),
+        "seconds": timer.seconds(),
+        "nfe": denoiser.nfe - nfe0,
+        "optimiser_steps": stats.optimiser_steps,
+        "num_gaussians": int(model.num_points),
+        "mesh": mesh_info,
+        "peak_gpu_memory_gb": peak_memory_gb(device),
+        "outputs": outputs,
+    }
+    report_path = output_path(cfg, "_report.json")
+    outputs["report"] = str(report_path)
+    write_report(report_path, cfg, report)
+    log.info("stage 1 done in %.1f s: %s", sum(report["seconds"].values()), outputs)
+    return report
+
+
+def export_coarse_mesh(cfg: DictConfig, model, timer: PhaseTimer, device: torch.device, outputs: dict) -> dict:
+    """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (spec 3.1-3.2)."""
+    from gs_renderer import extract_density_mesh
+    from gs_renderer import render as render_gaussians
+    from mesh_renderer import Mesh, bake_texture, bake_cameras, clean_mesh, save_mesh, unwrap_uv
+
+    ex = cfg.export
+    with timer.phase("extract"):
+        v, f = extract_density_mesh(model, resolution=ex.grid_resolution, density_thresh=ex.density_thresh)
+        v, f = clean_mesh(v, f, max_faces=ex.max_faces)
+    if len(f) == 0:
+        log.warning("the Gaussians have no surface above density %.3g: no mesh written", ex.density_thresh)
+        return {"faces": 0}
+    mesh = Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.int64))
+    cams = bake_cameras(cfg.cameras.radius, cfg.cameras.fovy, ex.bake_size, device=device)
+    # xatlas runs on the CPU while the GPU renders the bake views.
+    with ThreadPoolExecutor(1) as pool:
+        with timer.phase("uv_unwrap"):
+            fut = pool.submit(unwrap_uv, mesh, ex.uv_max_faces)
+        with timer.phase("bake_render"), torch.no_grad():
+            out = render_gaussians(
+                model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
+            )
+        with timer.phase("uv_unwrap_wait"):
+            mesh = fut.result().to(device)
+    with timer.phase("bake"):
+        mesh.albedo = bake_texture(mesh, cams, out.rgb, out.alpha, tex_size=ex.texture_size,
+                                   backend=cfg.render.mesh_backend)
+    with timer.phase("save_mesh"):
+        path = output_path(cfg, f"_mesh.{cfg.mesh_format}")
+        save_mesh(mesh.to("cpu"), path)
+        outputs["mesh"] = str(path)
+    return {"vertices": int(mesh.v.shape[0]), "faces": int(mesh.f.shape[0])}
+
+
+def write_previews(cfg: DictConfig, model, device: torch.device, outputs: dict) -> None:
+    """8-view preview grid of the Gaussians (and a turntable video when ``video=true``)."""
+    from core.cameras import orbit_cameras
+    from core.preview import preview_grid, save_video, turntable_cameras
+    from gs_renderer import render as render_gaussians
+
+    bg = torch.tensor(WHITE, device=device)
+    with torch.no_grad():
+        cams = orbit_cameras(0.0, torch.arange(8) * 45.0, cfg.cameras.radius, cfg.cameras.fovy, 256, device=device)
+        out = render_gaussians(model, cams, bg, backend=cfg.render.gs_backend)
+        path = output_path(cfg, "_preview.png")
+        preview_grid(out.rgb, path, ncols=4)
+        outputs["preview"] = str(path)
+        if cfg.video:
+            tcams = turntable_cameras(120, cfg.elevation, cfg.cameras.radius, cfg.cameras.fovy, 512).to(device)
+            frames = torch.cat([render_gaussians(model, tcams[i : i + 30], bg, backend=cfg.render.gs_backend).rgb
+                                for i in range(0, len(tcams), 30)])
+            vpath = output_path(cfg, "_gaussians.mp4")
+            save_video(frames, vpath, fps=30)
+            outputs["video"] = str(vpath)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    return cli(run_stage1, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

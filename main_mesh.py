@@ -1,0 +1,154 @@
+"""Stage 2: refine the coarse mesh's UV texture by score-based iterative reconstruction -> .glb.
+
+    python main_mesh.py --config configs/image.yaml input=cat.png [key=value ...]
+
+Reads ``mesh=`` or ``<outdir>/<save_path>_mesh.<glb|obj>`` (stage 1's output) and writes
+``<outdir>/<save_path>.glb`` (plus ``.obj/.mtl/_albedo.png`` with ``mesh_format=obj``),
+``_final_preview.png``, ``_final_report.json`` and, with ``video=true``, ``.mp4``.
+:func:`run_stage2` is the library entry point.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from core.errors import UserError
+from core.run import (
+    cli,
+    log,
+    output_path,
+    peak_memory_gb,
+    progress,
+    reference_view,
+    resolve_device,
+    seed_everything,
+    write_report,
+)
+from core.timing import PhaseTimer
+
+WHITE = (1.0, 1.0, 1.0)
+
+
+def find_stage1_mesh(cfg: DictConfig) -> Path:
+    """``mesh=`` when given, else stage 1's ``<outdir>/<save_path>_mesh.<fmt>`` (glb or obj)."""
+    if cfg.mesh:
+        path = Path(cfg.mesh)
+        if not path.is_file():
+            raise UserError(f"mesh file not found: {path}")
+        return path
+    tried = [output_path(cfg, f"_mesh.{ext}") for ext in dict.fromkeys([cfg.mesh_format, "glb", "obj"])]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise UserError(
+        f"no stage-1 mesh found (looked for {', '.join(str(p) for p in tried)}); "
+        "run main_gs.py with the same input/save_path/outdir first, or pass mesh=path/to/mesh"
+    )
+
+
+def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
+    """Run stage 2 for one input; returns the report dict (also written as JSON)."""
+    from core.cameras import orbit_cameras
+    from core.sir import run_sir
+    from core.stage_plans import stage2_plan
+    from guidance import load_denoiser
+    from guidance.denoiser import TorchNoise
+    from mesh_renderer import load_mesh, save_mesh
+    from mesh_renderer.representation import TextureRepresentation
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    mesh_path = find_stage1_mesh(cfg)
+    rng = seed_everything(cfg.seed)
+    timer = PhaseTimer(device)
+
+    with timer.phase("load_model"):
+        if denoiser is None:
+            denoiser = load_denoiser(cfg, device)
+    with timer.phase("prepare"):
+        mesh = load_mesh(mesh_path).to(device)
+        if not mesh.has_uv or mesh.albedo is None:
+            raise UserError(f"{mesh_path} has no UV texture to refine (stage 1 writes one)")
+        ref_rgb, ref_mask = reference_view(cfg, denoiser)
+        ref_rgb, ref_mask = ref_rgb.to(device), ref_mask.to(device)
+        denoiser.set_reference(ref_rgb, cfg.elevation)
+        nfe0 = denoiser.nfe
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        ref_cam = orbit_cameras(
+            cfg.elevation, cfg.cameras.ref_azimuth, cfg.cameras.radius, cfg.cameras.fovy, cfg.ref_size,
+            device=device,
+        )
+        rep = TextureRepresentation(
+            mesh, ref_rgb, ref_cam, lr=cfg.refine.texture_lr, ref_weight=cfg.refine.ref_loss,
+            bg=WHITE, backend=cfg.render.mesh_backend,
+        )
+        plan = stage2_plan(cfg, denoiser)
+
+    with progress(len(plan.t_pairs), "stage 2 (texture)", cfg.quiet) as on_iter:
+        stats = run_sir(rep, denoiser, plan, rng, TorchNoise(gen), timer, device, on_iter)
+
+    outputs = {}
+    with timer.phase("export"):
+        final = rep.export_mesh().to("cpu")
+        glb = output_path(cfg, ".glb")
+        save_mesh(final, glb)
+        outputs["glb"] = str(glb)
+        if cfg.mesh_format == "obj":
+            obj = output_path(cfg, ".obj")
+            save_mesh(final, obj)
+            outputs["obj"] = str(obj)
+    with timer.phase("preview"):
+        write_previews(cfg, final, device, outputs)
+
+    report = {
+        "stage": 2,
+        "seed": cfg.seed,
+        "device": str(device),
+        "input_mesh": str(mesh_path),
+        "seconds": timer.seconds(),
+        "nfe": denoiser.nfe - nfe0,
+        "optimiser_steps": stats.optimiser_steps,
+        "peak_gpu_memory_gb": peak_memory_gb(device),
+        "outputs": outputs,
+    }
+    report_path = output_path(cfg, "_final_report.json")
+    outputs["report"] = str(report_path)
+    write_report(report_path, cfg, report)
+    log.info("stage 2 done in %.1f s: %s", sum(report["seconds"].values()), outputs)
+    return report
+
+
+def write_previews(cfg: DictConfig, mesh, device: torch.device, outputs: dict) -> None:
+    """8-view preview grid of the final mesh (and a turntable video when ``video=true``)."""
+    from core.cameras import orbit_cameras
+    from core.preview import preview_grid, save_video, turntable_cameras
+    from mesh_renderer import render as render_mesh
+
+    mesh = mesh.to(device)
+    bg = torch.tensor(WHITE, device=device)
+    with torch.no_grad():
+        cams = orbit_cameras(0.0, torch.arange(8) * 45.0, cfg.cameras.radius, cfg.cameras.fovy, 256, device=device)
+        out = render_mesh(mesh, cams, bg, backend=cfg.render.mesh_backend)
+        path = output_path(cfg, "_final_preview.png")
+        preview_grid(out.rgb, path, ncols=4)
+        outputs["preview"] = str(path)
+        if cfg.video:
+            tcams = turntable_cameras(120, cfg.elevation, cfg.cameras.radius, cfg.cameras.fovy, 512).to(device)
+            frames = torch.cat([render_mesh(mesh, tcams[i : i + 30], bg, backend=cfg.render.mesh_backend).rgb
+                                for i in range(0, len(tcams), 30)])
+            vpath = output_path(cfg, ".mp4")
+            save_video(frames, vpath, fps=30)
+            outputs["video"] = str(vpath)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    return cli(run_stage2, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
