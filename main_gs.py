@@ -30,8 +30,11 @@ from core.timing import PhaseTimer
 WHITE = (1.0, 1.0, 1.0)
 
 
-def run_stage1(cfg: DictConfig, denoiser=None) -> dict:
-    """Run stage 1 for one input; returns the report dict (also written as JSON)."""
+def run_stage1(cfg: DictConfig, denoiser=None, export: bool = True) -> dict:
+    """Run stage 1 for one input; returns the report dict (also written as JSON).
+
+    ``export=False`` skips the coarse mesh (benchmarks of the SIR loop on random weights).
+    """
     from core.cameras import orbit_cameras
     from core.sir import run_sir
     from core.stage_plans import stage1_plan
@@ -75,7 +78,7 @@ def run_stage1(cfg: DictConfig, denoiser=None) -> dict:
         ply = output_path(cfg, "_model.ply")
         save_ply(model, ply)
         outputs["ply"] = str(ply)
-    mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs)
+    mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs) if export else {}
     with timer.phase("preview"):
         write_previews(cfg, model, device, outputs)
 
@@ -102,21 +105,26 @@ def export_coarse_mesh(cfg: DictConfig, model, timer: PhaseTimer, device: torch.
     """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (spec 3.1-3.2)."""
     from gs_renderer import extract_density_mesh
     from gs_renderer import render as render_gaussians
-    from mesh_renderer import Mesh, bake_texture, bake_cameras, clean_mesh, save_mesh, unwrap_uv
+    from mesh_renderer import Mesh, save_mesh
+    from mesh_renderer.bake import bake_cameras, bake_texture
+    from mesh_renderer.ops import clean_mesh, decimate
+    from mesh_renderer.uv import unwrap_uv
 
     ex = cfg.export
     with timer.phase("extract"):
         v, f = extract_density_mesh(model, resolution=ex.grid_resolution, density_thresh=ex.density_thresh)
-        v, f = clean_mesh(v, f, max_faces=ex.max_faces)
+        v, f = clean_mesh(v, f)
+        if len(f) > ex.max_faces:
+            v, f = decimate(v, f, ex.max_faces)
     if len(f) == 0:
         log.warning("the Gaussians have no surface above density %.3g: no mesh written", ex.density_thresh)
         return {"faces": 0}
     mesh = Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.int64))
-    cams = bake_cameras(cfg.cameras.radius, cfg.cameras.fovy, ex.bake_size, device=device)
+    cams = bake_cameras(ex.bake_size, radius=cfg.cameras.radius, fovy=cfg.cameras.fovy, device=device)
     # xatlas runs on the CPU while the GPU renders the bake views.
     with ThreadPoolExecutor(1) as pool:
         with timer.phase("uv_unwrap"):
-            fut = pool.submit(unwrap_uv, mesh, ex.uv_max_faces)
+            fut = pool.submit(unwrap_uv, mesh, max_faces=ex.uv_max_faces, tex_size=ex.texture_size)
         with timer.phase("bake_render"), torch.no_grad():
             out = render_gaussians(
                 model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend

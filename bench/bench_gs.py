@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -19,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.cameras import orbit_cameras  # noqa: E402
-from gs_renderer import GaussianModel, extract_density_mesh, gsplat_available, render  # noqa: E402
+from core.cameras import orbit_cameras
+from gs_renderer import GaussianModel, extract_density_mesh, gsplat_available, render
 
 
 def _sync(dev: torch.device) -> None:
@@ -78,12 +79,14 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
+        # OpenMP spin-waiting makes CPU runs on a shared/loaded box several times slower.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
     }
     try:
         import gsplat
 
         info["gsplat"] = gsplat.__version__
-    except Exception as e:  # noqa: BLE001 - report, don't fail
+    except Exception as e:  # report, do not fail
         info["gsplat"] = f"unavailable ({type(e).__name__})"
     rows = []
     azim = [i * 360.0 / args.views - 180 for i in range(args.views)]

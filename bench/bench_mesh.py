@@ -11,8 +11,8 @@ runs on the device. Prints a table and writes all figures (+ device and versions
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.cameras import orbit_cameras  # noqa: E402
-from mesh_renderer import Mesh, composite, interpolate, rasterize, save_mesh, shade  # noqa: E402
-from mesh_renderer.bake import bake_cameras, bake_texture  # noqa: E402
-from mesh_renderer.ops import clean_mesh, decimate  # noqa: E402
-from mesh_renderer.raster import nvdiffrast_available  # noqa: E402
-from mesh_renderer.uv import unwrap_uv  # noqa: E402
+from core.cameras import orbit_cameras
+from mesh_renderer import Mesh, composite, interpolate, rasterize, save_mesh, shade
+from mesh_renderer.bake import bake_cameras, bake_texture
+from mesh_renderer.ops import clean_mesh, decimate
+from mesh_renderer.raster import nvdiffrast_available
+from mesh_renderer.uv import unwrap_uv
 
 
 def sync(device: torch.device) -> None:
@@ -111,15 +111,15 @@ def main(argv: list[str] | None = None) -> dict:
     v, f = marching_cubes(vol, 0.5)
     times["marching_cubes_s"] = time.perf_counter() - t
     v = v / (args.grid - 1) * 2 - 1
-    res["mc_faces"] = int(len(f))
+    res["mc_faces"] = len(f)
     (v, f), times["clean_mesh_s"] = timed(lambda: clean_mesh(v, f), torch.device("cpu"))
-    res["clean_faces"] = int(len(f))
+    res["clean_faces"] = len(f)
     (v, f), times["decimate_s"] = timed(lambda: decimate(v, f, args.faces), torch.device("cpu"))
     mesh = Mesh(v=v, f=f).normalized(1.0)
-    res["faces"], res["vertices"] = int(len(mesh.f)), int(len(mesh.v))
+    res["faces"], res["vertices"] = len(mesh.f), len(mesh.v)
 
     uv, times["unwrap_uv_s"] = timed(lambda: unwrap_uv(mesh, tex_size=args.tex), torch.device("cpu"))
-    res["uv_vertices"] = int(len(uv.v))
+    res["uv_vertices"] = len(uv.v)
     uv = uv.to(device)
 
     bcams = bake_cameras(args.bake_res, device=device)
@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     backends = ["torch"] + (["nvdiffrast"] if device.type == "cuda" and nvdiffrast_available(device) else [])
     res["render"] = {}
     for backend in backends:
-        raster, t_r = timed(lambda: rasterize(textured, cams, backend=backend), device,
+        raster, t_r = timed(lambda b=backend: rasterize(textured, cams, backend=b), device,
                             reps=args.reps, warmup=1)
         raw = torch.logit(albedo.clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
 
-        def step():
+        def step(raster=raster, raw=raw):
             out = shade(raster, raw, bg=1.0, activation="sigmoid")
             out.rgb.mean().backward()
             return out
@@ -158,10 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     res["versions"] = {"python": platform.python_version(), "torch": torch.__version__,
                        "numpy": np.__version__}
     for mod in ["xatlas", "fast_simplification", "trimesh", "pygltflib", "mcubes", "skimage", "nvdiffrast"]:
-        try:
+        with contextlib.suppress(Exception):  # optional packages
             res["versions"][mod] = getattr(__import__(mod), "__version__", "?")
-        except Exception:  # noqa: BLE001 - optional
-            pass
     res["cpu_threads"] = torch.get_num_threads()
 
     print(f"\nmesh benchmark on {res.get('gpu', device)}: MC {res['mc_faces']} -> clean {res['clean_faces']} "

@@ -256,13 +256,14 @@ def zero123_embedding(cams: Cameras, ref_elevation: float, stable: bool = True) 
     the view's elevation minus the reference elevation, in our (DreamGaussian) sign, which is
     Zero123's polar-angle offset.
     """
-    d_elev = torch.deg2rad(cams.elevation - ref_elevation)
-    az = torch.deg2rad(cams.azimuth)
+    # float64 then float32, as the authors' numpy maths: the embedding matches theirs exactly.
+    d_elev = torch.deg2rad(cams.elevation.double() - ref_elevation)
+    az = torch.deg2rad(cams.azimuth.double())
     if stable:
         last = torch.full_like(d_elev, math.radians(90.0 + ref_elevation))
     else:
         last = torch.zeros_like(d_elev)
-    return torch.stack([d_elev, torch.sin(az), torch.cos(az), last], dim=-1)
+    return torch.stack([d_elev, torch.sin(az), torch.cos(az), last], dim=-1).float()
 
 
 def imagedream_embedding(cams: Cameras) -> torch.Tensor:

@@ -58,6 +58,7 @@ class SirPlan:
     radius: float = 2.0
     fovy: float = 49.1
     even_view: bool = True
+    resize_mode: str = "bilinear"  # renders -> model size and back (stage 1 bicubic, stage 2 bilinear)
 
 
 @dataclass
@@ -69,11 +70,11 @@ class SirStats:
     losses: list[float] = field(default_factory=list)
 
 
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of ``[B,C,H,W]`` to ``size`` (no-op when already that size)."""
+def resize(images: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``[B,C,H,W]`` to ``size`` as the authors do (no antialias); no-op at that size."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    return F.interpolate(images, (size, size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(images, (size, size), mode=mode, align_corners=False)
 
 
 def sample_cameras(plan: SirPlan, rng: np.random.Generator, device: torch.device) -> Cameras:
@@ -125,7 +126,7 @@ def run_sir(
             if target is None:
                 # The first render of an iteration also feeds the refine step (as the paper code).
                 with timer.phase("refine"), torch.no_grad():
-                    x = resize(out.rgb[: len(cams)].detach().float(), denoiser.image_size)
+                    x = resize(out.rgb[: len(cams)].detach().float(), denoiser.image_size, plan.resize_mode)
                     refined = refine(
                         denoiser,
                         x,
@@ -138,7 +139,7 @@ def run_sir(
                         noise=noise,
                         from_noise=from_noise,
                     )
-                    target = resize(refined.images.float(), plan.render_size).clamp(0, 1)
+                    target = resize(refined.images.float(), plan.render_size, plan.resize_mode).clamp(0, 1)
             with timer.phase("optimise"):
                 loss = rep.loss(out, target)
                 rep.step(loss, out)

@@ -31,6 +31,7 @@ def stage1_plan(cfg: DictConfig, denoiser) -> SirPlan:
         radius=cfg.cameras.radius,
         fovy=cfg.cameras.fovy,
         even_view=s.even_view,
+        resize_mode="bicubic",
     )
 
 
@@ -54,4 +55,5 @@ def stage2_plan(cfg: DictConfig, denoiser) -> SirPlan:
         radius=cfg.cameras.radius,
         fovy=cfg.cameras.fovy,
         even_view=True,
+        resize_mode="bilinear",
     )

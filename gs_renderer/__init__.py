@@ -24,6 +24,7 @@ __all__ = [
     "render",
     "gsplat_available",
     "Densifier",
+    "final_prune",
     "save_ply",
     "load_ply",
     "extract_density_mesh",
@@ -32,6 +33,7 @@ __all__ = [
 
 _LAZY = {
     "Densifier": ".densify",
+    "final_prune": ".densify",
     "save_ply": ".ply",
     "load_ply": ".ply",
     "extract_density_mesh": ".extract",

@@ -18,7 +18,7 @@ import torch
 
 from .model import PARAM_GROUPS, GaussianModel, quat_to_rotmat
 
-__all__ = ["Densifier", "replace_points"]
+__all__ = ["Densifier", "final_prune", "replace_points"]
 
 
 def replace_points(
@@ -77,23 +77,29 @@ class Densifier:
         self.max_radii2d = torch.zeros(n, device=dev)
 
     @torch.no_grad()
-    def add_stats(self, out, width: int | None = None, height: int | None = None) -> None:
+    def add_stats(
+        self, out, width: int | None = None, height: int | None = None, views: int | None = None
+    ) -> None:
         """Accumulate from a ``RenderOutput`` after ``backward`` (``means2d.grad`` ``[V,N,2]``).
 
-        ``width``/``height`` default to the rendered image size.
+        ``width``/``height`` default to the rendered image size; ``views``: use only the first
+        ``views`` rows (e.g. leave out a reference view rendered in the same batch).
         """
         g = out.means2d.grad
         if g is None:
             raise RuntimeError("means2d has no grad: render with need_means2d=True and call backward first")
+        radii = out.radii
+        if views is not None:
+            g, radii = g[:views], radii[:views]
         H, W = out.rgb.shape[-2:]
         width = W if width is None else width
         height = H if height is None else height
         scale = torch.tensor([width / 2.0, height / 2.0], device=g.device)
         norms = (g * scale).norm(dim=-1)  # [V,N] in NDC-like units
-        vis = out.radii > 0
+        vis = radii > 0
         self.grad_accum += (norms * vis).sum(0)
         self.denom += vis.sum(0)
-        self.max_radii2d = torch.maximum(self.max_radii2d, out.radii.float().max(0).values)
+        self.max_radii2d = torch.maximum(self.max_radii2d, radii.float().max(0).values)
 
     def mean_grads(self) -> torch.Tensor:
         """Mean accumulated gradient norm per Gaussian ``[N]`` (0 where never visible)."""

@@ -72,7 +72,7 @@ def density_grid(
         idx = lo[ids][:, None, :] + off[None]  # [B,b^3,3]
         valid = (idx <= hi[ids][:, None, :]).all(-1)
         d = idx.float() / step - 1.0 - mu[ids][:, None, :]
-        maha = torch.einsum("bpi,bij,bpj->bp", d, prec[ids], d)
+        maha = (torch.bmm(d, prec[ids]) * d).sum(-1)
         # Non-positive-definite leftovers (negative exponent) contribute nothing, as the authors'.
         val = alpha[ids][:, None] * torch.exp(-0.5 * maha.clamp_min(0)) * (maha >= 0)
         flat = (idx[..., 0] * res + idx[..., 1]) * res + idx[..., 2]

@@ -112,7 +112,7 @@ def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gau
     if n_rest % 3:
         raise ValueError(f"{path}: {n_rest} f_rest properties is not a multiple of 3")
     k = n_rest // 3
-    deg = int(round((k + 1) ** 0.5)) - 1
+    deg = round((k + 1) ** 0.5) - 1
     if (deg + 1) ** 2 - 1 != k:
         raise ValueError(f"{path}: {k} SH coefficients per channel is not a full degree")
 

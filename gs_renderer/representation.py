@@ -96,12 +96,12 @@ class GaussianRepresentation:
         in_window = g.density_start_iter <= self.step_count <= g.density_end_iter
         if in_window:
             # Statistics from the V novel views only (the reference row is not a sampled view).
-            self.densifier.accumulate(out, views=self.views)
+            self.densifier.add_stats(out, views=self.views)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if in_window and self.step_count % g.densification_interval == 0:
             self.densifier.densify_and_prune(
-                grad_threshold=g.densify_grad_threshold,
+                grad_thresh=g.densify_grad_threshold,
                 min_opacity=g.min_opacity,
                 extent=g.extent,
                 percent_dense=g.percent_dense,

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,6 @@ from guidance.schedule import DDIMSchedule
 __all__ = [
     "ImageDreamCond",
     "ImageDreamDenoiser",
-    "imagedream_from_config",
     "NEGATIVE_PROMPT",
     "REQUIRED_COMPONENTS",
     "FRAMES",
@@ -68,13 +68,15 @@ class ImageDreamCond:
     """Network inputs for G groups, all ``[uncond; cond]`` with ``N = G * 5`` rows per half.
 
     ``camera [2N,16]``, ``context [2N,77+ip,D]`` (text tokens followed by image-prompt tokens),
-    ``ip_img [2G,C,h,w]``; the uncond half is the first ``N`` (resp. ``G``) rows.
+    ``ip_img [2G,C,h,w]``; the uncond half is the first ``N`` (resp. ``G``) rows. ``order [4G]``: the
+    caller's view index of each group slot (group g = slots 4g..4g+3), None when it is the identity.
     """
 
     camera: torch.Tensor
     context: torch.Tensor
     ip_img: torch.Tensor
     groups: int
+    order: torch.Tensor | None = None
 
 
 class _GraphRunner:
@@ -135,9 +137,12 @@ def _use_safetensors(folder: Path) -> bool:
 
 def load_mv_unet(folder: Path, dtype: torch.dtype) -> MultiViewUNetModel:
     """Load ``unet/`` strictly: every checkpoint tensor must be consumed and every parameter present."""
-    unet, info = MultiViewUNetModel.from_pretrained(
-        folder, torch_dtype=dtype, use_safetensors=_use_safetensors(folder), output_loading_info=True
-    )
+    try:
+        unet, info = MultiViewUNetModel.from_pretrained(
+            folder, torch_dtype=dtype, use_safetensors=_use_safetensors(folder), output_loading_info=True
+        )
+    except ValueError as exc:  # diffusers reports shape mismatches this way
+        raise UserError(f"{folder} does not match MultiViewUNetModel: {str(exc).splitlines()[0]}") from None
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         detail = "; ".join(f"{k}: {len(v)} e.g. {list(v)[:3]}" for k, v in problems.items())
@@ -157,12 +162,17 @@ class ImageDreamDenoiser(Denoiser):
         negative_prompt: str = NEGATIVE_PROMPT,
         ref_latent: str = "sample",
         cuda_graph: bool = False,
+        grouping: str = "auto",
         channels_last: bool = True,
         config_key: str = "model.path",
         cache_dir: str | Path | None = None,
         local_files_only: bool | None = None,
     ) -> None:
-        """Load from a folder or Hub id. ``ref_latent``: ``sample`` (the authors) or ``mode`` for ``ip_img``."""
+        """Load from a folder or Hub id. ``ref_latent``: ``sample`` (the authors) or ``mode`` for ``ip_img``.
+
+        ``grouping``: how views form groups of 4 (``auto`` | ``consecutive`` | ``interleaved``, see
+        :meth:`group_order`).
+        """
         super().__init__()
         from diffusers import AutoencoderKL
         from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
@@ -180,6 +190,9 @@ class ImageDreamDenoiser(Denoiser):
         if ref_latent not in ("sample", "mode"):
             raise UserError(f"model.ref_latent={ref_latent!r} must be 'sample' or 'mode'")
         self.ref_latent_mode = ref_latent
+        if grouping not in ("auto", "consecutive", "interleaved"):
+            raise UserError(f"grouping={grouping!r} must be auto, consecutive or interleaved")
+        self.grouping = grouping
         root = resolve_model(model, config_key=config_key, cache_dir=cache_dir, local_files_only=local_files_only,
                              allow_patterns=["*.json", "*.safetensors", "*.txt"])
         index_path = root / "model_index.json"
@@ -300,7 +313,7 @@ class ImageDreamDenoiser(Denoiser):
 
     # ------------------------------------------------------------------ conditioning
     def camera_vectors(self, cams: Cameras) -> torch.Tensor:
-        """Per-group camera inputs float32 ``[G*5,16]``: the 4 views' vectors, then a zero row per group."""
+        """Per-group camera inputs float32 ``[G*5,16]``: 4 consecutive views' vectors, then a zero row per group."""
         B = len(cams)
         if B % VIEWS:
             raise ValueError(f"ImageDream needs groups of {VIEWS} views, got {B}")
@@ -308,11 +321,40 @@ class ImageDreamDenoiser(Denoiser):
         cam = torch.cat([cam, torch.zeros_like(cam[:, :1])], dim=1)  # [G,5,16]
         return cam.reshape(-1, 16)
 
+    def group_order(self, cams: Cameras) -> torch.Tensor | None:
+        """View indices ``[B]`` listing group 0's 4 views, then group 1's, ...; None = as given.
+
+        ImageDream was trained on 4 views 90 degrees apart. ``grouping``: ``consecutive`` takes views
+        4g..4g+3; ``interleaved`` takes g, g+G, g+2G, g+3G (90 degrees apart for B evenly spaced views in
+        azimuth order, e.g. 8 views 45 degrees apart); ``auto`` picks whichever keeps the azimuth gaps
+        inside the groups closer to 90 degrees (consecutive on ties, so 4 views stay as they are).
+        """
+        B = len(cams)
+        G = B // VIEWS
+        if G <= 1 or self.grouping == "consecutive":
+            return None
+        inter = torch.arange(B).view(VIEWS, G).t().reshape(-1)
+        if self.grouping == "interleaved":
+            return inter
+
+        def spread(order: torch.Tensor) -> float:
+            az = torch.sort(cams.azimuth.detach().cpu().double()[order].view(G, VIEWS) % 360.0, dim=1).values
+            gaps = torch.diff(torch.cat([az, az[:, :1] + 360.0], dim=1), dim=1)
+            return float((gaps - 90.0).abs().sum())
+
+        return inter if spread(inter) < spread(torch.arange(B)) - 1e-6 else None
+
     @torch.no_grad()
     def prepare(self, cams: Cameras) -> ImageDreamCond:
-        """``[uncond; cond]`` network inputs for the B = 4G cameras (consecutive views form a group)."""
+        """``[uncond; cond]`` network inputs for the B = 4G cameras, grouped by :meth:`group_order`."""
         if self.ip_tokens is None or self.ref_latent is None or self.text is None:
             raise RuntimeError("call set_reference before prepare")
+        if len(cams) % VIEWS:
+            raise ValueError(f"ImageDream needs groups of {VIEWS} views, got {len(cams)}")
+        order = self.group_order(cams)
+        if order is not None:
+            cams = cams[order]
+            order = order.to(self.device)
         cam = self.camera_vectors(cams).to(self.dtype)
         G = cam.shape[0] // FRAMES
         N = G * FRAMES
@@ -320,7 +362,8 @@ class ImageDreamDenoiser(Denoiser):
         context = ctx.repeat_interleave(N, dim=0)  # [2N,...]: uncond rows first
         ref = self.ref_latent.to(self.dtype).expand(G, -1, -1, -1)
         ip_img = torch.cat([torch.zeros_like(ref), ref], dim=0)
-        return ImageDreamCond(camera=torch.cat([cam, cam], dim=0), context=context, ip_img=ip_img, groups=G)
+        return ImageDreamCond(camera=torch.cat([cam, cam], dim=0), context=context, ip_img=ip_img, groups=G,
+                              order=order)
 
     def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, camera: torch.Tensor,
                    ip_img: torch.Tensor) -> torch.Tensor:
@@ -329,10 +372,13 @@ class ImageDreamDenoiser(Denoiser):
         return self.unet(x, t, context[:, :-ip_dim], camera=camera, num_frames=FRAMES,
                          ip_tokens=context[:, -ip_dim:], ip_img=ip_img)
 
-    def _frames(self, x: torch.Tensor, G: int) -> torch.Tensor:
-        """Latents ``[4G,C,h,w]`` -> ``[5G,C,h,w]`` in the UNet dtype with a zero 5th frame per group."""
+    def _frames(self, x: torch.Tensor, cond: ImageDreamCond) -> torch.Tensor:
+        """Latents ``[4G,C,h,w]`` (caller's order) -> ``[5G,C,h,w]`` grouped, UNet dtype, zero 5th frame per group."""
+        G = cond.groups
         if x.shape[0] != G * VIEWS:
             raise ValueError(f"latent batch {x.shape[0]} does not match the {G} prepared groups")
+        if cond.order is not None:
+            x = x[cond.order]
         v = x.to(self.dtype).view(G, VIEWS, *x.shape[1:])
         # The zero latent is a placeholder: the UNet writes ip_img there.
         x5 = torch.cat([v, torch.zeros_like(v[:, :1])], dim=1).view(G * FRAMES, *x.shape[1:])
@@ -340,15 +386,23 @@ class ImageDreamDenoiser(Denoiser):
             x5 = x5.contiguous(memory_format=torch.channels_last)
         return x5
 
-    def _drop_ref(self, eps: torch.Tensor, G: int) -> torch.Tensor:
-        """``[5G,C,h,w]`` -> the 4 views' predictions ``[4G,C,h,w]``."""
+    @staticmethod
+    def _drop_ref(eps: torch.Tensor, G: int) -> torch.Tensor:
+        """``[5G,C,h,w]`` -> the 4 views' predictions ``[4G,C,h,w]`` (group order)."""
         return eps.view(G, FRAMES, *eps.shape[1:])[:, :VIEWS].reshape(G * VIEWS, *eps.shape[1:])
+
+    @staticmethod
+    def _ungroup(eps: torch.Tensor, cond: ImageDreamCond) -> torch.Tensor:
+        """``[4G,C,h,w]`` in group order -> the caller's view order."""
+        if cond.order is None:
+            return eps
+        return torch.empty_like(eps).index_copy_(0, cond.order, eps)
 
     @torch.no_grad()
     def eps_cfg(self, x: torch.Tensor, t: int, cond: ImageDreamCond, scale: float) -> torch.Tensor:
         """``eps_u + scale (eps_c - eps_u)`` float32 ``[B,C,h,w]``; one UNet call at batch ``2 * 5G``."""
         G = cond.groups
-        x5 = self._frames(x, G)
+        x5 = self._frames(x, cond)
         inp = torch.cat([x5, x5], dim=0)
         # float32 timesteps: exact for every integer t, and the sinusoidal embedding is float32 anyway.
         tt = torch.full((inp.shape[0],), float(t), device=self.device, dtype=torch.float32)
@@ -356,41 +410,16 @@ class ImageDreamDenoiser(Denoiser):
         self._count("cfg", inp.shape[0])
         N = G * FRAMES
         e_u, e_c = self._drop_ref(eps[:N], G), self._drop_ref(eps[N:], G)
-        return torch.lerp(e_u, e_c, scale) if scale != 1.0 else e_c
+        return self._ungroup(torch.lerp(e_u, e_c, scale) if scale != 1.0 else e_c, cond)
 
     @torch.no_grad()
     def eps_uncond(self, x: torch.Tensor, t: int, cond: ImageDreamCond) -> torch.Tensor:
         """Unconditional eps float32 ``[B,C,h,w]`` (negative prompt, Resampler(0), zero ip_img); batch ``5G``."""
         G = cond.groups
         N = G * FRAMES
-        x5 = self._frames(x, G)
+        x5 = self._frames(x, cond)
         tt = torch.full((N,), float(t), device=self.device, dtype=torch.float32)
         eps = self._runner(x=x5, t=tt, context=cond.context[:N], camera=cond.camera[:N], ip_img=cond.ip_img[:G])
         self._count("uncond", N)
-        return self._drop_ref(eps, G)
+        return self._ungroup(self._drop_ref(eps, G), cond)
 
-
-def imagedream_from_config(cfg: Any, device: torch.device | str) -> ImageDreamDenoiser:
-    """Build from the run config: ``model.{path,id,cache_dir,dtype,cuda_graph,ref_latent,negative_prompt}``, ``prompt``.
-
-    An empty ``prompt`` falls back to ``<input stem>_caption.txt`` beside ``input`` when that file exists.
-    """
-    m = cfg.model
-    model = m.get("path") or m.get("id") or "ashawkey/imagedream-ipmv-diffusers"
-    prompt = str(cfg.get("prompt") or "")
-    if not prompt and cfg.get("input"):
-        cap = Path(str(cfg.input)).with_name(Path(str(cfg.input)).stem + "_caption.txt")
-        if cap.is_file():
-            prompt = cap.read_text().strip()
-    neg = m.get("negative_prompt")
-    return ImageDreamDenoiser(
-        model=model,
-        device=device,
-        dtype=m.get("dtype", "fp16"),
-        prompt=prompt,
-        negative_prompt=NEGATIVE_PROMPT if neg is None else str(neg),
-        ref_latent=m.get("ref_latent", "sample"),
-        cuda_graph=bool(m.get("cuda_graph", False)),
-        config_key="model.path",
-        cache_dir=m.get("cache_dir") or None,
-    )

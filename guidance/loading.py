@@ -47,8 +47,7 @@ def resolve_model(
     if text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise UserError(f"model folder {text!r} does not exist; set {config_key}=/path/to/folder")
 
-    from huggingface_hub import snapshot_download
-    from huggingface_hub import constants
+    from huggingface_hub import constants, snapshot_download
 
     cache = hub_cache_dir(cache_dir)
     offline = bool(constants.HF_HUB_OFFLINE) if local_files_only is None else local_files_only

@@ -18,7 +18,7 @@ Batches are frame-major inside a sample: row ``b * F + f``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm evaluated in float32 and cast back (the original LDM does this for fp16 stability)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -130,7 +130,13 @@ def imagedream_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
 def build_imagedream(size: str = "tiny", seed: int = 0) -> dict[str, Any]:
     """Instantiate the components with random weights (deterministic for ``seed``); tokenizer excluded."""
     from diffusers import AutoencoderKL
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+    )
 
     from guidance.mv_unet import MultiViewUNetModel
 

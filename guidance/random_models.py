@@ -113,7 +113,8 @@ def save_zero123(folder: str | Path, size: str = "tiny", seed: int = 0, dtype: t
     folder.mkdir(parents=True, exist_ok=True)
     comps = build_zero123(size, seed)
     for name in ("unet", "vae", "clip_camera_projection", "image_encoder"):
-        comps[name].to(dtype).save_pretrained(folder / name, safe_serialization=True)
+        m = comps[name] if dtype == torch.float32 else comps[name].to(dtype)  # the Hub files are fp16
+        m.save_pretrained(folder / name, safe_serialization=True)
     comps["feature_extractor"].save_pretrained(folder / "feature_extractor")
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(comps["scheduler"], indent=2))

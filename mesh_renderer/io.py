@@ -311,6 +311,8 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike) -> Path:
     """Write ``.obj`` (+ ``<stem>.mtl`` + ``<stem>_albedo.png`` when textured) or ``.glb``; returns the path."""
     path = Path(path)
     ext = path.suffix.lower()
+    det = lambda x: None if x is None else x.detach()  # noqa: E731 - parameters may require grad
+    mesh = Mesh(v=det(mesh.v), f=mesh.f, vn=det(mesh.vn), vt=det(mesh.vt), ft=mesh.ft, albedo=det(mesh.albedo))
     if ext == ".obj":
         _save_obj(mesh, path)
     elif ext == ".glb":

@@ -139,7 +139,7 @@ def nvdiffrast_available(device: torch.device | str = "cuda") -> bool:
     try:
         _cuda_context(torch.device(device))
         return True
-    except Exception as e:  # noqa: BLE001 - any build/import failure means "use the torch backend"
+    except Exception as e:
         _DR_ERROR = e
         log.warning("nvdiffrast unavailable (%s: %s); mesh rendering falls back to the torch backend",
                     type(e).__name__, e)

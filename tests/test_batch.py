@@ -276,10 +276,9 @@ def _stages_ready() -> bool:
         return False
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not _stages_ready(), reason="main_gs/main_mesh/guidance.load_denoiser not importable yet")
 def test_batch_real_stages_oracle(tmp_path):
-    """Both real stages over 3 inputs (one corrupt) with the oracle CPU config, then a resume."""
+    """Both real stages over 3 inputs (one corrupt) with the oracle CPU config, then a resume (~50 s on 2 cores)."""
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     for name in ("00_zero123_lysol_rgba.png", "01_wild_hydrant_rgba.png"):

@@ -17,7 +17,8 @@ Here the same tiny model is written in the real folder layout, loaded through OU
 the init pass (pure noise), three stage-1 iterations (noise to t1, inversion to t2, eta 0.5, CFG 3)
 and the stage-2 refine (t=181 on a 50-step grid, eta 0, CFG 2). Camera embeddings and the t1/t2
 schedules must be exactly equal. A sensitivity test checks that the goldens notice a change of the
-refine maths.
+refine maths. A last test checks one stage-1 reconstruction step (loss value, Adam updates) against
+the authors' loss and optimiser definitions on our reference rasteriser.
 """
 from __future__ import annotations
 
@@ -31,16 +32,16 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from core.cameras import orbit_cameras, zero123_embedding  # noqa: E402
-from core.schedules import t1_for_t2, t2_for_iteration  # noqa: E402
-from guidance.denoiser import ListNoise  # noqa: E402
-from guidance.schedule import DDIMSchedule  # noqa: E402
-from guidance.sir_step import refine  # noqa: E402
-from guidance.zero123 import CLIPCameraProjection, Zero123Denoiser  # noqa: E402
+from core.cameras import orbit_cameras, zero123_embedding
+from core.schedules import t1_for_t2, t2_for_iteration
+from guidance.denoiser import ListNoise
+from guidance.schedule import DDIMSchedule
+from guidance.sir_step import refine
+from guidance.zero123 import CLIPCameraProjection, Zero123Denoiser
 
 DATA = Path(__file__).resolve().parent / "data"
 PIXEL_TOL = 1e-3  # max abs difference of target images in [0,1]
-LATENT_TOL = 1e-3  # max abs difference of the final latents (magnitudes ~1)
+LATENT_RTOL = 2e-5  # final latents: max abs difference / max magnitude (random eps: |latents| up to ~250)
 CASES = ["init", "s1_k0", "s1_k9", "s1_k19", "refine"]
 
 
@@ -201,12 +202,14 @@ def test_refine_matches_authors(golden, denoiser, case):
     c = meta["cases"][case]
     out, latents, noise = _run_ours(denoiser, meta, arrays, case)
     assert noise.used == len(noise._tensors), "our refine consumed a different number of noise draws"
-    # UNet calls: ours runs CFG as one 2B call and the inversion's uncond branch alone at batch B.
-    assert out.cfg_calls + out.uncond_calls == c["unet_calls_n"]
-    assert out.cfg_calls == sum(1 for t, b, _ in c["unet_calls"] if t in out.plan.reverse)
+    # The same UNet timesteps in the same order (theirs ran every call at batch 2B; ours runs the
+    # inversion's unconditional branch alone at batch B).
+    theirs_t = [t for t, _, _ in c["unet_calls"]]
+    assert theirs_t == [tc for tc, _ in out.plan.inversion] + out.plan.reverse
+    assert (out.uncond_calls, out.cfg_calls) == (len(out.plan.inversion), len(out.plan.reverse))
     want_lat = torch.from_numpy(arrays[f"{case}/final_latents"])
-    dl = float((latents - want_lat).abs().max())
-    assert dl < LATENT_TOL, f"{case}: final latents differ by {dl:.3g}"
+    dl = float((latents - want_lat).abs().max()) / float(want_lat.abs().max())
+    assert dl < LATENT_RTOL, f"{case}: final latents differ by {dl:.3g} relative to their magnitude"
     want = _target(arrays[f"{case}/target_u16"])
     d = float((out.images - want).abs().max())
     assert d < PIXEL_TOL, f"{case}: target images differ by {d:.3g} (max abs, [0,1] pixels)"
@@ -239,22 +242,109 @@ def test_schedules_exactly_equal(golden):
     assert meta["schedules"]["refine_grid50"][int(50 * 0.8)] == meta["cases"]["refine"]["t2"] == 181
 
 
+def _shift_inverse_source(den, monkeypatch) -> None:
+    """Inverse DDIM step starting from the alpha one timestep off."""
+    orig = den.schedule.inverse_source
+    monkeypatch.setattr(den.schedule, "inverse_source", lambda t_next, n: orig(t_next, n) + 1)
+
+
+def _final_alpha_one(den, monkeypatch) -> None:
+    """Last reverse step landing on alpha 1 (set_alpha_to_one) instead of alphas_cumprod[0]."""
+    monkeypatch.setattr(den.schedule, "final_alpha_cumprod", 1.0)
+
+
+def _unscaled_encode(den, monkeypatch) -> None:
+    """Encoder output without the VAE scaling factor."""
+    orig = den.encode
+    monkeypatch.setattr(den, "encode", lambda im, noise=None: orig(im, noise) / den.scaling_factor)
+
+
 @pytest.mark.parametrize(
-    "case, override",
+    "case, override, patch",
     [
-        ("s1_k0", {"eta": 0.45}),  # eta of the reverse sampler
-        ("s1_k0", {"cfg_scale": 2.9}),  # CFG scale
-        ("s1_k9", {"t1": 351}),  # fewer inversion steps (inversion loop bounds)
-        ("refine", {"num_steps": 20, "t1": 201, "t2": 201}),  # grid of the stage-2 refine
+        ("s1_k0", {"eta": 0.45}, None),  # eta of the reverse sampler
+        ("s1_k0", {"cfg_scale": 2.9}, None),  # CFG scale
+        ("s1_k9", {"t1": 351}, None),  # one inversion step fewer (inversion loop bounds)
+        ("refine", {"t1": 161, "t2": 161}, None),  # stage-2 start one grid step lower
+        ("s1_k19", {}, _shift_inverse_source),  # inverse-step alphas
+        ("s1_k19", {}, _final_alpha_one),  # final alpha of the reverse sampler
+        ("refine", {}, _unscaled_encode),  # latent scaling
     ],
 )
-def test_goldens_notice_changes(golden, denoiser, case, override):
-    """The comparison is sensitive: a small change of the refine maths moves the targets > tolerance."""
+def test_goldens_notice_changes(golden, denoiser, monkeypatch, case, override, patch):
+    """The comparison is sensitive: each small change of the refine maths moves the targets > 10x tolerance."""
     meta, arrays = golden
-    c = meta["cases"][case]
-    if override.get("num_steps") == 20:
-        # a different grid has a different number of steps; eta 0 draws no variance noise
-        assert c["eta"] == 0.0
+    if patch is not None:
+        patch(denoiser, monkeypatch)
     out, _, _ = _run_ours(denoiser, meta, arrays, case, **override)
     d = float((out.images - _target(arrays[f"{case}/target_u16"])).abs().max())
-    assert d > 10 * PIXEL_TOL, f"{case} with {override}: only {d:.3g} away from the golden"
+    assert d > 10 * PIXEL_TOL, f"{case} with {override or patch.__name__}: only {d:.3g} away from the golden"
+
+
+# --------------------------------------------------------------------------- stage-1 reconstruction step
+def _authors_xyz_lr(step: int) -> float:
+    """The authors' xyz schedule (spec 1.4): log-linear 1e-2 -> 2e-4 over 500 steps, no delay."""
+    t = min(max(step / 500, 0.0), 1.0)
+    return float(np.exp(np.log(1e-2) * (1 - t) + np.log(2e-4) * t))
+
+
+def test_stage1_step_matches_authors_loss_and_adam():
+    """Same Gaussians, cameras and target -> the authors' loss value and parameter updates (3 steps).
+
+    Both sides rasterise with our reference backend (the authors' rasteriser is CUDA-only); what is
+    checked is everything around it, as the authors define it (spec 1.4, 1.8; their
+    ``Renderer.render`` returns ``rendered_image.clamp(0, 1)``): loss =
+    ``L1_sum(clamp(views) - target) / V + 0.3 L1_sum(clamp(ref) - ref_rgb) + 0.01 MSE_sum(alpha_ref - mask)``,
+    Adam (eps 1e-15) with lrs xyz 1e-2 (scheduled), f_dc 0.01, opacity 0.05, scaling 0.005,
+    rotation 0.0005. Colours above 1 are included on purpose: there the clamp matters.
+    """
+    from core.config import load_config
+    from gs_renderer.model import GaussianModel
+    from gs_renderer.render import render
+    from gs_renderer.representation import GaussianRepresentation
+
+    cfg = load_config(["--config", str(Path(__file__).resolve().parents[1] / "configs" / "image.yaml"),
+                       "render.gs_backend=torch", "gaussians.density_start_iter=1000"])
+    g = torch.Generator().manual_seed(3)
+    N, H = 200, 24
+    raw = dict(
+        means=(torch.rand(N, 3, generator=g) - 0.5) * 0.8,
+        scales=torch.log(torch.rand(N, 3, generator=g) * 0.04 + 0.03),
+        quats=torch.randn(N, 4, generator=g),
+        opacities=torch.logit(torch.rand(N, generator=g) * 0.8 + 0.1),
+        sh0=torch.randn(N, 1, 3, generator=g) * 1.2,  # colours 0.28 sh0 + 0.5: some above 1
+    )
+    cams = orbit_cameras([-12.0, 5.0], [-170.0, 10.0], radius=2.0, fovy=49.1, height=H)
+    ref_cam = orbit_cameras([0.0], [0.0], radius=2.0, fovy=49.1, height=H)
+    ref_rgb = torch.rand(3, H, H, generator=g)
+    ref_mask = (torch.rand(1, H, H, generator=g) > 0.5).float()
+    target = torch.rand(2, 3, H, H, generator=g)
+    bg = torch.ones(3)
+
+    ours = GaussianModel(**raw, sh_degree=0)
+    rep = GaussianRepresentation(ours, cfg, ref_rgb, ref_mask, ref_cam)
+    theirs = GaussianModel(**raw, sh_degree=0)
+    lrs = {"xyz": 1e-2, "f_dc": 0.01, "opacity": 0.05, "scaling": 0.005, "rotation": 0.0005}
+    params = theirs.parameters()
+    adam = torch.optim.Adam([{"params": [params[k]], "lr": v, "name": k} for k, v in lrs.items()], lr=0.0, eps=1e-15)
+
+    for step in (1, 2, 3):
+        adam.param_groups[0]["lr"] = _authors_xyz_lr(step)
+        ref = render(theirs, ref_cam, bg, backend="torch")
+        views = render(theirs, cams, bg, backend="torch")
+        loss_t = (views.rgb.clamp(0, 1) - target).abs().sum() / len(cams)
+        loss_t = loss_t + 0.3 * (ref.rgb.clamp(0, 1) - ref_rgb[None]).abs().sum()
+        loss_t = loss_t + 0.01 * ((ref.alpha - ref_mask[None]) ** 2).sum()
+        loss_t.backward()
+        adam.step()
+        adam.zero_grad()
+
+        rep.begin_iteration(cams)
+        out = rep.render(cams)
+        loss_o = rep.loss(out, target)
+        rep.step(loss_o, out)
+        assert abs(float(loss_o) - float(loss_t)) <= 1e-5 * abs(float(loss_t)), (step, float(loss_o), float(loss_t))
+        for name, p in ours.parameters().items():
+            if p.numel():
+                d = float((p.detach() - params[name].detach()).abs().max())
+                assert d < 1e-5, f"step {step}: {name} differs by {d:.3g} after the update"

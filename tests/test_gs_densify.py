@@ -102,6 +102,11 @@ def test_stats_units_and_all_views():
     assert float(d.denom[0]) == 2 and float(d.denom[1]) == 3
     assert mg[1] == pytest.approx(0.001 * H / 2)
     assert mg[2] == pytest.approx(math.hypot(0.003 * W / 2, 0.004 * H / 2) / 3)
+    # views=2: a third row (e.g. the reference view in the same batch) is left out.
+    d.reset_stats()
+    d.add_stats(out, views=2)
+    assert float(d.denom[0]) == 1 and float(d.denom[1]) == 2
+    assert d.mean_grads()[2] == pytest.approx(math.hypot(0.003 * W / 2, 0.004 * H / 2) / 2)
 
 
 def test_densify_after_real_render_keeps_training():

@@ -76,8 +76,9 @@ def test_tiny_checkpoint_consumed_exactly(tiny):
     assert index["unet"] == ["mv_unet", "MultiViewUNetModel"]
 
 
-def _cams(n: int, height: int = 64):
-    azim = [float(a) for a in range(-180, 180, 360 // n)][:n]
+def _cams(n: int, height: int = 64, azim: list[float] | None = None):
+    """n cameras, evenly spaced in azimuth unless ``azim`` is given; each with its own elevation."""
+    azim = [float(a) for a in range(-180, 180, 360 // n)][:n] if azim is None else azim
     return orbit_cameras([-5.0 + i for i in range(n)], azim, radius=2.5, height=height)
 
 
@@ -104,10 +105,10 @@ def test_cfg_layout_and_groups(tiny):
     """[uncond; cond] with a zero-camera reference frame; scale 1 = cond half, 0 = uncond, groups independent."""
     den = tiny
     assert (den.image_size, den.latent_size, den.views_per_group) == (64, 8, 4)
-    cams = _cams(8)
+    cams = _cams(8, azim=[0.0, 90.0, 180.0, 270.0, 30.0, 120.0, 210.0, 300.0])  # two consecutive groups
     cond = den.prepare(cams)
     G, N = 2, 2 * FRAMES
-    assert cond.groups == G and cond.camera.shape == (2 * N, 16) and cond.ip_img.shape == (2 * G, 4, 8, 8)
+    assert cond.groups == G and cond.order is None and cond.camera.shape == (2 * N, 16) and cond.ip_img.shape == (2 * G, 4, 8, 8)
     assert torch.count_nonzero(cond.ip_img[:G]) == 0 and torch.equal(cond.ip_img[G:], den.ref_latent.expand(G, -1, -1, -1))
     assert torch.equal(cond.camera[:N], cond.camera[N:])
     text_u, text_c = den.encode_text([den.negative_prompt, "a cat"])
@@ -152,3 +153,43 @@ def test_refine_tiny(tiny):
     assert out.images.shape == (4, 3, 64, 64)
     assert torch.isfinite(out.images).all() and out.images.min() >= 0 and out.images.max() <= 1
     assert out.cfg_calls >= 1
+
+
+def test_unet_loading_is_strict(tiny, tmp_path):
+    """A unet file with a missing, an extra or a mis-shaped tensor is refused with a one-line UserError."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from core.errors import UserError
+    from guidance.imagedream import load_mv_unet
+
+    folder = tmp_path / "unet"
+    shutil.copytree(tiny.root / "unet", folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    good = load_file(str(weights))
+    bad_sets = [
+        {k: v for k, v in good.items() if k != "image_embed.latents"},
+        dict(good, **{"extra.weight": torch.zeros(3)}),
+        dict(good, **{"out.2.bias": torch.zeros(5)}),
+    ]
+    for bad in bad_sets:
+        save_file(bad, str(weights))
+        with pytest.raises(UserError):
+            load_mv_unet(folder, torch.float32)
+
+
+def test_interleaved_groups(tiny):
+    """8 views 45 degrees apart form the groups {0,2,4,6} and {1,3,5,7} (90 degrees apart); results come back in order."""
+    den = tiny
+    cams = _cams(8)
+    cond = den.prepare(cams)
+    assert cond.order.tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    x = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    e = den.eps_cfg(x, 300, cond, 2.0)
+    eu = den.eps_uncond(x, 300, cond)
+    for idx in ([0, 2, 4, 6], [1, 3, 5, 7]):
+        sub = den.prepare(cams[torch.tensor(idx)])
+        assert sub.order is None
+        torch.testing.assert_close(e[idx], den.eps_cfg(x[idx], 300, sub, 2.0), atol=5e-4, rtol=1e-4)
+        torch.testing.assert_close(eu[idx], den.eps_uncond(x[idx], 300, sub), atol=5e-4, rtol=1e-4)

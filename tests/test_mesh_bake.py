@@ -53,7 +53,7 @@ def test_pull_push_keeps_known_texels_and_fills_holes():
 
 def test_bake_then_render_reproduces_the_duck():
     duck = load_mesh(MESHES / "duck.glb").normalized(1.0)
-    cams = bake_cameras(height=96)
+    cams = bake_cameras(height=64)
     ref = render(duck, cams, backend="torch")
     uv = unwrap_uv(duck, tex_size=256)
     assert uv.albedo is None and torch.equal(uv.f, uv.ft)
@@ -61,9 +61,9 @@ def test_bake_then_render_reproduces_the_duck():
     assert albedo.shape == (256, 256, 3) and float(albedo.min()) >= 0 and float(albedo.max()) <= 1
     out = render(uv.with_albedo(albedo), cams, backend="torch")
     assert torch.equal(out.alpha, ref.alpha)  # same geometry, different UV layout
-    assert psnr(out.rgb, ref.rgb) > 30.0
-    # The front view (baked first) is the most faithful.
-    assert psnr(out.rgb[0], ref.rgb[0]) > 32.0
+    assert psnr(out.rgb, ref.rgb) > 30.0  # measured 38.6 dB
+    # The front view (baked first, so nothing overrides it) is the most faithful: measured 50 dB.
+    assert psnr(out.rgb[0], ref.rgb[0]) > 40.0
 
 
 def test_bake_blend_mode_and_masking():

@@ -23,8 +23,8 @@ IMAGEDREAM_T2 = [801] + [701] * 7 + [601] * 8 + [501] * 7 + [401] * 7
 
 
 def test_grids():
-    assert GRID20 == list(range(951, 0, -50))
-    assert INV20 == list(range(1, 952, 50))
+    assert list(range(951, 0, -50)) == GRID20
+    assert list(range(1, 952, 50)) == INV20
     assert SCHED.timesteps(10) == list(range(901, 0, -100))
     assert SCHED.timesteps(50)[int(50 * 0.8)] == 181  # stage-2 refine start (spec 2.1)
 

@@ -184,3 +184,14 @@ def test_xl_variant_camera(tiny_folder, tmp_path):
     d.ref_elevation = -10.0
     v = d.camera_vectors(orbit_cameras([0.0], [90.0], height=64))
     assert v[0, 3] == 0.0  # radius offset on our fixed-radius orbits
+
+
+def test_load_denoiser_zero123(tiny_folder):
+    from guidance import load_denoiser
+    from guidance.zero123 import Zero123Denoiser
+
+    cfg = {"guidance": "zero123", "model": {"id": "ashawkey/stable-zero123-diffusers", "path": str(tiny_folder),
+                                            "dtype": "fp32", "cuda_graph": True, "ref_latent": "mode"}}
+    d = load_denoiser(cfg, "cpu")
+    assert isinstance(d, Zero123Denoiser) and d.concat_latent == "mode"
+    assert not d._runner.cuda_graph  # graphs only on CUDA
