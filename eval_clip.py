@@ -304,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluation; prints the table, writes the JSON; exit 0, or 2 on a user error."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # open_clip logs its loading steps on the root logger at INFO: keep the root at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
     try:
         if args.refs or args.meshes:
             if not (args.refs and args.meshes) or args.ref or args.mesh:

@@ -321,6 +321,7 @@ def run_benchmark(
         "config_path": str(config),
         "overrides": list(overrides),
         "config": OmegaConf.to_container(base, resolve=True),
+        "config_note": "resolved for the first mesh; oracle.mesh, save_path and outdir are set per mesh",
         "eval": {"size": eval_size, "background": "white", "azimuths": EVAL_AZIMUTHS,
                  "elevations": {k: v for k, v in EVAL_ELEVATIONS.items()},
                  "elevation_convention": "negative = camera above the object; e30 is elevation=-30 (from above)",

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from core.cameras import Cameras, imagedream_embedding
 from core.errors import UserError
+from guidance.cuda_graphs import GraphRunner
 from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
 from guidance.loading import resolve_model
 from guidance.mv_unet import MultiViewUNetModel
@@ -77,57 +78,6 @@ class ImageDreamCond:
     ip_img: torch.Tensor
     groups: int
     order: torch.Tensor | None = None
-
-
-class _GraphRunner:
-    """Calls ``fn(**tensors)`` eagerly, or through one CUDA graph per input signature.
-
-    Graph mode: static input buffers per signature, ``warmup`` eager calls on a side stream, then a
-    capture; later calls copy inputs in and replay. Any capture failure falls back to eager for good
-    (a slower run beats a crash). Returns a fresh float32 tensor, never a static buffer.
-    """
-
-    def __init__(self, fn: Callable[..., torch.Tensor], device: torch.device, cuda_graph: bool, warmup: int = 2):
-        self.fn = fn
-        self.enabled = bool(cuda_graph) and device.type == "cuda"
-        self.warmup = warmup
-        self._entries: dict[tuple, dict[str, Any]] = {}
-        self._pool = None
-
-    def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return self.fn(**inputs).float()
-        key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(inputs.items()))
-        e = self._entries.get(key)
-        if e is None:
-            e = {"bufs": {k: torch.empty_like(v) for k, v in inputs.items()}, "calls": 0, "graph": None, "out": None}
-            self._entries[key] = e
-        for k, v in inputs.items():
-            e["bufs"][k].copy_(v)
-        if e["graph"] is None:
-            e["calls"] += 1
-            if e["calls"] <= self.warmup:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    out = self.fn(**e["bufs"])
-                torch.cuda.current_stream().wait_stream(side)
-                return out.float()
-            try:
-                if self._pool is None:
-                    self._pool = torch.cuda.graph_pool_handle()
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=self._pool):
-                    e["out"] = self.fn(**e["bufs"])
-                e["graph"] = g
-                log.debug("captured a CUDA graph of the ImageDream UNet for %s", key)
-            except Exception as exc:  # pragma: no cover - GPU only
-                log.warning("CUDA graph capture failed (%s); running the UNet eagerly", exc)
-                self.enabled = False
-                self._entries.clear()
-                return self.fn(**inputs).float()
-        e["graph"].replay()
-        return e["out"].to(torch.float32, copy=True)
 
 
 def _use_safetensors(folder: Path) -> bool:
@@ -235,7 +185,7 @@ class ImageDreamDenoiser(Denoiser):
         self.latent_channels = int(self.unet.config.out_channels)
         self.image_size = self.latent_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.views_per_group = VIEWS
-        self._runner = _GraphRunner(self._unet_call, self.device, cuda_graph)
+        self._runner = GraphRunner(self._unet_call, self.device, cuda_graph, name="ImageDream UNet")
 
         self.ref_elevation = 0.0
         self.ref_latent: torch.Tensor | None = None  # [1,C,h,w] scaled

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from core.cameras import Cameras, zero123_embedding
 from core.errors import UserError
+from guidance.cuda_graphs import GraphRunner
 from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
 from guidance.loading import resolve_model
 from guidance.schedule import DDIMSchedule
@@ -73,68 +74,6 @@ class Zero123Cond:
     hidden: torch.Tensor
     concat: torch.Tensor
     batch: int
-
-
-class _UNetRunner:
-    """Calls the UNet eagerly or through a CUDA graph captured once per input shape.
-
-    Graph mode keeps static input buffers per shape, captures after ``warmup`` eager calls on a side
-    stream (cuDNN/cuBLAS pick their algorithms there), and replays afterwards. The returned tensor
-    is a fresh copy in float32, so callers never hold a static buffer.
-    """
-
-    def __init__(self, unet: nn.Module, device: torch.device, cuda_graph: bool, warmup: int = 2):
-        self.unet = unet
-        self.device = device
-        self.cuda_graph = bool(cuda_graph) and device.type == "cuda"
-        self.warmup = warmup
-        self._graphs: dict[tuple, dict[str, Any]] = {}
-        self._pool = None
-
-    def _eager(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
-
-    def __call__(self, sample: torch.Tensor, t: int, hidden: torch.Tensor) -> torch.Tensor:
-        """``sample`` [N,Cin,h,w] (UNet dtype), integer ``t``, ``hidden`` [N,1,D] -> eps float32 [N,C,h,w]."""
-        N = sample.shape[0]
-        if not self.cuda_graph:
-            # float32 timesteps: exact for every integer t (fp16 is too, bf16 is not: 901 -> 900),
-            # and the UNet's sinusoidal embedding upcasts to float32 anyway.
-            tt = torch.full((N,), float(t), device=sample.device, dtype=torch.float32)
-            return self._eager(sample, tt, hidden).float()
-        key = (tuple(sample.shape), tuple(hidden.shape), sample.dtype)
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = {
-                "sample": torch.empty_like(sample),
-                "t": torch.empty((N,), device=sample.device, dtype=torch.float32),
-                "hidden": torch.empty_like(hidden),
-                "calls": 0,
-                "graph": None,
-                "out": None,
-            }
-            self._graphs[key] = entry
-        entry["sample"].copy_(sample)
-        entry["hidden"].copy_(hidden)
-        entry["t"].fill_(float(t))
-        if entry["graph"] is None:
-            entry["calls"] += 1
-            if entry["calls"] <= self.warmup:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    out = self._eager(entry["sample"], entry["t"], entry["hidden"])
-                torch.cuda.current_stream().wait_stream(side)
-                return out.float()
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self._pool):
-                entry["out"] = self._eager(entry["sample"], entry["t"], entry["hidden"])
-            entry["graph"] = g
-            log.debug("captured a CUDA graph of the UNet for %s", key)
-        entry["graph"].replay()
-        return entry["out"].to(torch.float32, copy=True)
 
 
 def _use_safetensors(folder: Path) -> bool:
@@ -223,11 +162,29 @@ class Zero123Denoiser(Denoiser):
         self.latent_channels = int(self.unet.config.out_channels)
         self.image_size = self.latent_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.views_per_group = 1
-        self._runner = _UNetRunner(self.unet, self.device, cuda_graph)
+        self._runner = GraphRunner(self._unet_call, self.device, cuda_graph, name="UNet")
+        self._vae_encoder = GraphRunner(self._vae_encode_call, self.device, cuda_graph, name="VAE encoder")
+        self._vae_decoder = GraphRunner(self._vae_decode_call, self.device, cuda_graph, name="VAE decoder")
         self.clip_emb: torch.Tensor | None = None
         self.ref_latent: torch.Tensor | None = None
         self.ref_elevation = 0.0
         self._zeros: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ network calls
+    def _unet_call(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
+
+    def _vae_encode_call(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        post = self.vae.encode(x).latent_dist
+        return post.mean, post.std
+
+    def _vae_decode_call(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z, return_dict=False)[0]
+
+    def _timesteps(self, n: int, t: int) -> torch.Tensor:
+        # float32 timesteps: exact for every integer t (fp16 is too, bf16 is not: 901 -> 900), and
+        # the UNet's sinusoidal embedding upcasts to float32 anyway.
+        return torch.full((n,), float(t), device=self.device, dtype=torch.float32)
 
     # ------------------------------------------------------------------ reference
     @torch.no_grad()
@@ -263,17 +220,17 @@ class Zero123Denoiser(Denoiser):
         x = (2 * images.to(self.device, torch.float32) - 1).to(self.dtype)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        post = self.vae.encode(x).latent_dist
-        lat = post.mean.float()
+        mean, std = self._vae_encoder(x=x)
+        lat = mean
         if noise is not None:
-            lat = lat + post.std.float() * noise.randn(lat.shape, self.device)
+            lat = lat + std * noise.randn(lat.shape, self.device)
         return lat * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled float32 latents [B,C,h,w] -> images float32 [B,3,S,S] in [0,1]."""
         z = (latents / self.scaling_factor).to(self.dtype)
-        img = self.vae.decode(z, return_dict=False)[0].float()
+        img = self._vae_decoder(z=z)
         return (img / 2 + 0.5).clamp(0, 1)
 
     # ------------------------------------------------------------------ conditioning
@@ -306,7 +263,7 @@ class Zero123Denoiser(Denoiser):
         """``eps_u + scale (eps_c - eps_u)`` float32 [B,C,h,w]; one UNet call at batch 2B."""
         B = x.shape[0]
         inp = self._unet_input(torch.cat([x, x], dim=0), cond.concat)
-        eps = self._runner(inp, t, cond.hidden)
+        eps = self._runner(sample=inp, t=self._timesteps(inp.shape[0], t), hidden=cond.hidden)
         self._count("cfg", 2 * B)
         e_c, e_u = eps[:B], eps[B:]
         return torch.lerp(e_u, e_c, scale) if scale != 1.0 else e_c
@@ -316,6 +273,6 @@ class Zero123Denoiser(Denoiser):
         """Unconditional eps float32 [B,C,h,w] (zero token, zero concat latent); one call at batch B."""
         B = x.shape[0]
         inp = self._unet_input(x, cond.concat[B:])
-        eps = self._runner(inp, t, cond.hidden[B:])
+        eps = self._runner(sample=inp, t=self._timesteps(inp.shape[0], t), hidden=cond.hidden[B:])
         self._count("uncond", B)
         return eps

@@ -44,10 +44,15 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _png_bytes(albedo: torch.Tensor) -> bytes:
-    import imageio.v3 as iio
+    import io
+
+    from PIL import Image
 
     img = (albedo.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    return iio.imwrite("<bytes>", img, extension=".png")
+    buf = io.BytesIO()
+    # Fast zlib level: a 1024^2 texture encodes ~5x faster than at the default level 6, still lossless.
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def _read_image(path_or_bytes) -> torch.Tensor:
