@@ -65,7 +65,9 @@ def bench_one(folder: Path, dev: torch.device, dtype: str, mode: str, views: int
     """All timings for one (dtype, mode)."""
     den = Zero123Denoiser(folder, device=dev, dtype=dtype, cuda_graph=(mode == "graph"))
     if mode == "compile":
-        den._runner.unet = torch.compile(den.unet)  # default mode; graphs are the 'graph' row
+        compiled = torch.compile(den.unet)  # default mode; graphs are the 'graph' row
+        den._runner.fn = lambda sample, t, hidden: compiled(sample, t, encoder_hidden_states=hidden,
+                                                            return_dict=False)[0]
     S = den.image_size
     gen = torch.Generator(device=dev).manual_seed(0)
     noise = TorchNoise(gen)
@@ -98,11 +100,10 @@ def bench_one(folder: Path, dev: torch.device, dtype: str, mode: str, views: int
             lambda: refine(den, images8, cams8, t, t, 0.0, 2.0, 50, noise), dev, reps)
         if mode == "graph" and dev.type == "cuda":
             # Replay must equal an eager call on the same inputs.
-            eager = den._runner._eager
             inp = den._unet_input(torch.cat([x, x]), cond.concat)
             tt = torch.full((2 * views,), 501.0, device=dev)
-            ref = eager(inp, tt, cond.hidden).float()
-            got = den._runner(inp, 501, cond.hidden)
+            ref = den._unet_call(inp, tt, cond.hidden).float()
+            got = den._runner(sample=inp, t=tt, hidden=cond.hidden)
             res["graph_vs_eager_max_abs"] = float((ref - got).abs().max())
     if dev.type == "cuda":
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30

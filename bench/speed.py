@@ -61,10 +61,12 @@ def config(base: str, overrides: list[str]):
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print a table and write JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/image.yaml")
+    ap.add_argument("--config", default="", help="default: configs/image.yaml (zero123) or configs/imagedream.yaml")
+    ap.add_argument("--guidance", default="zero123", choices=("zero123", "imagedream"),
+                    help="which full-size architecture to build with random weights")
     ap.add_argument("--image", default="../shared/data/images/cat_rgba.png", help="input photo (RGBA)")
     ap.add_argument("--oracle-mesh", default="../shared/data/meshes/spot.obj", help="real geometry for export/stage 2")
-    ap.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "md_full_zero123"),
+    ap.add_argument("--model-dir", default="",
                     help="where the full-size random-weight model is written (reused when present)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default="")
@@ -75,15 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from guidance import load_denoiser
+    from guidance.random_imagedream import save_imagedream
     from guidance.random_models import save_zero123
     from main_gs import run_stage1
     from main_mesh import run_stage2
 
     work = Path(tempfile.mkdtemp(prefix="md_speed_"))
     t0 = time.perf_counter()
-    model_dir = Path(args.model_dir)
+    args.config = args.config or f"configs/{'image' if args.guidance == 'zero123' else 'imagedream'}.yaml"
+    model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"md_full_{args.guidance}")
     if not (model_dir / "model_index.json").is_file():
-        save_zero123(model_dir, "full", seed=0, dtype=torch.float16)
+        save = save_zero123 if args.guidance == "zero123" else save_imagedream
+        save(model_dir, "full", seed=0, dtype=torch.float16)
     build_s = time.perf_counter() - t0
     common = ["quiet=true", "device=cuda", *args.overrides]
     net_cfg = config(args.config, [f"input={args.image}", f"model.path={model_dir}", f"outdir={work}/net",
@@ -158,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "config": args.config,
         "overrides": args.overrides,
-        "model": "full-size Stable Zero123 architecture, random weights, fp16 files",
+        "model": f"full-size {args.guidance} architecture, random weights, fp16 files",
+        "guidance": args.guidance,
         "model_build_s": round(build_s, 2),
         "load_seconds": round(load_s, 2),
         "repeat": args.repeat,
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     gpu = "".join(c for c in torch.cuda.get_device_name().lower().replace("nvidia ", "") if c.isalnum())[:12]
-    out = Path(args.out or ROOT / "bench" / "results" / f"speed_{gpu}.json")
+    out = Path(args.out or ROOT / "bench" / "results" / f"speed_{args.guidance}_{gpu}.json")
     atomic_write_text(out, json.dumps(result, indent=2))
     print(f"wrote {out}")
     return 0

@@ -194,4 +194,4 @@ def test_load_denoiser_zero123(tiny_folder):
                                             "dtype": "fp32", "cuda_graph": True, "ref_latent": "mode"}}
     d = load_denoiser(cfg, "cpu")
     assert isinstance(d, Zero123Denoiser) and d.concat_latent == "mode"
-    assert not d._runner.cuda_graph  # graphs only on CUDA
+    assert not d._runner.enabled  # graphs only on CUDA

@@ -73,6 +73,6 @@ def test_cuda_graph_equals_eager(folder, dtype):
         out = refine(den, img, cams.to("cuda"), 501, 901, 0.5, 3.0, 20, _noise(2 + 19))
         res.append(out.images)
         if graph:
-            assert len(den._runner._graphs) == 2  # batch 2B (CFG) and batch B (inversion)
-            assert all(e["graph"] is not None for e in den._runner._graphs.values())
+            assert len(den._runner._entries) == 2  # batch 2B (CFG) and batch B (inversion)
+            assert all(e["graph"] is not None for e in den._runner._entries.values())
     assert (res[0] - res[1]).abs().max() < 1e-3

@@ -26,10 +26,17 @@ def scene():
 
 
 def interior(ra, rb) -> torch.Tensor:
-    """Pixels covered in both rasters, away from silhouettes (3x3 erosion), same triangle: [V,H,W] bool."""
-    both = (ra.alpha * rb.alpha)
+    """Pixels away from every silhouette edge, same triangle in both rasters: [V,H,W] bool.
+
+    Silhouettes include the inner ones, where a nearer part of the mesh occludes a farther part:
+    nvdiffrast's antialiasing blends across those too, so a 3x3 neighbourhood with a depth jump is
+    excluded as well as the outer boundary (3x3 erosion of the coverage).
+    """
+    both = ra.alpha * rb.alpha
     eroded = -F.max_pool2d(-both, 3, stride=1, padding=1)
-    return (eroded[:, 0] > 0.5) & (ra.tri_id == rb.tri_id)
+    d = torch.where(both > 0.5, ra.depth, torch.zeros_like(ra.depth))
+    jump = F.max_pool2d(d, 3, stride=1, padding=1) + F.max_pool2d(-d, 3, stride=1, padding=1)
+    return (eroded[:, 0] > 0.5) & (jump[:, 0] < 0.02) & (ra.tri_id == rb.tri_id)
 
 
 def test_auto_picks_nvdiffrast(scene):
@@ -47,8 +54,13 @@ def test_geometry_parity(scene):
     rb = rasterize(duck, cams, backend="torch")
     cover_a, cover_b = ra.alpha > 0, rb.alpha > 0
     assert (cover_a != cover_b).float().mean() < 2e-3  # only silhouette pixels may differ
-    same_tri = (ra.tri_id == rb.tri_id)[cover_a[:, 0] & cover_b[:, 0]].float().mean()
-    assert same_tri > 0.99
+    both = cover_a[:, 0] & cover_b[:, 0]
+    # The same surface is hit everywhere: depths agree. Triangle ids may differ on shared edges,
+    # where both triangles contain the pixel centre and each rasteriser breaks the tie its own way.
+    dz = (ra.depth - rb.depth).abs()[:, 0][both]
+    assert (dz < 1e-3).float().mean() > 0.999
+    same_tri = (ra.tri_id == rb.tri_id)[both].float().mean()
+    assert same_tri > 0.98
     m = interior(ra, rb)
     for name, tol in [("depth", 1e-4), ("normal", 1e-3), ("viewcos", 1e-3), ("position", 1e-4)]:
         a, b = getattr(ra, name).permute(0, 2, 3, 1)[m], getattr(rb, name).permute(0, 2, 3, 1)[m]
