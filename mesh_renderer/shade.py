@@ -57,7 +57,7 @@ def sample_texture(raster: Raster, texture: torch.Tensor, filter: str = "auto") 
         raise ValueError("the mesh has no UVs: unwrap it (mesh_renderer.uv.unwrap_uv) before texturing")
     V, H, W = raster.tri_id.shape
     C = texture.shape[-1]
-    if raster.backend == "nvdiffrast":
+    if raster.backend == "nvdiffrast" and antialias:
         dr = _load_nvdiffrast()
         tex = texture.flip(0)[None].contiguous()
         if filter in ("auto", "mipmap"):
@@ -72,7 +72,7 @@ def sample_texture(raster: Raster, texture: torch.Tensor, filter: str = "auto") 
     return out.view(V, H, W, C)
 
 
-def composite(raster: Raster, colors: torch.Tensor, bg=None) -> RenderOutput:
+def composite(raster: Raster, colors: torch.Tensor, bg=None, antialias: bool = True) -> RenderOutput:
     """Composite per-pixel surface colours ``[V,H,W,3]`` over ``bg`` (float or ``[3]``) into a RenderOutput.
 
     On nvdiffrast, colour and alpha are antialiased at silhouettes (against the background,
@@ -92,12 +92,13 @@ def composite(raster: Raster, colors: torch.Tensor, bg=None) -> RenderOutput:
 
 
 def shade(raster: Raster, texture: torch.Tensor, bg=None, activation: str | None = None,
-          filter: str = "auto") -> RenderOutput:
+          filter: str = "auto", antialias: bool = True) -> RenderOutput:
     """Textured colour of a rasterised batch, differentiable w.r.t. ``texture``.
 
     ``texture``: float ``[Ht,Wt,3]``, in [0,1] or raw logits with ``activation="sigmoid"``, applied
     *after* sampling (the authors' stage-2 parameterisation). ``bg``: float or ``[3]`` in [0,1]
-    (default white). Returns ``RenderOutput`` with ``rgb [V,3,H,W]`` in [0,1], ``alpha``, ``depth``,
+    (default white). ``antialias=False`` skips nvdiffrast's edge antialiasing (the torch backend has
+    none), e.g. to compare the two backends pixel for pixel. Returns ``RenderOutput`` with ``rgb [V,3,H,W]`` in [0,1], ``alpha``, ``depth``,
     ``normal`` and ``viewcos`` from the raster.
     """
     if activation not in _ACTIVATIONS:
@@ -106,7 +107,7 @@ def shade(raster: Raster, texture: torch.Tensor, bg=None, activation: str | None
     act = _ACTIVATIONS[activation]
     if act is not None:
         col = act(col)
-    return composite(raster, col, bg)
+    return composite(raster, col, bg, antialias)
 
 
 def render(mesh: Mesh, cams: Cameras, bg=None, texture: torch.Tensor | None = None, backend: str = "auto",
