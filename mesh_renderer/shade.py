@@ -57,7 +57,7 @@ def sample_texture(raster: Raster, texture: torch.Tensor, filter: str = "auto") 
         raise ValueError("the mesh has no UVs: unwrap it (mesh_renderer.uv.unwrap_uv) before texturing")
     V, H, W = raster.tri_id.shape
     C = texture.shape[-1]
-    if raster.backend == "nvdiffrast" and antialias:
+    if raster.backend == "nvdiffrast":
         dr = _load_nvdiffrast()
         tex = texture.flip(0)[None].contiguous()
         if filter in ("auto", "mipmap"):
@@ -82,7 +82,7 @@ def composite(raster: Raster, colors: torch.Tensor, bg=None, antialias: bool = T
     mask = raster.mask[..., None]
     rgb = torch.where(mask, colors, bgc)
     alpha = raster.alpha.permute(0, 2, 3, 1).to(colors.dtype)
-    if raster.backend == "nvdiffrast":
+    if raster.backend == "nvdiffrast" and antialias:
         dr = _load_nvdiffrast()
         rgba = dr.antialias(torch.cat([rgb, alpha], -1).contiguous(), raster.rast, raster.pos_clip, raster.tri,
                             topology_hash=raster.topology_hash)
