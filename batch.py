@@ -130,10 +130,9 @@ def summary_paths(out: Path, shard: tuple[int, int]) -> tuple[Path, Path]:
 
 # ---------------------------------------------------------------------------------------- summary
 def _atomic_write(path: Path, text: str) -> None:
-    from core.preview import atomic_path
+    from core.fileio import atomic_write_text
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
 
 
 def _total_seconds(value: Any) -> float | None:

@@ -345,10 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         "objects": results,
         "missing": missing,
     }
-    from core.preview import atomic_path
+    from core.fileio import atomic_write_text
 
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+    atomic_write_text(json_path, json.dumps(report, indent=2))
     print(f"wrote {json_path}")
     return 0 if all(r["score"] is not None for r in results) else 1
 

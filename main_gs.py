@@ -25,6 +25,7 @@ from core.run import (
     seed_everything,
     write_report,
 )
+from core.stage_outputs import write_previews
 from core.timing import PhaseTimer
 
 WHITE = (1.0, 1.0, 1.0)
@@ -80,7 +81,7 @@ def run_stage1(cfg: DictConfig, denoiser=None, export: bool = True) -> dict:
         outputs["ply"] = str(ply)
     mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs) if export else {}
     with timer.phase("preview"):
-        write_previews(cfg, model, device, outputs)
+        write_previews(cfg, "gaussians", model, cfg.render.gs_backend, outputs, "_preview.png", "_gaussians.mp4")
 
     report = {
         "stage": 1,
@@ -139,28 +140,6 @@ def export_coarse_mesh(cfg: DictConfig, model, timer: PhaseTimer, device: torch.
         save_mesh(mesh.to("cpu"), path)
         outputs["mesh"] = str(path)
     return {"vertices": int(mesh.v.shape[0]), "faces": int(mesh.f.shape[0])}
-
-
-def write_previews(cfg: DictConfig, model, device: torch.device, outputs: dict) -> None:
-    """8-view preview grid of the Gaussians (and a turntable video when ``video=true``)."""
-    from core.cameras import orbit_cameras
-    from core.preview import preview_grid, save_video, turntable_cameras
-    from gs_renderer import render as render_gaussians
-
-    bg = torch.tensor(WHITE, device=device)
-    with torch.no_grad():
-        cams = orbit_cameras(0.0, torch.arange(8) * 45.0, cfg.cameras.radius, cfg.cameras.fovy, 256, device=device)
-        out = render_gaussians(model, cams, bg, backend=cfg.render.gs_backend)
-        path = output_path(cfg, "_preview.png")
-        preview_grid(out.rgb, path, ncols=4)
-        outputs["preview"] = str(path)
-        if cfg.video:
-            tcams = turntable_cameras(120, cfg.elevation, cfg.cameras.radius, cfg.cameras.fovy, 512).to(device)
-            frames = torch.cat([render_gaussians(model, tcams[i : i + 30], bg, backend=cfg.render.gs_backend).rgb
-                                for i in range(0, len(tcams), 30)])
-            vpath = output_path(cfg, "_gaussians.mp4")
-            save_video(frames, vpath, fps=30)
-            outputs["video"] = str(vpath)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from core.run import (
     seed_everything,
     write_report,
 )
+from core.stage_outputs import write_previews
 from core.timing import PhaseTimer
 
 WHITE = (1.0, 1.0, 1.0)
@@ -102,7 +103,7 @@ def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
             save_mesh(final, obj)
             outputs["obj"] = str(obj)
     with timer.phase("preview"):
-        write_previews(cfg, final, device, outputs)
+        write_previews(cfg, "mesh", final.to(device), cfg.render.mesh_backend, outputs, "_final_preview.png", ".mp4")
 
     report = {
         "stage": 2,
@@ -120,29 +121,6 @@ def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
     write_report(report_path, cfg, report)
     log.info("stage 2 done in %.1f s: %s", sum(report["seconds"].values()), outputs)
     return report
-
-
-def write_previews(cfg: DictConfig, mesh, device: torch.device, outputs: dict) -> None:
-    """8-view preview grid of the final mesh (and a turntable video when ``video=true``)."""
-    from core.cameras import orbit_cameras
-    from core.preview import preview_grid, save_video, turntable_cameras
-    from mesh_renderer import render as render_mesh
-
-    mesh = mesh.to(device)
-    bg = torch.tensor(WHITE, device=device)
-    with torch.no_grad():
-        cams = orbit_cameras(0.0, torch.arange(8) * 45.0, cfg.cameras.radius, cfg.cameras.fovy, 256, device=device)
-        out = render_mesh(mesh, cams, bg, backend=cfg.render.mesh_backend)
-        path = output_path(cfg, "_final_preview.png")
-        preview_grid(out.rgb, path, ncols=4)
-        outputs["preview"] = str(path)
-        if cfg.video:
-            tcams = turntable_cameras(120, cfg.elevation, cfg.cameras.radius, cfg.cameras.fovy, 512).to(device)
-            frames = torch.cat([render_mesh(mesh, tcams[i : i + 30], bg, backend=cfg.render.mesh_backend).rgb
-                                for i in range(0, len(tcams), 30)])
-            vpath = output_path(cfg, ".mp4")
-            save_video(frames, vpath, fps=30)
-            outputs["video"] = str(vpath)
 
 
 def main(argv: list[str] | None = None) -> int:

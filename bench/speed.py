@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import core  # noqa: E402,F401  (sets OpenMP policy before torch)
 import torch  # noqa: E402
 
+import core  # noqa: E402,F401  (sets OpenMP policy before torch)
 from core.config import load_config  # noqa: E402
 from core.run import atomic_write_text, finalize_config, git_commit, versions  # noqa: E402
 from core.timing import PhaseTimer  # noqa: E402

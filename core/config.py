@@ -16,10 +16,8 @@ Value checks beyond types (choices, ranges) are declarative rules, see :func:`va
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from core.errors import UserError
+from core.fileio import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -604,15 +603,4 @@ def load_config(
 
 def save_config(cfg: DictConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML atomically (temp file + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))

@@ -13,7 +13,6 @@ hidden colour cannot bleed into the edges as dark fringes.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import UserError
+from core.fileio import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -269,14 +269,7 @@ def load_image(
 def save_rgba(rgba: np.ndarray, path: str | Path) -> Path:
     """Write float ``[H,W,4]`` RGBA in [0,1] as an 8-bit PNG, atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     u8 = (np.clip(rgba, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(u8, "RGBA").save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

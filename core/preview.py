@@ -10,18 +10,16 @@ never leaves a truncated PNG/MP4 that a resuming batch would take for a finished
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.cameras import Cameras, orbit_cameras
+from core.fileio import atomic_path  # re-exported: callers import it from here
 
 __all__ = [
     "atomic_path",
@@ -43,26 +41,6 @@ log = logging.getLogger(__name__)
 
 MESH_SUFFIXES = (".glb", ".obj")
 GS_SUFFIXES = (".ply",)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
-
-    The temporary name keeps the suffix so writers that pick a format from it (imageio) still work.
-    On an exception the temporary file is removed and ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -8,16 +8,17 @@ import platform
 import random
 import subprocess
 import sys
-import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import UserError
+from core.fileio import atomic_write_text  # re-exported: bench/ imports it from here
 
 log = logging.getLogger("microdreamer")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "image.yaml"
@@ -45,7 +46,7 @@ def resolve_device(name: str) -> torch.device:
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed python, numpy and torch; returns the numpy generator the camera sampler uses."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - third-party code may draw from the legacy global state
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 
@@ -77,7 +78,7 @@ def versions() -> dict[str, str]:
         try:
             mod = __import__(name)
             out[name] = getattr(mod, "__version__", "?")
-        except Exception:  # noqa: BLE001 - optional packages
+        except Exception:
             pass
     if torch.cuda.is_available():
         out["cuda"] = torch.version.cuda or "?"
@@ -95,21 +96,8 @@ def git_commit() -> str:
             cwd=Path(__file__).resolve().parent.parent,
             timeout=5,
         ).stdout.strip()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temp file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(path: Path, cfg: DictConfig, report: dict[str, Any]) -> None:
@@ -133,7 +121,7 @@ def peak_memory_gb(device: torch.device) -> float | None:
 @contextmanager
 def progress(total: int, description: str, quiet: bool) -> Iterator[Callable[[int, int, torch.Tensor], None]]:
     """A rich progress bar over SIR iterations; yields the loop's ``on_iteration`` callback."""
-    if quiet or not sys.stderr.isatty() and os.environ.get("MD_PROGRESS") != "1":
+    if quiet or (not sys.stderr.isatty() and os.environ.get("MD_PROGRESS") != "1"):
         # Non-interactive: one log line per iteration keeps logs readable.
         def on_iter(i: int, n: int, loss: torch.Tensor) -> None:
             if not quiet:

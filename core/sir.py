@@ -12,8 +12,9 @@ The representation (3D Gaussians in stage 1, a UV texture in stage 2) is anythin
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch

@@ -8,11 +8,12 @@ coefficient k+1 of channel c. Written with numpy (no plyfile dependency), atomic
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from core.fileio import atomic_path
 
 from .model import GaussianModel
 
@@ -48,17 +49,9 @@ def save_ply(model: GaussianModel, path: str | os.PathLike) -> Path:
     header = "ply\nformat binary_little_endian 1.0\nelement vertex {}\n{}end_header\n".format(
         n, "".join(f"property float {name}\n" for name in names)
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.encode("ascii"))
-            f.write(arr.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(arr.tobytes())
     return path
 
 

@@ -20,21 +20,27 @@ Conditioning (checkpoints.md 2.4-2.6, spec 2.2):
 """
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from core.cameras import Cameras, imagedream_embedding
 from core.errors import UserError
+from guidance.components import (
+    DTYPES,  # noqa: F401 - re-exported
+    clip_pixels,
+    frozen,
+    load_diffusers,
+    load_transformers,
+    open_pipeline,
+    reference_pixels,
+    resolve_dtype,
+    use_safetensors,
+)
 from guidance.cuda_graphs import GraphRunner
 from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
-from guidance.loading import resolve_model
 from guidance.mv_unet import MultiViewUNetModel
 from guidance.schedule import DDIMSchedule
 
@@ -60,8 +66,6 @@ REQUIRED_COMPONENTS = (
 VIEWS = 4
 #: Frames per sample seen by the UNet: the 4 views plus the reference slot.
 FRAMES = VIEWS + 1
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
-          "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -80,16 +84,11 @@ class ImageDreamCond:
     order: torch.Tensor | None = None
 
 
-def _use_safetensors(folder: Path) -> bool:
-    """True when the folder has safetensors weights (else a .bin is loaded, weights_only)."""
-    return any(folder.glob("*.safetensors"))
-
-
 def load_mv_unet(folder: Path, dtype: torch.dtype) -> MultiViewUNetModel:
     """Load ``unet/`` strictly: every checkpoint tensor must be consumed and every parameter present."""
     try:
         unet, info = MultiViewUNetModel.from_pretrained(
-            folder, torch_dtype=dtype, use_safetensors=_use_safetensors(folder), output_loading_info=True
+            folder, torch_dtype=dtype, use_safetensors=use_safetensors(folder), output_loading_info=True
         )
     except ValueError as exc:  # diffusers reports shape mismatches this way
         raise UserError(f"{folder} does not match MultiViewUNetModel: {str(exc).splitlines()[0]}") from None
@@ -128,51 +127,23 @@ class ImageDreamDenoiser(Denoiser):
         from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
         self.device = torch.device(device)
-        if isinstance(dtype, str):
-            if dtype not in DTYPES:
-                raise UserError(f"model.dtype={dtype!r} is not one of fp16, bf16, fp32")
-            dtype = DTYPES[dtype]
-        if self.device.type == "cpu" and dtype == torch.float16:
-            # fp16 convolutions are slow or missing on CPU; keep the CPU path usable.
-            log.warning("fp16 on CPU: using fp32 instead")
-            dtype = torch.float32
-        self.dtype = dtype
+        self.dtype = dtype = resolve_dtype(dtype, self.device, key="model.dtype")
         if ref_latent not in ("sample", "mode"):
             raise UserError(f"model.ref_latent={ref_latent!r} must be 'sample' or 'mode'")
         self.ref_latent_mode = ref_latent
         if grouping not in ("auto", "consecutive", "interleaved"):
             raise UserError(f"grouping={grouping!r} must be auto, consecutive or interleaved")
         self.grouping = grouping
-        root = resolve_model(model, config_key=config_key, cache_dir=cache_dir, local_files_only=local_files_only,
-                             allow_patterns=["*.json", "*.safetensors", "*.txt"])
-        index_path = root / "model_index.json"
-        if not index_path.is_file():
-            raise UserError(f"{root} has no model_index.json; is it a diffusers ImageDream folder? ({config_key})")
-        index = json.loads(index_path.read_text())
-        missing = [c for c in REQUIRED_COMPONENTS if c not in index or not (root / c).is_dir()]
-        if missing:
-            raise UserError(f"{root} lacks component folder(s) {', '.join(missing)} of an ImageDream pipeline")
+        root = open_pipeline(model, REQUIRED_COMPONENTS, "ImageDream", config_key=config_key, cache_dir=cache_dir,
+                             local_files_only=local_files_only)
         self.root = root
 
-        self.unet = load_mv_unet(root / "unet", dtype).to(self.device).eval().requires_grad_(False)
+        self.unet = frozen(load_mv_unet(root / "unet", dtype), self.device)
         if int(self.unet.config.ip_dim) <= 0:
             raise UserError(f"{root / 'unet'} has ip_dim=0: an MVDream (text-only) UNet, not ImageDream")
-        vae_dir = root / "vae"
-        self.vae = (
-            AutoencoderKL.from_pretrained(vae_dir, torch_dtype=dtype, use_safetensors=_use_safetensors(vae_dir))
-            .to(self.device).eval().requires_grad_(False)
-        )
-        # Load transformers models in the file's dtype then cast: avoids the torch_dtype/dtype keyword
-        # split between transformers 4 and 5.
-        txt_dir, img_dir = root / "text_encoder", root / "image_encoder"
-        self.text_encoder = (
-            CLIPTextModel.from_pretrained(txt_dir, use_safetensors=_use_safetensors(txt_dir))
-            .to(self.device, dtype).eval().requires_grad_(False)
-        )
-        self.image_encoder = (
-            CLIPVisionModel.from_pretrained(img_dir, use_safetensors=_use_safetensors(img_dir))
-            .to(self.device, dtype).eval().requires_grad_(False)
-        )
+        self.vae = load_diffusers(AutoencoderKL, root / "vae", dtype, self.device)
+        self.text_encoder = load_transformers(CLIPTextModel, root / "text_encoder", dtype, self.device)
+        self.image_encoder = load_transformers(CLIPVisionModel, root / "image_encoder", dtype, self.device)
         self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
         self.feature_extractor = CLIPImageProcessor.from_pretrained(root / "feature_extractor")
         self.schedule = DDIMSchedule.from_file(root / "scheduler" / "scheduler_config.json")
@@ -222,15 +193,8 @@ class ImageDreamDenoiser(Denoiser):
         """
         if prompt is not None:
             self.set_prompt(prompt)
-        S = self.image_size
-        x = rgb.to(self.device, torch.float32)[None]
-        if x.shape[-2:] != (S, S):
-            x = F.interpolate(x, (S, S), mode="bilinear", align_corners=False)
-        # The authors go through PIL (to_pil_image truncates x*255 to uint8) before the CLIP preprocessing.
-        from PIL import Image
-
-        u8 = x[0].clamp(0, 1).mul(255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        pix = self.feature_extractor(images=Image.fromarray(u8), return_tensors="pt").pixel_values
+        x = reference_pixels(rgb, self.image_size, self.device)
+        pix = clip_pixels(self.feature_extractor, x)
         hidden = self.image_encoder(pix.to(self.device, self.dtype), output_hidden_states=True).hidden_states[-2]
         feats = torch.cat([torch.zeros_like(hidden), hidden], dim=0)  # [2,T,W]: zeros are the uncond prompt
         self.ip_tokens = self.unet.embed_image(feats)  # [2,ip_dim,D]

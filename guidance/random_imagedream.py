@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from guidance import random_layout
+from guidance.random_layout import cached_folder, clip_processor_config, save_hub_layout, sd_vae_config
 from guidance.schedule import STABLE_DIFFUSION_DDIM_CONFIG
 
 __all__ = [
@@ -29,8 +31,6 @@ UNET_CONFIG: dict[str, Any] = dict(
     attention_resolutions=[4, 2, 1], channel_mult=[1, 2, 4, 4], num_head_channels=64, transformer_depth=1,
     context_dim=1024, camera_dim=16, ip_dim=16,
 )
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -71,11 +71,6 @@ def imagedream_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
     vocab_size = len(_tiny_vocab()[0])
     if size == "full":
         unet = dict(UNET_CONFIG)
-        vae = dict(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=2, sample_size=256, scaling_factor=0.18215, act_fn="silu", norm_num_groups=32,
-        )
         text = dict(
             hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
             max_position_embeddings=77, vocab_size=49408, projection_dim=512, hidden_act="gelu",
@@ -93,11 +88,6 @@ def imagedream_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
             context_dim=32, camera_dim=16, ip_dim=4, ip_in_dim=32, resampler_heads=2, resampler_dim_head=16,
             resampler_depth=2,
         )
-        vae = dict(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[32, 32, 32, 32],
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=1, sample_size=64, scaling_factor=0.18215, act_fn="silu", norm_num_groups=32,
-        )
         text = dict(
             hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=77, vocab_size=vocab_size, projection_dim=32, hidden_act="gelu",
@@ -112,17 +102,12 @@ def imagedream_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
     # Token ids of the generated vocabulary (bos, eos, pad "!"), so the text model's pooling finds eos.
     text.update(bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=0)
-    feature_extractor = dict(
-        crop_size={"height": crop, "width": crop}, do_center_crop=True, do_convert_rgb=True,
-        do_normalize=True, do_rescale=True, do_resize=True, image_mean=_CLIP_MEAN, image_std=_CLIP_STD,
-        resample=3, rescale_factor=1 / 255, size={"shortest_edge": crop},
-    )
     return {
         "unet": unet,
-        "vae": vae,
+        "vae": sd_vae_config(size),
         "text_encoder": text,
         "image_encoder": vision,
-        "feature_extractor": feature_extractor,
+        "feature_extractor": clip_processor_config(crop),
         "scheduler": dict(STABLE_DIFFUSION_DDIM_CONFIG),
     }
 
@@ -154,17 +139,8 @@ def build_imagedream(size: str = "tiny", seed: int = 0) -> dict[str, Any]:
 
 def save_imagedream(folder: str | Path, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """Write a random ImageDream in the Hub layout (model_index.json + component folders); returns ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     comps = build_imagedream(size, seed)
-    for name in ("unet", "vae", "text_encoder", "image_encoder"):
-        model = comps.pop(name)  # the full model is large; free each part once written
-        (model if dtype == torch.float32 else model.to(dtype)).save_pretrained(folder / name, safe_serialization=True)
-    comps["feature_extractor"].save_pretrained(folder / "feature_extractor")
-    write_tiny_tokenizer(folder / "tokenizer")
-    (folder / "scheduler").mkdir(exist_ok=True)
-    sched = dict(comps["scheduler"], _diffusers_version="0.25.0")
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
+    write_tiny_tokenizer(Path(folder) / "tokenizer")
     index = {
         "_class_name": "MVDreamPipeline",
         "_diffusers_version": "0.25.0",
@@ -177,29 +153,15 @@ def save_imagedream(folder: str | Path, size: str = "tiny", seed: int = 0, dtype
         "unet": ["mv_unet", "MultiViewUNetModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    return folder
+    return save_hub_layout(folder, comps, ("unet", "vae", "text_encoder", "image_encoder"), index, dtype,
+                           scheduler_extra={"_diffusers_version": "0.25.0"})
 
 
 def cached_tiny_imagedream(seed: int = 0) -> Path:
     """A tiny random ImageDream folder under the temp dir, written once and reused (tests)."""
-    import hashlib
-    import os
-    import shutil
-    import tempfile
-
     from guidance import mv_unet
 
     # The key covers the configs and the code that defines the saved tensors and files.
-    src = Path(__file__).read_text() + Path(mv_unet.__file__).read_text()
-    key = hashlib.sha1((json.dumps(imagedream_configs("tiny"), sort_keys=True) + src).encode()).hexdigest()[:10]
-    final = Path(tempfile.gettempdir()) / f"microdreamer_tiny_imagedream_{key}_{seed}"
-    if (final / "model_index.json").is_file():
-        return final
-    tmp = Path(tempfile.mkdtemp(prefix="tiny_imagedream_", dir=final.parent))
-    save_imagedream(tmp, "tiny", seed)
-    try:
-        os.replace(tmp, final)  # atomic: concurrent test processes never see half a folder
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    return final
+    src = "".join(Path(f).read_text() for f in (__file__, mv_unet.__file__, random_layout.__file__))
+    key_text = json.dumps(imagedream_configs("tiny"), sort_keys=True) + src
+    return cached_folder("imagedream", key_text, seed, lambda folder: save_imagedream(folder, "tiny", seed))

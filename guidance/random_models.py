@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 
+from guidance.random_layout import cached_folder, clip_processor_config, save_hub_layout, sd_vae_config
 from guidance.schedule import STABLE_DIFFUSION_DDIM_CONFIG
 
 __all__ = ["zero123_configs", "build_zero123", "save_zero123"]
 
 _TINY_VERSION = "3"  # bump when build_zero123 changes the tiny weights
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
@@ -32,11 +31,6 @@ def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
             block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, cross_attention_dim=768,
             attention_head_dim=8, use_linear_projection=False, norm_num_groups=32, norm_eps=1e-5,
             flip_sin_to_cos=True, freq_shift=0, act_fn="silu", downsample_padding=1, mid_block_scale_factor=1,
-        )
-        vae = dict(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=2, sample_size=256, scaling_factor=0.18215, act_fn="silu", norm_num_groups=32,
         )
         clip = dict(
             hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -53,11 +47,6 @@ def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
             attention_head_dim=8, use_linear_projection=False, norm_num_groups=32, norm_eps=1e-5,
             flip_sin_to_cos=True, freq_shift=0, act_fn="silu",
         )
-        vae = dict(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[32, 32, 32, 32],
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=1, sample_size=64, scaling_factor=0.18215, act_fn="silu", norm_num_groups=32,
-        )
         clip = dict(
             hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
             image_size=32, patch_size=8, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5,
@@ -66,16 +55,11 @@ def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
         emb = 32
     else:
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
-    feature_extractor = dict(
-        crop_size={"height": crop, "width": crop}, do_center_crop=True, do_convert_rgb=True,
-        do_normalize=True, do_rescale=True, do_resize=True, image_mean=_CLIP_MEAN, image_std=_CLIP_STD,
-        resample=3, rescale_factor=1 / 255, size={"shortest_edge": crop},
-    )
     return {
         "unet": unet,
-        "vae": vae,
+        "vae": sd_vae_config(size),
         "image_encoder": clip,
-        "feature_extractor": feature_extractor,
+        "feature_extractor": clip_processor_config(crop),
         "scheduler": dict(STABLE_DIFFUSION_DDIM_CONFIG),
         "clip_camera_projection": dict(embedding_dim=emb, additional_embeddings=4),
     }
@@ -109,15 +93,7 @@ def build_zero123(size: str = "tiny", seed: int = 0) -> dict[str, Any]:
 
 def save_zero123(folder: str | Path, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """Write a random Stable Zero123 in the Hub layout (model_index.json + component folders)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     comps = build_zero123(size, seed)
-    for name in ("unet", "vae", "clip_camera_projection", "image_encoder"):
-        m = comps[name] if dtype == torch.float32 else comps[name].to(dtype)  # the Hub files are fp16
-        m.save_pretrained(folder / name, safe_serialization=True)
-    comps["feature_extractor"].save_pretrained(folder / "feature_extractor")
-    (folder / "scheduler").mkdir(exist_ok=True)
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(comps["scheduler"], indent=2))
     index = {
         "_class_name": "Zero123Pipeline",
         "_diffusers_version": "0.24.0",
@@ -130,26 +106,12 @@ def save_zero123(folder: str | Path, size: str = "tiny", seed: int = 0, dtype: t
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    return folder
+    # The Hub files are fp16 (dtype=torch.float16 to match them).
+    return save_hub_layout(folder, comps, ("unet", "vae", "clip_camera_projection", "image_encoder"), index, dtype)
 
 
 def cached_tiny_zero123(seed: int = 0) -> Path:
     """A tiny random Stable Zero123 folder under the temp dir, written once and reused (tests)."""
-    import hashlib
-    import os
-    import shutil
-    import tempfile
-
     # The key covers the configs and the init tweaks of build_zero123 (bump _TINY_VERSION with them).
-    key = hashlib.sha1((json.dumps(zero123_configs("tiny"), sort_keys=True) + _TINY_VERSION).encode()).hexdigest()[:10]
-    final = Path(tempfile.gettempdir()) / f"microdreamer_tiny_zero123_{key}_{seed}"
-    if (final / "model_index.json").is_file():
-        return final
-    tmp = Path(tempfile.mkdtemp(prefix="tiny_zero123_", dir=final.parent))
-    save_zero123(tmp, "tiny", seed)
-    try:
-        os.replace(tmp, final)  # atomic: concurrent test processes never see half a folder
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    return final
+    key_text = json.dumps(zero123_configs("tiny"), sort_keys=True) + _TINY_VERSION
+    return cached_folder("zero123", key_text, seed, lambda folder: save_zero123(folder, "tiny", seed))

@@ -15,21 +15,26 @@ Conditioning (checkpoints.md 1.8, spec 2.1):
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from core.cameras import Cameras, zero123_embedding
 from core.errors import UserError
+from guidance.components import (
+    DTYPES,
+    clip_pixels,
+    load_diffusers,
+    load_transformers,
+    open_pipeline,
+    reference_pixels,
+    resolve_dtype,
+)
 from guidance.cuda_graphs import GraphRunner
 from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
-from guidance.loading import resolve_model
 from guidance.schedule import DDIMSchedule
 
 try:  # diffusers is a hard dependency of this backend, but keep `import guidance` light elsewhere.
@@ -47,8 +52,6 @@ __all__ = ["CLIPCameraProjection", "Zero123Cond", "Zero123Denoiser", "DTYPES", "
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
-          "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 REQUIRED_COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler", "clip_camera_projection")
 
 
@@ -74,11 +77,6 @@ class Zero123Cond:
     hidden: torch.Tensor
     concat: torch.Tensor
     batch: int
-
-
-def _use_safetensors(folder: Path) -> bool:
-    """True when the folder has safetensors weights; else the .bin is loaded with weights_only=True."""
-    return any(folder.glob("*.safetensors"))
 
 
 class Zero123Denoiser(Denoiser):
@@ -108,27 +106,12 @@ class Zero123Denoiser(Denoiser):
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
         self.device = torch.device(device)
-        if isinstance(dtype, str):
-            if dtype not in DTYPES:
-                raise UserError(f"guidance.dtype={dtype!r} is not one of fp16, bf16, fp32")
-            dtype = DTYPES[dtype]
-        if self.device.type == "cpu" and dtype == torch.float16:
-            # fp16 convolutions are slow or missing on CPU; keep the CPU path usable.
-            log.warning("fp16 on CPU: using fp32 instead")
-            dtype = torch.float32
-        self.dtype = dtype
+        self.dtype = dtype = resolve_dtype(dtype, self.device, key="guidance.dtype")
         if concat_latent not in ("sample", "mode"):
             raise UserError(f"concat_latent={concat_latent!r} must be 'sample' or 'mode'")
         self.concat_latent = concat_latent
-        root = resolve_model(model, config_key=config_key, cache_dir=cache_dir, local_files_only=local_files_only,
-                             allow_patterns=["*.json", "*.safetensors", "*.txt"])
-        index_path = root / "model_index.json"
-        if not index_path.is_file():
-            raise UserError(f"{root} has no model_index.json; is it a diffusers Zero123 folder? ({config_key})")
-        index = json.loads(index_path.read_text())
-        missing = [c for c in REQUIRED_COMPONENTS if c not in index or not (root / c).is_dir()]
-        if missing:
-            raise UserError(f"{root} lacks component folder(s) {', '.join(missing)} of a Zero123 pipeline")
+        root = open_pipeline(model, REQUIRED_COMPONENTS, "Zero123", config_key=config_key, cache_dir=cache_dir,
+                             local_files_only=local_files_only)
         if variant == "auto":
             variant = "xl" if "xl" in Path(str(model)).name.lower() else "stable"
         if variant not in ("stable", "xl"):
@@ -136,20 +119,11 @@ class Zero123Denoiser(Denoiser):
         self.variant = variant
         self.root = root
 
-        def _diffusers(cls, name):
-            folder = root / name
-            m = cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=_use_safetensors(folder))
-            return m.to(self.device).eval().requires_grad_(False)
-
-        self.unet = _diffusers(UNet2DConditionModel, "unet")
-        self.vae = _diffusers(AutoencoderKL, "vae")
-        self.cam_proj = _diffusers(CLIPCameraProjection, "clip_camera_projection")
-        enc_dir = root / "image_encoder"
-        # Load in the file's dtype then cast: avoids the torch_dtype/dtype keyword split of transformers 4/5.
-        self.image_encoder = (
-            CLIPVisionModelWithProjection.from_pretrained(enc_dir, use_safetensors=_use_safetensors(enc_dir))
-            .to(self.device, dtype).eval().requires_grad_(False)
-        )
+        self.unet = load_diffusers(UNet2DConditionModel, root / "unet", dtype, self.device)
+        self.vae = load_diffusers(AutoencoderKL, root / "vae", dtype, self.device)
+        self.cam_proj = load_diffusers(CLIPCameraProjection, root / "clip_camera_projection", dtype, self.device)
+        self.image_encoder = load_transformers(CLIPVisionModelWithProjection, root / "image_encoder", dtype,
+                                               self.device)
         self.feature_extractor = CLIPImageProcessor.from_pretrained(root / "feature_extractor")
         sched_dir = root / "scheduler"
         self.schedule = DDIMSchedule.from_file(sched_dir / "scheduler_config.json")
@@ -194,15 +168,8 @@ class Zero123Denoiser(Denoiser):
         ``noise``: source of the posterior-sample draw of the concat latent (``concat_latent=sample``);
         default: the global torch RNG.
         """
-        S = self.image_size
-        x = rgb.to(self.device, torch.float32)[None]
-        if x.shape[-2:] != (S, S):
-            x = F.interpolate(x, (S, S), mode="bilinear", align_corners=False)
-        # The authors go through PIL (to_pil_image truncates x*255 to uint8) before the processor.
-        u8 = x[0].clamp(0, 1).mul(255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        from PIL import Image
-
-        pix = self.feature_extractor(images=Image.fromarray(u8), return_tensors="pt").pixel_values
+        x = reference_pixels(rgb, self.image_size, self.device)
+        pix = clip_pixels(self.feature_extractor, x)
         self.clip_emb = self.image_encoder(pix.to(self.device, self.dtype)).image_embeds.float()  # [1,D]
         post = self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist
         if self.concat_latent == "mode":

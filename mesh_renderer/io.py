@@ -16,11 +16,12 @@ from __future__ import annotations
 import io as _io
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from core.fileio import atomic_write_bytes
 
 from .mesh import Mesh
 
@@ -30,19 +31,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------- utils
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _png_bytes(albedo: torch.Tensor) -> bytes:
     import io
 
@@ -202,11 +190,11 @@ def _save_obj(mesh: Mesh, path: Path) -> None:
     np.savetxt(buf, cols, fmt=fmt)
     chunks.append(buf.getvalue())
     if has_tex:
-        _atomic_write_bytes(path.with_name(f"{stem}_albedo.png"), _png_bytes(m.albedo))
+        atomic_write_bytes(path.with_name(f"{stem}_albedo.png"), _png_bytes(m.albedo))
         mtl = (f"newmtl material_0\nKa 1.000000 1.000000 1.000000\nKd 1.000000 1.000000 1.000000\n"
                f"Ks 0.000000 0.000000 0.000000\nillum 1\nmap_Kd {stem}_albedo.png\n")
-        _atomic_write_bytes(path.with_name(f"{stem}.mtl"), mtl.encode())
-    _atomic_write_bytes(path, "".join(chunks).encode())
+        atomic_write_bytes(path.with_name(f"{stem}.mtl"), mtl.encode())
+    atomic_write_bytes(path, "".join(chunks).encode())
 
 
 # ---------------------------------------------------------------------------------------------- glTF
@@ -295,7 +283,7 @@ def _save_glb(mesh: Mesh, path: Path) -> None:
         buffers=[g.Buffer(byteLength=len(data))],
     )
     gltf.set_binary_blob(data)
-    _atomic_write_bytes(path, b"".join(gltf.save_to_bytes()))
+    atomic_write_bytes(path, b"".join(gltf.save_to_bytes()))
 
 
 # ------------------------------------------------------------------------------------------- public

@@ -39,18 +39,12 @@ from guidance.schedule import DDIMSchedule
 from guidance.sir_step import refine
 from guidance.zero123 import CLIPCameraProjection, Zero123Denoiser
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA = Path(__file__).resolve().parent / "data"
 PIXEL_TOL = 1e-3  # max abs difference of target images in [0,1]
 LATENT_RTOL = 2e-5  # final latents: max abs difference / max magnitude (random eps: |latents| up to ~250)
 CASES = ["init", "s1_k0", "s1_k9", "s1_k19", "refine"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared test box; tiny ops run fastest on one thread
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -11,20 +11,14 @@ from guidance.sir_step import plan_refine, refine
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMInverseScheduler, DDIMScheduler  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIGS = [
     STABLE_DIFFUSION_DDIM_CONFIG,
     {**STABLE_DIFFUSION_DDIM_CONFIG, "timestep_spacing": "trailing", "steps_offset": 0},
     {**STABLE_DIFFUSION_DDIM_CONFIG, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
      "set_alpha_to_one": True, "steps_offset": 0},
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test box is shared; one thread is fastest for tiny ops
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)

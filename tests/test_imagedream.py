@@ -12,6 +12,8 @@ from guidance.imagedream import FRAMES, ImageDreamDenoiser
 from guidance.mv_unet import MultiViewUNetModel
 from guidance.random_imagedream import UNET_CONFIG, cached_tiny_imagedream
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 KEYS_FILE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "imagedream_unet_keys.txt"
 
 
@@ -40,15 +42,6 @@ def test_full_size_unet_matches_checkpoint_keys():
     assert sorted(set(expected) - set(got)) == []
     assert {k: v for k, v in got.items() if expected[k] != v} == {}
     assert sum(v.numel() for v in unet.parameters()) == 941_672_900
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The test box is shared by 2 cores: intra-op threads contend badly on tiny ops."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

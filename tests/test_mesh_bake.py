@@ -10,15 +10,9 @@ from mesh_renderer import load_mesh, render
 from mesh_renderer.bake import bake_cameras, bake_texture, pull_push
 from mesh_renderer.uv import unwrap_uv
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: intra-op threads contend badly
-    yield
-    torch.set_num_threads(n)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,16 +10,9 @@ from core.cameras import orbit_cameras
 from mesh_renderer import Mesh, rasterize, render, shade
 from mesh_renderer.shade import sample_texture
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 RED, GREEN, BLUE, WHITE = [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI box has 2 shared cores: intra-op threads fighting other processes cost 5-10x here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def quad(z: float = 0.0, half: float = 0.5, albedo=None) -> Mesh:

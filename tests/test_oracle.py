@@ -12,15 +12,10 @@ from guidance.oracle import OracleDenoiser, color_field
 from guidance.sir_step import refine
 
 MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
-pytestmark = pytest.mark.skipif(not (MESHES / "spot.obj").is_file(), reason="../shared/data/meshes missing")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [
+    pytest.mark.skipif(not (MESHES / "spot.obj").is_file(), reason="../shared/data/meshes missing"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def oracle_run(tmp_path_factory):
 
 
 def test_stage1_outputs_and_report(oracle_run):
-    cfg, _, r1, _ = oracle_run
+    _, _, r1, _ = oracle_run
     for key in ("ply", "mesh", "preview", "report"):
         assert Path(r1["outputs"][key]).is_file(), key
     assert r1["outputs"]["mesh"].endswith("spot_mesh.glb")
@@ -67,7 +67,7 @@ def test_stage1_reconstructs_the_reference(oracle_run):
     from gs_renderer import render as render_gaussians
     from mesh_renderer import load_mesh
 
-    cfg, oracle, r1, _ = oracle_run
+    _, oracle, r1, _ = oracle_run
     cams = _eval_cams(64)
     ref_rgb, _ = oracle.render(cams, 64)
     gs = load_ply(r1["outputs"]["ply"])
@@ -89,7 +89,7 @@ def test_stage2_improves_the_texture_and_writes_a_valid_glb(oracle_run):
     from mesh_renderer import load_mesh
     from mesh_renderer import render as render_mesh
 
-    cfg, oracle, r1, r2 = oracle_run
+    _, oracle, r1, r2 = oracle_run
     glb = Path(r2["outputs"]["glb"])
     assert glb.name == "spot.glb" and glb.is_file()
     assert Path(r2["outputs"]["preview"]).is_file()

@@ -15,13 +15,7 @@ from guidance.sir_step import refine
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
