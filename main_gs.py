@@ -50,11 +50,13 @@ def run_stage1(cfg: DictConfig, denoiser=None, export: bool = True) -> dict:
     rng = seed_everything(cfg.seed)
     timer = PhaseTimer(device)
 
+    # A bad input image fails before any model is loaded.
+    ref = reference_view(cfg, None) if cfg.input else None
     with timer.phase("load_model"):
         if denoiser is None:
             denoiser = load_denoiser(cfg, device)
     with timer.phase("prepare"):
-        ref_rgb, ref_mask = reference_view(cfg, denoiser)
+        ref_rgb, ref_mask = ref if ref is not None else reference_view(cfg, denoiser)
         ref_rgb, ref_mask = ref_rgb.to(device), ref_mask.to(device)
         denoiser.set_reference(ref_rgb, cfg.elevation)
         nfe0 = denoiser.nfe

@@ -67,6 +67,8 @@ def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
     rng = seed_everything(cfg.seed)
     timer = PhaseTimer(device)
 
+    # A bad input image fails before any model is loaded.
+    ref = reference_view(cfg, None) if cfg.input else None
     with timer.phase("load_model"):
         if denoiser is None:
             denoiser = load_denoiser(cfg, device)
@@ -74,7 +76,7 @@ def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
         mesh = load_mesh(mesh_path).to(device)
         if not mesh.has_uv or mesh.albedo is None:
             raise UserError(f"{mesh_path} has no UV texture to refine (stage 1 writes one)")
-        ref_rgb, ref_mask = reference_view(cfg, denoiser)
+        ref_rgb, ref_mask = ref if ref is not None else reference_view(cfg, denoiser)
         ref_rgb, ref_mask = ref_rgb.to(device), ref_mask.to(device)
         denoiser.set_reference(ref_rgb, cfg.elevation)
         nfe0 = denoiser.nfe
