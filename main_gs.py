@@ -20,9 +20,6 @@ from core.run import (
     output_path,
     peak_memory_gb,
     progress,
-    reference_view,
-    resolve_device,
-    seed_everything,
     write_report,
 )
 from core.stage_outputs import write_previews
@@ -36,44 +33,25 @@ def run_stage1(cfg: DictConfig, denoiser=None, export: bool = True) -> dict:
 
     ``export=False`` skips the coarse mesh (benchmarks of the SIR loop on random weights).
     """
-    from core.cameras import orbit_cameras
     from core.sir import run_sir
     from core.stage_plans import stage1_plan
+    from core.stage_setup import setup_stage
     from gs_renderer import GaussianModel, save_ply
     from gs_renderer.representation import GaussianRepresentation
     from guidance import load_denoiser
-    from guidance.denoiser import TorchNoise
 
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rng = seed_everything(cfg.seed)
-    timer = PhaseTimer(device)
-
-    # A bad input image fails before any model is loaded.
-    ref = reference_view(cfg, None) if cfg.input else None
-    with timer.phase("load_model"):
-        if denoiser is None:
-            denoiser = load_denoiser(cfg, device)
+    st = setup_stage(cfg, denoiser, load_denoiser)
+    device, timer, denoiser = st.device, st.timer, st.denoiser
     with timer.phase("prepare"):
-        ref_rgb, ref_mask = ref if ref is not None else reference_view(cfg, denoiser)
-        ref_rgb, ref_mask = ref_rgb.to(device), ref_mask.to(device)
-        denoiser.set_reference(ref_rgb, cfg.elevation)
-        nfe0 = denoiser.nfe
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
         model = GaussianModel.init_ball(
             cfg.gaussians.num_pts, radius=cfg.gaussians.init_radius, sh_degree=cfg.gaussians.sh_degree,
             seed=cfg.seed, device=device,
         )
-        ref_cam = orbit_cameras(
-            cfg.elevation, cfg.cameras.ref_azimuth, cfg.cameras.radius, cfg.cameras.fovy, cfg.ref_size,
-            device=device,
-        )
-        rep = GaussianRepresentation(model, cfg, ref_rgb, ref_mask, ref_cam, bg=WHITE)
+        rep = GaussianRepresentation(model, cfg, st.ref_rgb, st.ref_mask, st.ref_cam, bg=WHITE)
         plan = stage1_plan(cfg, denoiser)
 
     with progress(len(plan.t_pairs) + (plan.init_steps > 0), "stage 1 (Gaussians)", cfg.quiet) as on_iter:
-        stats = run_sir(rep, denoiser, plan, rng, TorchNoise(gen), timer, device, on_iter)
+        stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
 
     outputs = {}
     with timer.phase("save_ply"):
@@ -90,7 +68,7 @@ def run_stage1(cfg: DictConfig, denoiser=None, export: bool = True) -> dict:
         "seed": cfg.seed,
         "device": str(device),
         "seconds": timer.seconds(),
-        "nfe": denoiser.nfe - nfe0,
+        "nfe": denoiser.nfe - st.nfe0,
         "optimiser_steps": stats.optimiser_steps,
         "num_gaussians": int(model.num_points),
         "mesh": mesh_info,

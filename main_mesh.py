@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from core.errors import UserError
@@ -22,13 +21,9 @@ from core.run import (
     output_path,
     peak_memory_gb,
     progress,
-    reference_view,
-    resolve_device,
-    seed_everything,
     write_report,
 )
 from core.stage_outputs import write_previews
-from core.timing import PhaseTimer
 
 WHITE = (1.0, 1.0, 1.0)
 
@@ -52,47 +47,28 @@ def find_stage1_mesh(cfg: DictConfig) -> Path:
 
 def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
     """Run stage 2 for one input; returns the report dict (also written as JSON)."""
-    from core.cameras import orbit_cameras
     from core.sir import run_sir
     from core.stage_plans import stage2_plan
+    from core.stage_setup import setup_stage
     from guidance import load_denoiser
-    from guidance.denoiser import TorchNoise
     from mesh_renderer import load_mesh, save_mesh
     from mesh_renderer.representation import TextureRepresentation
 
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     mesh_path = find_stage1_mesh(cfg)
-    rng = seed_everything(cfg.seed)
-    timer = PhaseTimer(device)
-
-    # A bad input image fails before any model is loaded.
-    ref = reference_view(cfg, None) if cfg.input else None
-    with timer.phase("load_model"):
-        if denoiser is None:
-            denoiser = load_denoiser(cfg, device)
+    st = setup_stage(cfg, denoiser, load_denoiser)
+    device, timer, denoiser = st.device, st.timer, st.denoiser
     with timer.phase("prepare"):
         mesh = load_mesh(mesh_path).to(device)
         if not mesh.has_uv or mesh.albedo is None:
             raise UserError(f"{mesh_path} has no UV texture to refine (stage 1 writes one)")
-        ref_rgb, ref_mask = ref if ref is not None else reference_view(cfg, denoiser)
-        ref_rgb, ref_mask = ref_rgb.to(device), ref_mask.to(device)
-        denoiser.set_reference(ref_rgb, cfg.elevation)
-        nfe0 = denoiser.nfe
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        ref_cam = orbit_cameras(
-            cfg.elevation, cfg.cameras.ref_azimuth, cfg.cameras.radius, cfg.cameras.fovy, cfg.ref_size,
-            device=device,
-        )
         rep = TextureRepresentation(
-            mesh, ref_rgb, ref_cam, lr=cfg.refine.texture_lr, ref_weight=cfg.refine.ref_loss,
+            mesh, st.ref_rgb, st.ref_cam, lr=cfg.refine.texture_lr, ref_weight=cfg.refine.ref_loss,
             bg=WHITE, backend=cfg.render.mesh_backend,
         )
         plan = stage2_plan(cfg, denoiser)
 
     with progress(len(plan.t_pairs), "stage 2 (texture)", cfg.quiet) as on_iter:
-        stats = run_sir(rep, denoiser, plan, rng, TorchNoise(gen), timer, device, on_iter)
+        stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
 
     outputs = {}
     with timer.phase("export"):
@@ -113,7 +89,7 @@ def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
         "device": str(device),
         "input_mesh": str(mesh_path),
         "seconds": timer.seconds(),
-        "nfe": denoiser.nfe - nfe0,
+        "nfe": denoiser.nfe - st.nfe0,
         "optimiser_steps": stats.optimiser_steps,
         "peak_gpu_memory_gb": peak_memory_gb(device),
         "outputs": outputs,
