@@ -76,6 +76,15 @@ def orbit_poses(
     return c2w
 
 
+def _rigid_inverse(c2w: torch.Tensor) -> torch.Tensor:
+    """Inverse of rigid transforms ``[V,4,4]``: cheaper and exact compared with a general inverse."""
+    R = c2w[:, :3, :3].transpose(1, 2)
+    w2c = torch.eye(4, device=c2w.device).repeat(len(c2w), 1, 1)
+    w2c[:, :3, :3] = R
+    w2c[:, :3, 3:] = -R @ c2w[:, :3, 3:]
+    return w2c
+
+
 @dataclass(frozen=True)
 class Cameras:
     """A batch of V pinhole cameras on an orbit around the origin (see the module docstring).
@@ -150,14 +159,7 @@ class Cameras:
     def viewmats(self) -> torch.Tensor:
         """World-to-camera matrices in OpenCV axes (x right, y down, z forward), ``[V,4,4]``."""
         flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], device=self.device))
-        c2w_cv = self.c2w @ flip
-        # Rigid inverse: cheaper and exact compared with a general inverse.
-        R = c2w_cv[:, :3, :3]
-        t = c2w_cv[:, :3, 3:]
-        w2c = torch.eye(4, device=self.device).repeat(len(self), 1, 1)
-        w2c[:, :3, :3] = R.transpose(1, 2)
-        w2c[:, :3, 3:] = -R.transpose(1, 2) @ t
-        return w2c
+        return _rigid_inverse(self.c2w @ flip)
 
     def Ks(self) -> torch.Tensor:
         """Pixel intrinsics ``[V,3,3]`` (principal point at the image centre)."""
@@ -182,12 +184,7 @@ class Cameras:
 
     def mvp(self, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
         """World-to-clip matrices ``[V,4,4]`` for nvdiffrast (``clip = mvp @ [x,y,z,1]``)."""
-        R = self.c2w[:, :3, :3]
-        t = self.c2w[:, :3, 3:]
-        w2c = torch.eye(4, device=self.device).repeat(len(self), 1, 1)
-        w2c[:, :3, :3] = R.transpose(1, 2)
-        w2c[:, :3, 3:] = -R.transpose(1, 2) @ t
-        return self.projection(near, far) @ w2c
+        return self.projection(near, far) @ _rigid_inverse(self.c2w)
 
 
 def orbit_cameras(
