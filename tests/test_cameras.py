@@ -122,15 +122,19 @@ def test_intrinsics():
 
 def test_mvp_agrees_with_viewmats_and_Ks():
     cams = random_cams(width=192)
-    pts = torch.randn(50, 3) * 0.4  # inside the unit ball: in front of every camera (radius >= 1.5)
+    g = torch.Generator().manual_seed(0)
+    pts = torch.randn(50, 3, generator=g) * 0.4  # inside the unit ball: in front of every camera (radius >= 1.5)
     uv_cv, depth_cv = project_cv(cams, pts)
     uv_gl, z_ndc = project_gl(cams, pts)
     assert (depth_cv > 0).all()
     assert torch.allclose(uv_cv, uv_gl, atol=2e-3)
     assert ((z_ndc > -1) & (z_ndc < 1)).all()
-    # NDC depth increases with camera depth (closer points win the z-test).
-    order_cv = depth_cv.argsort(dim=1)
-    assert torch.equal(order_cv, z_ndc.argsort(dim=1))
+    # NDC depth increases with camera depth (closer points win the z-test). Points whose depths
+    # differ by less than float32 rounding of the two computations (measured < 3e-5) may tie or swap.
+    idx = depth_cv.argsort(dim=1)
+    gap = torch.gather(depth_cv, 1, idx).diff(dim=1)
+    dz = torch.gather(z_ndc, 1, idx).diff(dim=1)
+    assert (dz[gap > 1e-4] > 0).all()
 
 
 def test_cameras_batch_helpers():
