@@ -33,3 +33,16 @@ def one_thread():
 def one_thread_module():
     """One torch thread for a whole module, its module-scoped fixtures included."""
     yield from _torch_one_thread()
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seed():
+    """Every test starts from the same global RNG state, whatever ran before it."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 - tests that still use the legacy global state
+    torch.manual_seed(0)
