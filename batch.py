@@ -24,6 +24,7 @@ starts one worker process per GPU (``CUDA_VISIBLE_DEVICES`` set, a sub-shard eac
 
 Exit status: 0 all items done, 1 some item failed, 2 a usage/config error (``error: ...``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,19 @@ OUTPUT_SUFFIXES = ("_preview.png", "_albedo.png", "_clip_views.png")  # our own 
 OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*=")
 RESERVED_KEYS = ("input", "save_path")  # set per item by the batch
 CSV_FIELDS = [
-    "name", "input", "status", "seconds", "seconds_stage1", "seconds_stage2", "nfe", "nfe_stage1",
-    "nfe_stage2", "glb", "ply", "coarse_mesh", "error",
+    "name",
+    "input",
+    "status",
+    "seconds",
+    "seconds_stage1",
+    "seconds_stage2",
+    "nfe",
+    "nfe_stage1",
+    "nfe_stage2",
+    "glb",
+    "ply",
+    "coarse_mesh",
+    "error",
 ]
 
 
@@ -87,7 +99,8 @@ def collect_items(inputs: list[str]) -> list[Item]:
             files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             names = {p.name for p in files}
             files = [
-                p for p in files
+                p
+                for p in files
                 if not p.name.endswith(OUTPUT_SUFFIXES)
                 and not (not p.stem.endswith("_rgba") and f"{p.stem}_rgba.png" in names)
             ]
@@ -99,11 +112,15 @@ def collect_items(inputs: list[str]) -> list[Item]:
             item = Item(f.stem, f)
             other = items.get(item.name)
             if other is not None and other.input.resolve() != f.resolve():
-                raise UserError(f"two inputs named '{item.name}' ({other.input} and {f}) would write the same "
-                                f"outputs; rename one")
+                raise UserError(
+                    f"two inputs named '{item.name}' ({other.input} and {f}) would write the same "
+                    f"outputs; rename one"
+                )
             items[item.name] = item
     if not items:
-        raise UserError(f"no input images found in {' '.join(inputs)} (looked for {' '.join(IMAGE_SUFFIXES)})")
+        raise UserError(
+            f"no input images found in {' '.join(inputs)} (looked for {' '.join(IMAGE_SUFFIXES)})"
+        )
     return sorted(items.values(), key=lambda it: it.name)
 
 
@@ -205,10 +222,15 @@ def _stage_figures(rec: dict, r1: dict | None, r2: dict | None) -> None:
     s2 = _total_seconds((r2 or {}).get("seconds"))
     n1, n2 = (r1 or {}).get("nfe"), (r2 or {}).get("nfe")
     rec.update(
-        seconds_stage1=s1, seconds_stage2=s2,
-        nfe_stage1=n1, nfe_stage2=n2,
+        seconds_stage1=s1,
+        seconds_stage2=s2,
+        nfe_stage1=n1,
+        nfe_stage2=n2,
         nfe=None if n1 is None and n2 is None else (n1 or 0) + (n2 or 0),
-        outputs={"stage1": dict((r1 or {}).get("outputs") or {}), "stage2": dict((r2 or {}).get("outputs") or {})},
+        outputs={
+            "stage1": dict((r1 or {}).get("outputs") or {}),
+            "stage2": dict((r2 or {}).get("outputs") or {}),
+        },
     )
 
 
@@ -251,8 +273,11 @@ def run_items(
             error_log = Path(cfg.outdir) / f"{cfg.save_path}_error.log"
             if final.is_file() and not force:
                 # Resume: read the figures back from the stage reports the finished run left.
-                _stage_figures(rec, _read_json(Path(cfg.outdir) / f"{cfg.save_path}_report.json"),
-                               _read_json(Path(cfg.outdir) / f"{cfg.save_path}_final_report.json"))
+                _stage_figures(
+                    rec,
+                    _read_json(Path(cfg.outdir) / f"{cfg.save_path}_report.json"),
+                    _read_json(Path(cfg.outdir) / f"{cfg.save_path}_final_report.json"),
+                )
                 rec.update(status="skipped", seconds=None, error=None)
                 log.info("[%d/%d] %s: skipped (%s exists)", idx + 1, len(items), item.name, final)
                 bar.advance(item.name, "skipped")
@@ -287,7 +312,9 @@ def run_items(
                 _atomic_write(error_log, traceback.format_exc())
             except Exception as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                rec.update(status="failed", error=f"{type(e).__name__}: {first}" if first else type(e).__name__)
+                rec.update(
+                    status="failed", error=f"{type(e).__name__}: {first}" if first else type(e).__name__
+                )
                 _atomic_write(error_log, traceback.format_exc())
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()  # a failed item may leave big tensors (e.g. after OOM)
@@ -295,11 +322,25 @@ def run_items(
             _stage_figures(rec, r1, r2)
             if rec["status"] == "failed":
                 rec["error_log"] = str(error_log)
-                log.error("[%d/%d] %s: FAILED after %.1f s: %s (traceback: %s)", idx + 1, len(items), item.name,
-                          rec["seconds"], rec["error"], error_log)
+                log.error(
+                    "[%d/%d] %s: FAILED after %.1f s: %s (traceback: %s)",
+                    idx + 1,
+                    len(items),
+                    item.name,
+                    rec["seconds"],
+                    rec["error"],
+                    error_log,
+                )
             else:
-                log.info("[%d/%d] %s: ok in %.1f s, %s NFEs -> %s", idx + 1, len(items), item.name,
-                         rec["seconds"], rec["nfe"], final)
+                log.info(
+                    "[%d/%d] %s: ok in %.1f s, %s NFEs -> %s",
+                    idx + 1,
+                    len(items),
+                    item.name,
+                    rec["seconds"],
+                    rec["nfe"],
+                    final,
+                )
             bar.advance(item.name, rec["status"])
             flush()
     if not items:
@@ -322,7 +363,10 @@ class _ItemProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
-                TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+                TextColumn("batch"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[last]}"),
                 TimeElapsedColumn(),
             )
             self._progress.__enter__()
@@ -385,8 +429,20 @@ def run_gpus(
     workers = []
     for j, gpu in enumerate(gpus):
         wshard = (index + count * j, count * k)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--config", config, *inputs, "--out", str(out),
-               "--shard", f"{wshard[0]}/{wshard[1]}", "--no-progress", *(["--force"] if force else []), *overrides]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--config",
+            config,
+            *inputs,
+            "--out",
+            str(out),
+            "--shard",
+            f"{wshard[0]}/{wshard[1]}",
+            "--no-progress",
+            *(["--force"] if force else []),
+            *overrides,
+        ]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
         log_path = out / f"batch_worker{j}_gpu{gpu}.log"
         for stale in summary_paths(out, wshard):  # a previous run's file must not pass for this run's
@@ -423,9 +479,16 @@ def run_gpus(
             if name in got:
                 records.append({**got[name], "gpu": gpu})
             else:
-                records.append({"name": name, "input": str(by_name[name].input), "status": "failed", "gpu": gpu,
-                                "error": f"worker on GPU {gpu} exited with code {proc.returncode} before this "
-                                         f"item finished; see {log_path}"})
+                records.append(
+                    {
+                        "name": name,
+                        "input": str(by_name[name].input),
+                        "status": "failed",
+                        "gpu": gpu,
+                        "error": f"worker on GPU {gpu} exited with code {proc.returncode} before this "
+                        f"item finished; see {log_path}",
+                    }
+                )
     return records
 
 
@@ -438,7 +501,8 @@ def _sub_shard(wshard: tuple[int, int], shard: tuple[int, int]) -> tuple[int, in
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (``key=value`` words among the inputs are config overrides)."""
     p = argparse.ArgumentParser(
-        prog="batch.py", description="Both stages over many images, models loaded once.",
+        prog="batch.py",
+        description="Both stages over many images, models loaded once.",
         epilog="Config overrides (key=value) may be mixed with the inputs, e.g. sir.iters=10.",
     )
     p.add_argument("--config", required=True, help="stage config, e.g. configs/image.yaml")
@@ -447,7 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="i/n: run only items i, i+n, ... (0 <= i < n)")
     p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one worker process per GPU")
     p.add_argument("--force", action="store_true", help="re-run items whose final .glb exists")
-    p.add_argument("--dry-run", action="store_true", help="list the items and whether they would run, then stop")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the items and whether they would run, then stop"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     return p
 
@@ -472,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("no inputs: pass image files and/or folders")
         for o in overrides:
             if o.split("=", 1)[0] in RESERVED_KEYS:
-                raise UserError(f"{o}: batch.py sets '{o.split('=', 1)[0]}' per item; pass images/folders instead")
+                raise UserError(
+                    f"{o}: batch.py sets '{o.split('=', 1)[0]}' per item; pass images/folders instead"
+                )
         shard = parse_shard(args.shard)
         base = item_config(args.config, overrides, Path("."), None)  # validates the config and overrides once
         out = Path(args.out) if args.out else Path(base.outdir)
@@ -486,20 +554,38 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{it.name}\t{it.input}\t{'done' if done else 'todo'}")
             return 0
         meta = {
-            "config": args.config, "overrides": overrides, "inputs": inputs, "out": str(out),
-            "shard": f"{shard[0]}/{shard[1]}", "gpus": gpus or None,
+            "config": args.config,
+            "overrides": overrides,
+            "inputs": inputs,
+            "out": str(out),
+            "shard": f"{shard[0]}/{shard[1]}",
+            "gpus": gpus or None,
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         if gpus:
-            records = run_gpus(items, gpus, args.config, inputs, overrides, out, shard, args.force,
-                               not args.no_progress, meta)
-            meta.update(seconds=round(time.perf_counter() - t0, 3),
-                        finished=datetime.now(UTC).isoformat(timespec="seconds"))
+            records = run_gpus(
+                items,
+                gpus,
+                args.config,
+                inputs,
+                overrides,
+                out,
+                shard,
+                args.force,
+                not args.no_progress,
+                meta,
+            )
+            meta.update(
+                seconds=round(time.perf_counter() - t0, 3),
+                finished=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
             write_summary(out, shard, records, meta)
         else:
-            records = run_items(items, args.config, overrides, out, shard, args.force, not args.no_progress, meta)
+            records = run_items(
+                items, args.config, overrides, out, shard, args.force, not args.no_progress, meta
+            )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -508,8 +594,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     counts = _counts(records)
     json_path, csv_path = summary_paths(out, shard)
-    print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed of {counts['total']}; "
-          f"summary: {json_path}, {csv_path}")
+    print(
+        f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed of {counts['total']}; "
+        f"summary: {json_path}, {csv_path}"
+    )
     for r in records:
         if r["status"] == "failed":
             print(f"  failed: {r['name']}: {r.get('error')}", file=sys.stderr)

@@ -25,6 +25,7 @@ Usage::
     python eval_clip.py --ref cat_rgba.png --mesh logs/cat_rgba.glb
     python eval_clip.py ... --pretrained /models/open_clip_bigG.bin    # offline: a local checkpoint
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,13 +69,13 @@ MESH_SUFFIXES = (".glb", ".obj")
 class EvalProtocol:
     """Render settings of the evaluation (defaults: the authors' ``scripts/cal_sim.py``)."""
 
-    n_views: int = 8          # azimuths 0, 360/n, ...
-    elevation: float = 0.0    # degrees (DreamGaussian sign)
-    radius: float = 3.0       # camera distance after normalisation
-    fovy: float = 49.0        # degrees
-    size: int = 512           # render resolution (pixels)
-    bound: float = 0.9        # mesh normalised into [-bound, bound]^3 (kiui default)
-    backend: str = "auto"     # mesh renderer backend
+    n_views: int = 8  # azimuths 0, 360/n, ...
+    elevation: float = 0.0  # degrees (DreamGaussian sign)
+    radius: float = 3.0  # camera distance after normalisation
+    fovy: float = 49.0  # degrees
+    size: int = 512  # render resolution (pixels)
+    bound: float = 0.9  # mesh normalised into [-bound, bound]^3 (kiui default)
+    backend: str = "auto"  # mesh renderer backend
 
     def azimuths(self) -> list[float]:
         """Azimuths in degrees; the authors cast ``linspace(0, 360, n, endpoint=False)`` to int."""
@@ -136,21 +137,30 @@ def load_clip(
         open_clip.add_model_config(model_config)
     if pretrained is not None and pretrained.lower() in ("", "none"):
         pretrained = None
-        log.warning("CLIP %s with RANDOM weights (--pretrained none): scores are meaningless except in tests",
-                    model_name)
+        log.warning(
+            "CLIP %s with RANDOM weights (--pretrained none): scores are meaningless except in tests",
+            model_name,
+        )
     dev = _pick_device(device)
     has_schema = model_name.startswith(("local-dir:", "hf-hub:"))
     if not has_schema and open_clip.get_model_config(model_name.replace("/", "-")) is None:
-        raise UserError(f"unknown open_clip model '{model_name}' (see open_clip.list_models(), or pass "
-                        f"--model-config FILE.json for a custom architecture)")
+        raise UserError(
+            f"unknown open_clip model '{model_name}' (see open_clip.list_models(), or pass "
+            f"--model-config FILE.json for a custom architecture)"
+        )
     if pretrained is not None and not has_schema and not os.path.isfile(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         if pretrained not in tags:
-            raise UserError(f"--pretrained '{pretrained}' is neither a file nor a tag of {model_name} "
-                            f"(tags: {', '.join(tags) or 'none'})")
+            raise UserError(
+                f"--pretrained '{pretrained}' is neither a file nor a tag of {model_name} "
+                f"(tags: {', '.join(tags) or 'none'})"
+            )
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=None if has_schema else pretrained, device=dev, precision=precision,
+            model_name,
+            pretrained=None if has_schema else pretrained,
+            device=dev,
+            precision=precision,
             cache_dir=cache_dir,
         )
     except (RuntimeError, OSError, ValueError) as e:  # open_clip wraps download errors in RuntimeError
@@ -194,13 +204,19 @@ def render_mesh_views(
         raise UserError(f"{path}: eval_clip needs a mesh (.glb/.obj)")
     mesh = normalize_renderable(kind, mesh, bound=protocol.bound)
     cams = orbit_cameras(
-        protocol.elevation, protocol.azimuths(), radius=protocol.radius, fovy=protocol.fovy, height=protocol.size
+        protocol.elevation,
+        protocol.azimuths(),
+        radius=protocol.radius,
+        fovy=protocol.fovy,
+        height=protocol.size,
     )
     rgb = render_views(kind, mesh, cams, bg=(1.0, 1.0, 1.0), chunk=protocol.n_views, backend=protocol.backend)
     return _to_uint8_trunc(rgb.permute(0, 2, 3, 1).numpy())
 
 
-def clip_similarity(encoder: ClipImageEncoder, ref: np.ndarray, views: np.ndarray) -> tuple[float, list[float]]:
+def clip_similarity(
+    encoder: ClipImageEncoder, ref: np.ndarray, views: np.ndarray
+) -> tuple[float, list[float]]:
     """Mean and per-view cosine between a reference uint8 ``[H,W,3]`` and views uint8 ``[V,H,W,3]``; each in [-1,1]."""
     feats = encoder.encode([ref, *views])  # one batched forward for the reference and all views
     cos = (feats[1:] @ feats[0]).clamp(-1.0, 1.0)
@@ -219,9 +235,17 @@ def pair_files(refs_dir: str | os.PathLike, meshes_dir: str | os.PathLike) -> tu
     pairs, missing = [], []
     refs = sorted(p for p in refs_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     for ref in refs:
-        mesh = next((meshes_dir / f"{ref.stem}{s}" for s in MESH_SUFFIXES if (meshes_dir / f"{ref.stem}{s}").is_file()),
-                    None)
-        (pairs if mesh else missing).append({"name": ref.stem, "ref": str(ref), **({"mesh": str(mesh)} if mesh else {})})
+        mesh = next(
+            (
+                meshes_dir / f"{ref.stem}{s}"
+                for s in MESH_SUFFIXES
+                if (meshes_dir / f"{ref.stem}{s}").is_file()
+            ),
+            None,
+        )
+        (pairs if mesh else missing).append(
+            {"name": ref.stem, "ref": str(ref), **({"mesh": str(mesh)} if mesh else {})}
+        )
     return pairs, missing
 
 
@@ -270,14 +294,19 @@ def format_table(results: list[dict], missing: list[dict]) -> str:
         lines.append(f"{m['name']:<{width}}  missing")
     scores = [r["score"] for r in results if r["score"] is not None]
     lines.append(f"{'-' * width}  --------")
-    lines.append(f"{'mean':<{width}}  " + (f"{sum(scores) / len(scores):.4f}" if scores else "n/a")
-                 + f"   ({len(scores)} objects)")
+    lines.append(
+        f"{'mean':<{width}}  "
+        + (f"{sum(scores) / len(scores):.4f}" if scores else "n/a")
+        + f"   ({len(scores)} objects)"
+    )
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(description="CLIP similarity between reference images and 8 renders of their meshes.")
+    p = argparse.ArgumentParser(
+        description="CLIP similarity between reference images and 8 renders of their meshes."
+    )
     src = p.add_argument_group("inputs (a folder pair or one pair)")
     src.add_argument("--refs", help="folder of reference images <name>.png")
     src.add_argument("--meshes", help="folder of meshes <name>.glb (or .obj), paired by name")
@@ -285,9 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--mesh", help="its mesh (.glb or .obj)")
     p.add_argument("--json", default=None, help="result file (default: <meshes>/clip_similarity.json)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"open_clip model name (default {DEFAULT_MODEL})")
-    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                   help=f"open_clip tag, a local checkpoint file, or 'none' (default {DEFAULT_PRETRAINED})")
-    p.add_argument("--model-config", default=None, help="JSON file of a custom open_clip architecture (name = stem)")
+    p.add_argument(
+        "--pretrained",
+        default=DEFAULT_PRETRAINED,
+        help=f"open_clip tag, a local checkpoint file, or 'none' (default {DEFAULT_PRETRAINED})",
+    )
+    p.add_argument(
+        "--model-config", default=None, help="JSON file of a custom open_clip architecture (name = stem)"
+    )
     p.add_argument("--cache-dir", default=None, help="download cache folder for the CLIP weights")
     p.add_argument("--precision", default="fp32", help="fp32 (the authors') | fp16 | bf16")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu")
@@ -295,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=EvalProtocol.n_views, help="views per object (default 8)")
     p.add_argument("--size", type=int, default=EvalProtocol.size, help="render size (default 512)")
     p.add_argument("--radius", type=float, default=EvalProtocol.radius, help="camera distance (default 3)")
-    p.add_argument("--fovy", type=float, default=EvalProtocol.fovy, help="field of view in degrees (default 49)")
+    p.add_argument(
+        "--fovy", type=float, default=EvalProtocol.fovy, help="field of view in degrees (default 49)"
+    )
     p.add_argument("--elevation", type=float, default=EvalProtocol.elevation, help="elevation (default 0)")
     p.add_argument("--save-renders", default=None, help="folder for a grid of each object's evaluated views")
     return p
@@ -318,17 +354,29 @@ def main(argv: list[str] | None = None) -> int:
                 if not Path(f).is_file():
                     raise UserError(f"{f}: no such file")
             pairs, missing = [{"name": Path(args.ref).stem, "ref": args.ref, "mesh": args.mesh}], []
-            json_path = Path(args.json) if args.json else Path(args.mesh).with_name(
-                f"{Path(args.mesh).stem}_clip_similarity.json")
+            json_path = (
+                Path(args.json)
+                if args.json
+                else Path(args.mesh).with_name(f"{Path(args.mesh).stem}_clip_similarity.json")
+            )
         else:
             raise UserError("give --refs DIR --meshes DIR, or --ref IMG --mesh FILE")
         if not pairs:
-            raise UserError(f"no reference image in {args.refs} has a mesh of the same name in {args.meshes} "
-                            f"(pairing rule: <name>.png <-> <name>.glb)")
-        protocol = EvalProtocol(n_views=args.views, elevation=args.elevation, radius=args.radius, fovy=args.fovy,
-                                size=args.size, backend=args.backend)
-        encoder = load_clip(args.model, args.pretrained, args.device, args.precision, args.model_config,
-                            args.cache_dir)
+            raise UserError(
+                f"no reference image in {args.refs} has a mesh of the same name in {args.meshes} "
+                f"(pairing rule: <name>.png <-> <name>.glb)"
+            )
+        protocol = EvalProtocol(
+            n_views=args.views,
+            elevation=args.elevation,
+            radius=args.radius,
+            fovy=args.fovy,
+            size=args.size,
+            backend=args.backend,
+        )
+        encoder = load_clip(
+            args.model, args.pretrained, args.device, args.precision, args.model_config, args.cache_dir
+        )
         results = evaluate(pairs, encoder, protocol, device=args.device, save_renders=args.save_renders)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ Writes ``<outdir>/<save_path>_model.ply``, ``_mesh.<mesh_format>``, ``_preview.p
 ``_report.json``. :func:`run_stage1` is the library entry point (batch runs call it with a
 denoiser loaded once).
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,8 +45,11 @@ def run_stage1(cfg: DictConfig, denoiser=None, export: bool = True) -> dict:
     device, timer, denoiser = st.device, st.timer, st.denoiser
     with timer.phase("prepare"):
         model = GaussianModel.init_ball(
-            cfg.gaussians.num_pts, radius=cfg.gaussians.init_radius, sh_degree=cfg.gaussians.sh_degree,
-            seed=cfg.seed, device=device,
+            cfg.gaussians.num_pts,
+            radius=cfg.gaussians.init_radius,
+            sh_degree=cfg.gaussians.sh_degree,
+            seed=cfg.seed,
+            device=device,
         )
         rep = GaussianRepresentation(model, cfg, st.ref_rgb, st.ref_mask, st.ref_cam, bg=WHITE)
         plan = stage1_plan(cfg, denoiser)
@@ -61,7 +65,9 @@ def run_stage1(cfg: DictConfig, denoiser=None, export: bool = True) -> dict:
         outputs["ply"] = str(ply)
     mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs) if export else {}
     with timer.phase("preview"):
-        write_previews(cfg, "gaussians", model, cfg.render.gs_backend, outputs, "_preview.png", "_gaussians.mp4")
+        write_previews(
+            cfg, "gaussians", model, cfg.render.gs_backend, outputs, "_preview.png", "_gaussians.mp4"
+        )
 
     report = {
         "stage": 1,
@@ -82,7 +88,9 @@ def run_stage1(cfg: DictConfig, denoiser=None, export: bool = True) -> dict:
     return report
 
 
-def export_coarse_mesh(cfg: DictConfig, model, timer: PhaseTimer, device: torch.device, outputs: dict) -> dict:
+def export_coarse_mesh(
+    cfg: DictConfig, model, timer: PhaseTimer, device: torch.device, outputs: dict
+) -> dict:
     """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (spec 3.1-3.2)."""
     from gs_renderer import extract_density_mesh
     from gs_renderer import render as render_gaussians
@@ -113,8 +121,9 @@ def export_coarse_mesh(cfg: DictConfig, model, timer: PhaseTimer, device: torch.
         with timer.phase("uv_unwrap_wait"):
             mesh = fut.result().to(device)
     with timer.phase("bake"):
-        mesh.albedo = bake_texture(mesh, cams, out.rgb, out.alpha, tex_size=ex.texture_size,
-                                   backend=cfg.render.mesh_backend)
+        mesh.albedo = bake_texture(
+            mesh, cams, out.rgb, out.alpha, tex_size=ex.texture_size, backend=cfg.render.mesh_backend
+        )
     with timer.phase("save_mesh"):
         path = output_path(cfg, f"_mesh.{cfg.mesh_format}")
         save_mesh(mesh.to("cpu"), path)

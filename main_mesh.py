@@ -7,6 +7,7 @@ Reads ``mesh=`` or ``<outdir>/<save_path>_mesh.<glb|obj>`` (stage 1's output) an
 ``_final_preview.png``, ``_final_report.json`` and, with ``video=true``, ``.mp4``.
 :func:`run_stage2` is the library entry point.
 """
+
 from __future__ import annotations
 
 import sys
@@ -62,8 +63,13 @@ def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
         if not mesh.has_uv or mesh.albedo is None:
             raise UserError(f"{mesh_path} has no UV texture to refine (stage 1 writes one)")
         rep = TextureRepresentation(
-            mesh, st.ref_rgb, st.ref_cam, lr=cfg.refine.texture_lr, ref_weight=cfg.refine.ref_loss,
-            bg=WHITE, backend=cfg.render.mesh_backend,
+            mesh,
+            st.ref_rgb,
+            st.ref_cam,
+            lr=cfg.refine.texture_lr,
+            ref_weight=cfg.refine.ref_loss,
+            bg=WHITE,
+            backend=cfg.render.mesh_backend,
         )
         plan = stage2_plan(cfg, denoiser)
 
@@ -81,7 +87,9 @@ def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
             save_mesh(final, obj)
             outputs["obj"] = str(obj)
     with timer.phase("preview"):
-        write_previews(cfg, "mesh", final.to(device), cfg.render.mesh_backend, outputs, "_final_preview.png", ".mp4")
+        write_previews(
+            cfg, "mesh", final.to(device), cfg.render.mesh_backend, outputs, "_final_preview.png", ".mp4"
+        )
 
     report = {
         "stage": 2,

@@ -7,6 +7,7 @@
 The same functions load images inside the stages (core/images.py), so an image prepared here and
 one given directly to main_gs.py are treated alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,9 @@ def collect_inputs(path: Path) -> list[Path]:
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(OUTPUT_SUFFIX)
     )
     if not files:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path} other than *{OUTPUT_SUFFIX} outputs")
+        raise UserError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path} other than *{OUTPUT_SUFFIX} outputs"
+        )
     return files
 
 

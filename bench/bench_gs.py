@@ -6,6 +6,7 @@ paper's ball initialisation, plus the 2k x 6 x 64 px case that the CPU reference
 
     python bench/bench_gs.py [--device cuda] [--sizes 5000 20000 100000] [--out bench/results/gs_bench.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,12 @@ def time_render(model, cams, backend: str, reps: int) -> dict:
             total.append(t2 - t0)
     fwd.sort()
     total.sort()
-    res = {"fwd_best_s": fwd[0], "fwd_median_s": fwd[len(fwd) // 2],
-           "fwd_bwd_best_s": total[0], "fwd_bwd_median_s": total[len(total) // 2]}
+    res = {
+        "fwd_best_s": fwd[0],
+        "fwd_median_s": fwd[len(fwd) // 2],
+        "fwd_bwd_best_s": total[0],
+        "fwd_bwd_median_s": total[len(total) // 2],
+    }
     if dev.type == "cuda":
         res["peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return res
@@ -65,8 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--res", type=int, default=256)
     ap.add_argument("--views", type=int, default=6)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--torch-max", type=int, default=None,
-                    help="largest N for the reference backend (default 20000 on CUDA, 5000 on CPU)")
+    ap.add_argument(
+        "--torch-max",
+        type=int,
+        default=None,
+        help="largest N for the reference backend (default 20000 on CUDA, 5000 on CPU)",
+    )
     ap.add_argument("--mesh-res", type=int, default=128)
     ap.add_argument("--out", default="bench/results/gs_bench.json")
     args = ap.parse_args(argv)
@@ -111,9 +120,15 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             v, f = extract_density_mesh(model, resolution=args.mesh_res, density_thresh=0.2)
             _sync(dev)
-            row = {"backend": "extract", "n": n, "res": args.mesh_res, "seconds": time.perf_counter() - t0,
-                   "vertices": int(v.shape[0]), "faces": int(f.shape[0]),
-                   "note": "init ball (opacity 0.1), not a trained object"}
+            row = {
+                "backend": "extract",
+                "n": n,
+                "res": args.mesh_res,
+                "seconds": time.perf_counter() - t0,
+                "vertices": int(v.shape[0]),
+                "faces": int(f.shape[0]),
+                "note": "init ball (opacity 0.1), not a trained object",
+            }
             rows.append(row)
             print(_fmt(row), flush=True)
     result = {"info": info, "rows": rows}
@@ -131,8 +146,10 @@ def _fmt(row: dict) -> str:
     if row["backend"] == "extract":
         return f"{head}  {row['seconds'] * 1e3:9.1f} ms  {row['faces']} faces"
     mem = f"  peak {row['peak_mem_mb']:.0f} MB" if "peak_mem_mb" in row else ""
-    return (f"{head}  fwd {row['fwd_best_s'] * 1e3:8.1f} ms  fwd+bwd {row['fwd_bwd_best_s'] * 1e3:8.1f} ms "
-            f"(median {row['fwd_bwd_median_s'] * 1e3:.1f}){mem}  {row['note']}")
+    return (
+        f"{head}  fwd {row['fwd_best_s'] * 1e3:8.1f} ms  fwd+bwd {row['fwd_bwd_best_s'] * 1e3:8.1f} ms "
+        f"(median {row['fwd_bwd_median_s'] * 1e3:.1f}){mem}  {row['note']}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ It also checks that graph replay gives the eager result. Writes JSON.
     python bench/bench_guidance.py --out bench/results/guidance_h100.json
     python bench/bench_guidance.py --size tiny --device cpu --dtypes fp32 --modes eager   # smoke test
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,9 @@ def bench_one(folder: Path, dev: torch.device, dtype: str, mode: str, views: int
     den = Zero123Denoiser(folder, device=dev, dtype=dtype, cuda_graph=(mode == "graph"))
     if mode == "compile":
         compiled = torch.compile(den.unet)  # default mode; graphs are the 'graph' row
-        den._runner.fn = lambda sample, t, hidden: compiled(sample, t, encoder_hidden_states=hidden,
-                                                            return_dict=False)[0]
+        den._runner.fn = lambda sample, t, hidden: compiled(
+            sample, t, encoder_hidden_states=hidden, return_dict=False
+        )[0]
     S = den.image_size
     gen = torch.Generator(device=dev).manual_seed(0)
     noise = TorchNoise(gen)
@@ -93,11 +95,17 @@ def bench_one(folder: Path, dev: torch.device, dtype: str, mode: str, views: int
 
         den.reset_counters()
         stage1()
-        res["stage1_nfe"] = {"calls": den.nfe, "cfg": den.nfe_cfg, "uncond": den.nfe_uncond, "rows": den.nfe_rows}
+        res["stage1_nfe"] = {
+            "calls": den.nfe,
+            "cfg": den.nfe_cfg,
+            "uncond": den.nfe_uncond,
+            "rows": den.nfe_rows,
+        }
         res["stage1_21_refines"] = _time(stage1, dev, max(1, reps // 10))
         t = den.schedule.timesteps(50)[40]
         res["stage2_refine_8views"] = _time(
-            lambda: refine(den, images8, cams8, t, t, 0.0, 2.0, 50, noise), dev, reps)
+            lambda: refine(den, images8, cams8, t, t, 0.0, 2.0, 50, noise), dev, reps
+        )
         if mode == "graph" and dev.type == "cuda":
             # Replay must equal an eager call on the same inputs.
             inp = den._unet_input(torch.cat([x, x]), cond.concat)
@@ -147,17 +155,23 @@ def main(argv: list[str] | None = None) -> int:
             r = bench_one(folder, dev, dtype, mode, args.views, args.reps)
             results.append(r)
             k_cfg = f"unet_cfg_batch{2 * args.views}"
-            print(f"{dtype:5s} {mode:8s} UNet cfg b{2 * args.views}: {r[k_cfg]['median_s'] * 1e3:7.2f} ms  "
-                  f"uncond b{args.views}: {r[f'unet_uncond_batch{args.views}']['median_s'] * 1e3:7.2f} ms  "
-                  f"stage-1 21 refines ({r['stage1_nfe']['calls']} calls): {r['stage1_21_refines']['median_s']:6.2f} s  "
-                  f"stage-2 refine: {r['stage2_refine_8views']['median_s'] * 1e3:7.1f} ms", flush=True)
+            print(
+                f"{dtype:5s} {mode:8s} UNet cfg b{2 * args.views}: {r[k_cfg]['median_s'] * 1e3:7.2f} ms  "
+                f"uncond b{args.views}: {r[f'unet_uncond_batch{args.views}']['median_s'] * 1e3:7.2f} ms  "
+                f"stage-1 21 refines ({r['stage1_nfe']['calls']} calls): {r['stage1_21_refines']['median_s']:6.2f} s  "
+                f"stage-2 refine: {r['stage2_refine_8views']['median_s'] * 1e3:7.1f} ms",
+                flush=True,
+            )
     report = {
         "what": "Stable Zero123 random weights, real loader; paper v1 schedule",
         "size": args.size,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "diffusers": __import__("diffusers").__version__,
-                     "transformers": __import__("transformers").__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "diffusers": __import__("diffusers").__version__,
+            "transformers": __import__("transformers").__version__,
+        },
         "setup_s": setup_s,
         "results": results,
     }

@@ -8,6 +8,7 @@ runs on the device. Prints a table and writes all figures (+ device and versions
     python bench/bench_mesh.py --out bench/results/mesh_cpu.json            # CPU, small defaults ok
     python bench/bench_mesh.py --device cuda --out bench/results/mesh_gpu.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,11 @@ def marching_cubes(vol: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarra
 
 def procedural_colors(v: torch.Tensor) -> torch.Tensor:
     """Smooth hues plus a finer pattern per vertex, ``[N,3]`` in [0,1]."""
-    return 0.5 + 0.35 * torch.sin(torch.stack([3 * v[:, 0] + 1, 4 * v[:, 1] + 2, 5 * v[:, 2] + 3], -1)) \
+    return (
+        0.5
+        + 0.35 * torch.sin(torch.stack([3 * v[:, 0] + 1, 4 * v[:, 1] + 2, 5 * v[:, 2] + 3], -1))
         + 0.15 * torch.sin(20 * v.sum(-1, keepdim=True))
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -99,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     res: dict = {"device": str(device), "args": {k: str(v) for k, v in vars(args).items()}}
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
@@ -127,24 +133,35 @@ def main(argv: list[str] | None = None) -> dict:
         r = rasterize(uv, bcams)
         src = composite(r, interpolate(r, procedural_colors(uv.v), uv.f), bg=1.0)
     albedo, times["bake_s"] = timed(
-        lambda: bake_texture(uv, bcams, src.rgb, src.alpha, tex_size=args.tex), device)
+        lambda: bake_texture(uv, bcams, src.rgb, src.alpha, tex_size=args.tex), device
+    )
     textured = uv.with_albedo(albedo)
     with torch.no_grad():
         rec = shade(r, albedo, bg=1.0)
     res["bake_psnr_db"] = float(-10 * torch.log10(((rec.rgb - src.rgb) ** 2).mean()))
 
     with tempfile.TemporaryDirectory() as tmp:
-        _, times["export_glb_s"] = timed(lambda: save_mesh(textured, Path(tmp) / "m.glb"), torch.device("cpu"))
-        _, times["export_obj_s"] = timed(lambda: save_mesh(textured, Path(tmp) / "m.obj"), torch.device("cpu"))
+        _, times["export_glb_s"] = timed(
+            lambda: save_mesh(textured, Path(tmp) / "m.glb"), torch.device("cpu")
+        )
+        _, times["export_obj_s"] = timed(
+            lambda: save_mesh(textured, Path(tmp) / "m.obj"), torch.device("cpu")
+        )
         res["glb_bytes"] = (Path(tmp) / "m.glb").stat().st_size
 
-    cams = orbit_cameras([0] * args.views, np.linspace(-180, 180, args.views, endpoint=False), 2.0,
-                         height=args.res, device=device)
+    cams = orbit_cameras(
+        [0] * args.views,
+        np.linspace(-180, 180, args.views, endpoint=False),
+        2.0,
+        height=args.res,
+        device=device,
+    )
     backends = ["torch"] + (["nvdiffrast"] if device.type == "cuda" and nvdiffrast_available(device) else [])
     res["render"] = {}
     for backend in backends:
-        raster, t_r = timed(lambda b=backend: rasterize(textured, cams, backend=b), device,
-                            reps=args.reps, warmup=1)
+        raster, t_r = timed(
+            lambda b=backend: rasterize(textured, cams, backend=b), device, reps=args.reps, warmup=1
+        )
         raw = torch.logit(albedo.clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
 
         def step(raster=raster, raw=raw):
@@ -155,15 +172,20 @@ def main(argv: list[str] | None = None) -> dict:
         _, t_s = timed(step, device, reps=args.reps, warmup=1)
         res["render"][backend] = {"rasterize_s": t_r, "shade_fwd_bwd_s": t_s}
     res["times"] = times
-    res["versions"] = {"python": platform.python_version(), "torch": torch.__version__,
-                       "numpy": np.__version__}
+    res["versions"] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
     for mod in ["xatlas", "fast_simplification", "trimesh", "pygltflib", "mcubes", "skimage", "nvdiffrast"]:
         with contextlib.suppress(Exception):  # optional packages
             res["versions"][mod] = getattr(__import__(mod), "__version__", "?")
     res["cpu_threads"] = torch.get_num_threads()
 
-    print(f"\nmesh benchmark on {res.get('gpu', device)}: MC {res['mc_faces']} -> clean {res['clean_faces']} "
-          f"-> {res['faces']} faces, tex {args.tex}, bake {args.bake_res}px x26, render {args.views}x{args.res}px")
+    print(
+        f"\nmesh benchmark on {res.get('gpu', device)}: MC {res['mc_faces']} -> clean {res['clean_faces']} "
+        f"-> {res['faces']} faces, tex {args.tex}, bake {args.bake_res}px x26, render {args.views}x{args.res}px"
+    )
     print(f"{'phase':<28}{'seconds':>10}")
     for k, val in times.items():
         print(f"{k:<28}{val:>10.3f}")

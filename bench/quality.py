@@ -29,6 +29,7 @@ means over the meshes that succeeded) to ``--out`` (default
     python bench/quality.py --config configs/oracle_cpu.yaml --out bench/results/quality_cpu.json
     python bench/quality.py ../shared/data/meshes/spot.obj sir.iters=5 --workdir /tmp/q   # keep outputs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,9 @@ def collect_meshes(paths: list[str]) -> list[Path]:
         else:
             raise SystemExit(f"error: no such mesh file or folder: {p}")
     if not out:
-        raise SystemExit(f"error: no {'/'.join(MESH_EXTS)} meshes found in {', '.join(paths) or DEFAULT_MESHES}")
+        raise SystemExit(
+            f"error: no {'/'.join(MESH_EXTS)} meshes found in {', '.join(paths) or DEFAULT_MESHES}"
+        )
     names = [m.stem for m in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -87,8 +90,16 @@ def mesh_config(config: str, overrides: list[str], mesh: Path, outdir: Path, qui
     from core.config import load_config
     from core.run import DEFAULT_CONFIG, config_rules, finalize_config
 
-    argv = ["--config", config, *overrides, "guidance=oracle", f"oracle.mesh={mesh.resolve()}", "input=",
-            f"outdir={outdir}", f"save_path={mesh.stem}"]
+    argv = [
+        "--config",
+        config,
+        *overrides,
+        "guidance=oracle",
+        f"oracle.mesh={mesh.resolve()}",
+        "input=",
+        f"outdir={outdir}",
+        f"save_path={mesh.stem}",
+    ]
     if quiet:
         argv.append("quiet=true")
     return finalize_config(load_config(argv, defaults_path=DEFAULT_CONFIG, rules=config_rules()))
@@ -100,8 +111,12 @@ def eval_cameras(cfg, size: int, device: torch.device) -> dict:
     from core.cameras import orbit_cameras
 
     az = torch.tensor(EVAL_AZIMUTHS)
-    return {k: orbit_cameras(torch.full_like(az, e), az, cfg.cameras.radius, cfg.cameras.fovy, size, device=device)
-            for k, e in EVAL_ELEVATIONS.items()}
+    return {
+        k: orbit_cameras(
+            torch.full_like(az, e), az, cfg.cameras.radius, cfg.cameras.fovy, size, device=device
+        )
+        for k, e in EVAL_ELEVATIONS.items()
+    }
 
 
 def image_metrics(mesh, cams: dict, refs: dict, backend: str) -> dict:
@@ -135,7 +150,9 @@ def baselines(refs: dict) -> dict:
         m = (alpha > 0.5).float()
         mean = (rgb * m).sum((2, 3), keepdim=True) / m.sum((2, 3), keepdim=True).clamp_min(1)
         flat = m * mean + (1 - m)
-        out[f"psnr_{k}_empty"] = float(np.mean([psnr(torch.ones_like(rgb[i]), rgb[i]) for i in range(len(rgb))]))
+        out[f"psnr_{k}_empty"] = float(
+            np.mean([psnr(torch.ones_like(rgb[i]), rgb[i]) for i in range(len(rgb))])
+        )
         out[f"psnr_{k}_flat"] = float(np.mean([psnr(flat[i], rgb[i]) for i in range(len(rgb))]))
     return out
 
@@ -147,9 +164,13 @@ def geometry_metrics(mesh, ref, n: int, seed: int) -> dict:
     if mesh.f.shape[0] == 0:
         return {"chamfer_l1": float("nan"), **{f"fscore@{t:g}": 0.0 for t in FSCORE_THRESHOLDS}}
     return chamfer_fscore(
-        mesh.v.detach().cpu().double().numpy(), mesh.f.cpu().numpy(),
-        ref.v.detach().cpu().double().numpy(), ref.f.cpu().numpy(),
-        n=n, thresholds=FSCORE_THRESHOLDS, seed=seed,
+        mesh.v.detach().cpu().double().numpy(),
+        mesh.f.cpu().numpy(),
+        ref.v.detach().cpu().double().numpy(),
+        ref.f.cpu().numpy(),
+        n=n,
+        thresholds=FSCORE_THRESHOLDS,
+        seed=seed,
     )
 
 
@@ -157,8 +178,15 @@ def _total(seconds: dict | None) -> float:
     return round(float(sum((seconds or {}).values())), 3)
 
 
-def run_one(mesh_path: Path, config: str, overrides: list[str], outdir: Path, eval_size: int,
-            samples: int, quiet: bool) -> dict:
+def run_one(
+    mesh_path: Path,
+    config: str,
+    overrides: list[str],
+    outdir: Path,
+    eval_size: int,
+    samples: int,
+    quiet: bool,
+) -> dict:
     """Both stages on one reference mesh, then the metrics; returns the mesh's record."""
     from core.run import resolve_device
     from guidance import load_denoiser
@@ -174,7 +202,11 @@ def run_one(mesh_path: Path, config: str, overrides: list[str], outdir: Path, ev
     denoiser = load_denoiser(cfg, device)
     rec["seconds_load"] = round(time.perf_counter() - t, 3)
     ref = denoiser.mesh
-    rec["reference"] = {"vertices": int(ref.v.shape[0]), "faces": int(ref.f.shape[0]), "textured": denoiser.textured}
+    rec["reference"] = {
+        "vertices": int(ref.v.shape[0]),
+        "faces": int(ref.f.shape[0]),
+        "textured": denoiser.textured,
+    }
 
     t = time.perf_counter()
     r1 = run_stage1(cfg, denoiser)
@@ -190,22 +222,33 @@ def run_one(mesh_path: Path, config: str, overrides: list[str], outdir: Path, ev
     rec["seconds_stage2"] = round(time.perf_counter() - t, 3)
     rec["seconds_stage2_phases"] = r2.get("seconds")
     rec["nfe_stage2"] = r2.get("nfe")
-    rec["outputs"] = {"coarse": r1["outputs"]["mesh"], "final": r2["outputs"]["glb"],
-                      "preview_stage1": r1["outputs"].get("preview"), "preview_final": r2["outputs"].get("preview")}
+    rec["outputs"] = {
+        "coarse": r1["outputs"]["mesh"],
+        "final": r2["outputs"]["glb"],
+        "preview_stage1": r1["outputs"].get("preview"),
+        "preview_final": r2["outputs"].get("preview"),
+    }
 
     t = time.perf_counter()
     cams = eval_cameras(cfg, eval_size, device)
     refs = {k: denoiser.render(c, eval_size) for k, c in cams.items()}
     coarse = load_mesh(r1["outputs"]["mesh"])
     final = load_mesh(r2["outputs"]["glb"])  # re-loaded from disk: what a user gets
-    rec["final_mesh"] = {"vertices": int(final.v.shape[0]), "faces": int(final.f.shape[0]),
-                         "texture": list(final.albedo.shape[:2]) if final.albedo is not None else None}
+    rec["final_mesh"] = {
+        "vertices": int(final.v.shape[0]),
+        "faces": int(final.f.shape[0]),
+        "texture": list(final.albedo.shape[:2]) if final.albedo is not None else None,
+    }
     backend = cfg.render.mesh_backend
     geo_coarse = geometry_metrics(coarse, ref, samples, cfg.seed)
     # Stage 2 refines the texture only: when the re-loaded geometry is the coarse one (the usual
     # case) its Chamfer/F-score are the same numbers, so they are not sampled twice (slow on CPU).
-    same = coarse.v.shape == final.v.shape and coarse.f.shape == final.f.shape \
-        and bool(torch.equal(coarse.f, final.f)) and bool(torch.allclose(coarse.v, final.v, atol=1e-6))
+    same = (
+        coarse.v.shape == final.v.shape
+        and coarse.f.shape == final.f.shape
+        and bool(torch.equal(coarse.f, final.f))
+        and bool(torch.allclose(coarse.v, final.v, atol=1e-6))
+    )
     rec["final_geometry_same_as_coarse"] = same
     geo_final = dict(geo_coarse) if same else geometry_metrics(final, ref, samples, cfg.seed)
     rec["coarse"] = {**image_metrics(coarse, cams, refs, backend), **geo_coarse}
@@ -219,17 +262,30 @@ def run_one(mesh_path: Path, config: str, overrides: list[str], outdir: Path, ev
 
 
 # ---------------------------------------------------------------------------------------- report
-SUMMARY_KEYS = ["psnr_e0", "ssim_e0", "psnr_e30", "ssim_e30", "iou_e0", "iou_e30", "chamfer_l1",
-                *[f"fscore@{t:g}" for t in FSCORE_THRESHOLDS]]
+SUMMARY_KEYS = [
+    "psnr_e0",
+    "ssim_e0",
+    "psnr_e30",
+    "ssim_e30",
+    "iou_e0",
+    "iou_e30",
+    "chamfer_l1",
+    *[f"fscore@{t:g}" for t in FSCORE_THRESHOLDS],
+]
 
 
 def means(records: list[dict]) -> dict:
     """Means over the meshes that succeeded (None when none did)."""
     ok = [r for r in records if r.get("status") == "ok"]
-    out: dict[str, Any] = {"meshes_ok": len(ok), "meshes_failed": sum(r.get("status") == "failed" for r in records)}
+    out: dict[str, Any] = {
+        "meshes_ok": len(ok),
+        "meshes_failed": sum(r.get("status") == "failed" for r in records),
+    }
     for part in ("coarse", "final"):
         out[part] = {k: (float(np.mean([r[part][k] for r in ok])) if ok else None) for k in SUMMARY_KEYS}
-    out["baselines"] = {k: float(np.mean([r["baselines"][k] for r in ok])) for k in (ok[0]["baselines"] if ok else [])}
+    out["baselines"] = {
+        k: float(np.mean([r["baselines"][k] for r in ok])) for k in (ok[0]["baselines"] if ok else [])
+    }
     for k in ("seconds_stage1", "seconds_stage2", "seconds"):
         out[k] = float(np.mean([r[k] for r in ok])) if ok else None
     return out
@@ -265,29 +321,75 @@ def _fmt(x: Any, digits: int) -> str:
 
 def format_table(records: list[dict], summary: dict) -> str:
     """Plain-text table: one row per mesh (coarse | final), then the means."""
-    cols = [("mesh", 13), ("flat0", 7), ("PSNR0 c", 8), ("PSNR0 f", 8), ("SSIM0 f", 8), ("PSNR30 c", 9), ("PSNR30 f", 9),
-            ("SSIM30 f", 9), ("IoU0 f", 7), ("CD-L1 c", 8), ("F@1% c", 7), ("F@2% c", 7), ("CD-L1 f", 8),
-            ("F@2% f", 7), ("s1 s", 7), ("s2 s", 7)]
+    cols = [
+        ("mesh", 13),
+        ("flat0", 7),
+        ("PSNR0 c", 8),
+        ("PSNR0 f", 8),
+        ("SSIM0 f", 8),
+        ("PSNR30 c", 9),
+        ("PSNR30 f", 9),
+        ("SSIM30 f", 9),
+        ("IoU0 f", 7),
+        ("CD-L1 c", 8),
+        ("F@1% c", 7),
+        ("F@2% c", 7),
+        ("CD-L1 f", 8),
+        ("F@2% f", 7),
+        ("s1 s", 7),
+        ("s2 s", 7),
+    ]
     head = "".join(f"{n:>{w}}" if i else f"{n:<{w}}" for i, (n, w) in enumerate(cols))
     lines = [head, "-" * len(head)]
 
     def row(name: str, c: dict, f: dict, b: dict, s1: Any, s2: Any) -> str:
-        vals = [_fmt(b.get("psnr_e0_flat"), 2), _fmt(c.get("psnr_e0"), 2), _fmt(f.get("psnr_e0"), 2), _fmt(f.get("ssim_e0"), 3),
-                _fmt(c.get("psnr_e30"), 2), _fmt(f.get("psnr_e30"), 2), _fmt(f.get("ssim_e30"), 3),
-                _fmt(f.get("iou_e0"), 3), _fmt(c.get("chamfer_l1"), 4), _fmt(c.get("fscore@0.01"), 3),
-                _fmt(c.get("fscore@0.02"), 3), _fmt(f.get("chamfer_l1"), 4), _fmt(f.get("fscore@0.02"), 3),
-                _fmt(s1, 1), _fmt(s2, 1)]
-        return f"{name[:cols[0][1] - 1]:<{cols[0][1]}}" + "".join(f"{v:>{w}}" for v, (_, w) in zip(vals, cols[1:]))
+        vals = [
+            _fmt(b.get("psnr_e0_flat"), 2),
+            _fmt(c.get("psnr_e0"), 2),
+            _fmt(f.get("psnr_e0"), 2),
+            _fmt(f.get("ssim_e0"), 3),
+            _fmt(c.get("psnr_e30"), 2),
+            _fmt(f.get("psnr_e30"), 2),
+            _fmt(f.get("ssim_e30"), 3),
+            _fmt(f.get("iou_e0"), 3),
+            _fmt(c.get("chamfer_l1"), 4),
+            _fmt(c.get("fscore@0.01"), 3),
+            _fmt(c.get("fscore@0.02"), 3),
+            _fmt(f.get("chamfer_l1"), 4),
+            _fmt(f.get("fscore@0.02"), 3),
+            _fmt(s1, 1),
+            _fmt(s2, 1),
+        ]
+        return f"{name[: cols[0][1] - 1]:<{cols[0][1]}}" + "".join(
+            f"{v:>{w}}" for v, (_, w) in zip(vals, cols[1:])
+        )
 
     for r in records:
         if r.get("status") == "ok":
-            lines.append(row(r["name"], r["coarse"], r["final"], r.get("baselines", {}), r.get("seconds_stage1"), r.get("seconds_stage2")))
+            lines.append(
+                row(
+                    r["name"],
+                    r["coarse"],
+                    r["final"],
+                    r.get("baselines", {}),
+                    r.get("seconds_stage1"),
+                    r.get("seconds_stage2"),
+                )
+            )
         else:
             lines.append(f"{r['name'][:12]:<13}FAILED: {r.get('error', '?')}"[: len(head)])
     if summary["meshes_ok"]:
         lines.append("-" * len(head))
-        lines.append(row(f"mean ({summary['meshes_ok']})", summary["coarse"], summary["final"], summary.get("baselines", {}),
-                         summary["seconds_stage1"], summary["seconds_stage2"]))
+        lines.append(
+            row(
+                f"mean ({summary['meshes_ok']})",
+                summary["coarse"],
+                summary["final"],
+                summary.get("baselines", {}),
+                summary["seconds_stage1"],
+                summary["seconds_stage2"],
+            )
+        )
     return "\n".join(lines)
 
 
@@ -299,15 +401,23 @@ def write_json(path: Path, result: dict) -> None:
 
 # ---------------------------------------------------------------------------------------- main
 def run_benchmark(
-    meshes: list[Path], config: str, overrides: list[str], out: Path | None = None,
-    workdir: Path | None = None, eval_size: int = 256, samples: int = 20000, quiet: bool = True,
+    meshes: list[Path],
+    config: str,
+    overrides: list[str],
+    out: Path | None = None,
+    workdir: Path | None = None,
+    eval_size: int = 256,
+    samples: int = 20000,
+    quiet: bool = True,
 ) -> dict:
     """Run the benchmark over ``meshes``; returns the result dict (also written to ``out``)."""
     from omegaconf import OmegaConf
 
     from core.run import git_commit, resolve_device, versions
 
-    base = mesh_config(config, overrides, meshes[0], Path(workdir or "."), quiet)  # validates the overrides once
+    base = mesh_config(
+        config, overrides, meshes[0], Path(workdir or "."), quiet
+    )  # validates the overrides once
     device = resolve_device(base.device)
     if out is None:
         out = ROOT / "bench" / "results" / f"quality_{device_slug(device)}.json"
@@ -322,16 +432,22 @@ def run_benchmark(
         "overrides": list(overrides),
         "config": OmegaConf.to_container(base, resolve=True),
         "config_note": "resolved for the first mesh; oracle.mesh, save_path and outdir are set per mesh",
-        "eval": {"size": eval_size, "background": "white", "azimuths": EVAL_AZIMUTHS,
-                 "elevations": {k: v for k, v in EVAL_ELEVATIONS.items()},
-                 "elevation_convention": "negative = camera above the object; e30 is elevation=-30 (from above)",
-                 "radius": float(base.cameras.radius), "fovy": float(base.cameras.fovy),
-                 "mesh_backend": str(base.render.mesh_backend), "surface_samples": samples,
-                 "psnr": "mean over the 8 views of each view's PSNR (whole image, white background)",
-                 "ssim": "mean over the 8 views (11 px Gaussian window)",
-                 "iou": "silhouette IoU of alpha > 0.5",
-                 "fscore_thresholds": "fraction of the reference bbox diagonal",
-                 "reference": "oracle mesh normalised (bbox centred at origin, largest side 1.0)"},
+        "eval": {
+            "size": eval_size,
+            "background": "white",
+            "azimuths": EVAL_AZIMUTHS,
+            "elevations": {k: v for k, v in EVAL_ELEVATIONS.items()},
+            "elevation_convention": "negative = camera above the object; e30 is elevation=-30 (from above)",
+            "radius": float(base.cameras.radius),
+            "fovy": float(base.cameras.fovy),
+            "mesh_backend": str(base.render.mesh_backend),
+            "surface_samples": samples,
+            "psnr": "mean over the 8 views of each view's PSNR (whole image, white background)",
+            "ssim": "mean over the 8 views (11 px Gaussian window)",
+            "iou": "silhouette IoU of alpha > 0.5",
+            "fscore_thresholds": "fraction of the reference bbox diagonal",
+            "reference": "oracle mesh normalised (bbox centred at origin, largest side 1.0)",
+        },
         "meshes": [],
     }
     records: list[dict] = result["meshes"]
@@ -350,15 +466,26 @@ def run_benchmark(
                 raise
             except Exception as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                rec = {"name": mesh.stem, "mesh": str(mesh), "status": "failed",
-                       "error": f"{type(e).__name__}: {first}" if first else type(e).__name__,
-                       "traceback": traceback.format_exc(), "seconds": round(time.perf_counter() - t, 3)}
-                print(f"[{i + 1}/{len(meshes)}] {mesh.name} FAILED: {rec['error']}", file=sys.stderr, flush=True)
+                rec = {
+                    "name": mesh.stem,
+                    "mesh": str(mesh),
+                    "status": "failed",
+                    "error": f"{type(e).__name__}: {first}" if first else type(e).__name__,
+                    "traceback": traceback.format_exc(),
+                    "seconds": round(time.perf_counter() - t, 3),
+                }
+                print(
+                    f"[{i + 1}/{len(meshes)}] {mesh.name} FAILED: {rec['error']}", file=sys.stderr, flush=True
+                )
             else:
                 f = rec["final"]
-                print(f"[{i + 1}/{len(meshes)}] {mesh.name}: final PSNR e0 {f['psnr_e0']:.2f} dB, e30 "
-                      f"{f['psnr_e30']:.2f} dB, CD-L1 {f['chamfer_l1']:.4f}, F@2% {f['fscore@0.02']:.3f} "
-                      f"({rec['seconds']:.1f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"[{i + 1}/{len(meshes)}] {mesh.name}: final PSNR e0 {f['psnr_e0']:.2f} dB, e30 "
+                    f"{f['psnr_e30']:.2f} dB, CD-L1 {f['chamfer_l1']:.4f}, F@2% {f['fscore@0.02']:.3f} "
+                    f"({rec['seconds']:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             records.append(rec)
@@ -379,15 +506,28 @@ def run_benchmark(
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="bench/quality.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="bench/quality.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s [meshes or folders ...] [--config FILE] [--out JSON] [--workdir DIR] [key=value ...]",
     )
-    ap.add_argument("--config", default=str(ROOT / "configs" / "image.yaml"),
-                    help="stage config (default configs/image.yaml, full sizes; configs/oracle_cpu.yaml for CPU)")
-    ap.add_argument("--out", type=Path, default=None, help="JSON output (default bench/results/quality_<device>.json)")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="keep each mesh's outputs (.ply, meshes, previews) in DIR/<name>/ (default: a temp dir, deleted)")
-    ap.add_argument("--eval-size", type=int, default=256, help="evaluation render size in pixels (default 256)")
+    ap.add_argument(
+        "--config",
+        default=str(ROOT / "configs" / "image.yaml"),
+        help="stage config (default configs/image.yaml, full sizes; configs/oracle_cpu.yaml for CPU)",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="JSON output (default bench/results/quality_<device>.json)"
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep each mesh's outputs (.ply, meshes, previews) in DIR/<name>/ (default: a temp dir, deleted)",
+    )
+    ap.add_argument(
+        "--eval-size", type=int, default=256, help="evaluation render size in pixels (default 256)"
+    )
     ap.add_argument("--samples", type=int, default=20000, help="surface samples per mesh for Chamfer/F-score")
     ap.add_argument("--verbose", action="store_true", help="show the stages' progress and info logs")
     return ap
@@ -408,18 +548,28 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(quiet=not args.verbose)
     try:
         meshes = collect_meshes(paths)
-        result = run_benchmark(meshes, args.config, overrides, out=args.out, workdir=args.workdir,
-                               eval_size=args.eval_size, samples=args.samples, quiet=not args.verbose)
+        result = run_benchmark(
+            meshes,
+            args.config,
+            overrides,
+            out=args.out,
+            workdir=args.workdir,
+            eval_size=args.eval_size,
+            samples=args.samples,
+            quiet=not args.verbose,
+        )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print(f"\noracle reconstruction on {result['device_name']} (config {args.config}"
-          f"{', ' + ' '.join(overrides) if overrides else ''}); views {args.eval_size} px on white; "
-          f"c = coarse stage-1 mesh, f = final .glb; 0 = elevation 0, 30 = 30 deg from above (elevation=-30); "
-          f"flat0 = PSNR of the exact silhouette filled with the mean colour (a no-texture baseline)")
+    print(
+        f"\noracle reconstruction on {result['device_name']} (config {args.config}"
+        f"{', ' + ' '.join(overrides) if overrides else ''}); views {args.eval_size} px on white; "
+        f"c = coarse stage-1 mesh, f = final .glb; 0 = elevation 0, 30 = 30 deg from above (elevation=-30); "
+        f"flat0 = PSNR of the exact silhouette filled with the mean colour (a no-texture baseline)"
+    )
     print(result["table"])
     print(f"\nwrote {result['out']} ({result['seconds_total']:.0f} s)")
     return 0 if result["means"]["meshes_failed"] == 0 else 1

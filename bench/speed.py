@@ -14,6 +14,7 @@ Models are built and loaded before timing (reported as ``load_seconds``); a firs
 compiles gsplat/nvdiffrast kernels and captures CUDA graphs; ``--repeat`` runs are then timed and
 reported as median and spread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,20 +55,32 @@ def config(base: str, overrides: list[str]):
     """A validated stage config from ``base`` plus overrides."""
     from core.run import DEFAULT_CONFIG, config_rules
 
-    return finalize_config(load_config(["--config", base, *overrides], defaults_path=DEFAULT_CONFIG,
-                                       rules=config_rules()))
+    return finalize_config(
+        load_config(["--config", base, *overrides], defaults_path=DEFAULT_CONFIG, rules=config_rules())
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print a table and write JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="", help="default: configs/image.yaml (zero123) or configs/imagedream.yaml")
-    ap.add_argument("--guidance", default="zero123", choices=("zero123", "imagedream"),
-                    help="which full-size architecture to build with random weights")
+    ap.add_argument(
+        "--config", default="", help="default: configs/image.yaml (zero123) or configs/imagedream.yaml"
+    )
+    ap.add_argument(
+        "--guidance",
+        default="zero123",
+        choices=("zero123", "imagedream"),
+        help="which full-size architecture to build with random weights",
+    )
     ap.add_argument("--image", default="../shared/data/images/cat_rgba.png", help="input photo (RGBA)")
-    ap.add_argument("--oracle-mesh", default="../shared/data/meshes/spot.obj", help="real geometry for export/stage 2")
-    ap.add_argument("--model-dir", default="",
-                    help="where the full-size random-weight model is written (reused when present)")
+    ap.add_argument(
+        "--oracle-mesh", default="../shared/data/meshes/spot.obj", help="real geometry for export/stage 2"
+    )
+    ap.add_argument(
+        "--model-dir",
+        default="",
+        help="where the full-size random-weight model is written (reused when present)",
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default="")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
@@ -91,18 +104,31 @@ def main(argv: list[str] | None = None) -> int:
         save(model_dir, "full", seed=0, dtype=torch.float16)
     build_s = time.perf_counter() - t0
     common = ["quiet=true", "device=cuda", *args.overrides]
-    net_cfg = config(args.config, [f"input={args.image}", f"model.path={model_dir}", f"outdir={work}/net",
-                                   "save_path=net", *common])
-    orc_cfg = config(args.config, ["guidance=oracle", f"oracle.mesh={args.oracle_mesh}", f"outdir={work}/oracle",
-                                   "save_path=oracle", *common])
+    net_cfg = config(
+        args.config,
+        [f"input={args.image}", f"model.path={model_dir}", f"outdir={work}/net", "save_path=net", *common],
+    )
+    orc_cfg = config(
+        args.config,
+        [
+            "guidance=oracle",
+            f"oracle.mesh={args.oracle_mesh}",
+            f"outdir={work}/oracle",
+            "save_path=oracle",
+            *common,
+        ],
+    )
     t0 = time.perf_counter()
     net = load_denoiser(net_cfg, torch.device("cuda"))
     oracle = load_denoiser(orc_cfg, torch.device("cuda"))
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
     net_timer = PhaseTimer("cuda")
-    timed_methods(net, {"encode": "vae_encode", "decode": "vae_decode", "eps_cfg": "unet_cfg",
-                        "eps_uncond": "unet_uncond"}, net_timer)
+    timed_methods(
+        net,
+        {"encode": "vae_encode", "decode": "vae_decode", "eps_cfg": "unet_cfg", "eps_uncond": "unet_uncond"},
+        net_timer,
+    )
 
     runs = []
     for i in range(args.repeat + 1):  # run 0 = warm-up (JIT builds, graph capture)
@@ -114,8 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         s1_net = net_timer.seconds()
         o1 = run_stage1(orc_cfg, oracle)
         net_timer.__init__("cuda")
-        s2_cfg = config(args.config, [f"input={args.image}", f"model.path={model_dir}", f"outdir={work}/net",
-                                      "save_path=net", f"mesh={o1['outputs']['mesh']}", *common])
+        s2_cfg = config(
+            args.config,
+            [
+                f"input={args.image}",
+                f"model.path={model_dir}",
+                f"outdir={work}/net",
+                "save_path=net",
+                f"mesh={o1['outputs']['mesh']}",
+                *common,
+            ],
+        )
         t = time.perf_counter()
         s2 = run_stage2(s2_cfg, net)
         t_s2 = time.perf_counter() - t
@@ -139,20 +174,36 @@ def main(argv: list[str] | None = None) -> int:
             "optimiser_steps_stage2": s2["optimiser_steps"],
             "gaussians_end": s1["num_gaussians"],
             "oracle_mesh_faces": o1["mesh"].get("faces"),
-            "peak_gpu_memory_gb": max(x or 0 for x in (s1["peak_gpu_memory_gb"], o1["peak_gpu_memory_gb"],
-                                                        s2["peak_gpu_memory_gb"])),
+            "peak_gpu_memory_gb": max(
+                x or 0 for x in (s1["peak_gpu_memory_gb"], o1["peak_gpu_memory_gb"], s2["peak_gpu_memory_gb"])
+            ),
         }
         run["total_s"] = round(run["stage1_loop_s"] + run["export_s"] + run["stage2_s"], 3)
         runs.append(run)
-        print(f"run {i}{' (warm-up)' if i == 0 else ''}: stage-1 loop {run['stage1_loop_s']:.2f} s, "
-              f"export {run['export_s']:.2f} s, stage 2 {run['stage2_s']:.2f} s, total {run['total_s']:.2f} s, "
-              f"NFE {run['nfe_stage1']}+{run['nfe_stage2']}, peak {run['peak_gpu_memory_gb']} GB", flush=True)
+        print(
+            f"run {i}{' (warm-up)' if i == 0 else ''}: stage-1 loop {run['stage1_loop_s']:.2f} s, "
+            f"export {run['export_s']:.2f} s, stage 2 {run['stage2_s']:.2f} s, total {run['total_s']:.2f} s, "
+            f"NFE {run['nfe_stage1']}+{run['nfe_stage2']}, peak {run['peak_gpu_memory_gb']} GB",
+            flush=True,
+        )
 
     timed = runs[1:] or runs
     keys = ("stage1_loop_s", "export_s", "stage2_s", "total_s", "peak_gpu_memory_gb")
-    summary = {k: {"median": statistics.median(r[k] for r in timed), "min": min(r[k] for r in timed),
-                   "max": max(r[k] for r in timed)} for k in keys}
-    targets = {"stage1_loop_s": 5.0, "export_s": 1.5, "stage2_s": 1.2, "total_s": 8.0, "peak_gpu_memory_gb": 12.0}
+    summary = {
+        k: {
+            "median": statistics.median(r[k] for r in timed),
+            "min": min(r[k] for r in timed),
+            "max": max(r[k] for r in timed),
+        }
+        for k in keys
+    }
+    targets = {
+        "stage1_loop_s": 5.0,
+        "export_s": 1.5,
+        "stage2_s": 1.2,
+        "total_s": 8.0,
+        "peak_gpu_memory_gb": 12.0,
+    }
     print(f"\n{'figure':<22}{'median':>10}{'min':>10}{'max':>10}{'target':>10}")
     for k in keys:
         s = summary[k]

@@ -1,4 +1,5 @@
 """Pipeline-independent pieces: cameras, configuration, input images, the SIR loop, timing."""
+
 import os
 
 # Busy-waiting OpenMP threads make small CPU tensor ops 10x slower on shared/small machines; this

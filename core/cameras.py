@@ -22,6 +22,7 @@ Converters (the only places other conventions appear):
 * :func:`zero123_embedding` -> Stable Zero123 / Zero123-XL camera 4-vectors.
 * :func:`imagedream_embedding` -> ImageDream's flattened 16-vectors.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,9 +47,7 @@ def focal_from_fovy(fovy_deg: float, height: int) -> float:
     return height / (2.0 * math.tan(math.radians(fovy_deg) / 2.0))
 
 
-def orbit_poses(
-    elevation: torch.Tensor, azimuth: torch.Tensor, radius: torch.Tensor | float
-) -> torch.Tensor:
+def orbit_poses(elevation: torch.Tensor, azimuth: torch.Tensor, radius: torch.Tensor | float) -> torch.Tensor:
     """Camera-to-world OpenGL poses ``[V,4,4]`` looking at the origin.
 
     ``elevation``/``azimuth``: float ``[V]`` degrees (DreamGaussian sign: negative = above).

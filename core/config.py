@@ -13,6 +13,7 @@ that names the key and the file and suggests the closest key. Type rules, by the
 Value checks beyond types (choices, ranges) are declarative rules, see :func:`validate`.
 ``-h``/``--help`` prints the keys with the comments the YAML file has for them.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -221,7 +222,16 @@ def _suggest(key: str, known: Iterable[str]) -> str:
     return f" (did you mean '{matches[0]}'?)" if matches else ""
 
 
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+_BOOL_WORDS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
 _NULL_WORDS = {"null", "~", "none"}
 
 
@@ -251,9 +261,7 @@ def _coerce(key: str, raw: Any, schema: Any, source: str, from_text: bool) -> An
                 return raw
         return raw
     if from_text and text.lower() in _NULL_WORDS:
-        raise ConfigError(
-            f"config key '{key}' in {source} cannot be null (it is {_type_name(schema)} there)"
-        )
+        raise ConfigError(f"config key '{key}' in {source} cannot be null (it is {_type_name(schema)} there)")
     if not from_text and raw is None:
         raise fail(_type_name(schema))
     if isinstance(schema, bool):
@@ -448,7 +456,9 @@ def config_help(path: str | Path, prog: str = "main.py") -> str:
         shown = shown.removesuffix("...").strip()
         if len(shown) > 24:
             shown = shown[:21] + "..."
-        lines.append(f"  {key:<{width}}  {_type_name(value):<5}  {shown:<12}  {comments.get(key, '')}".rstrip())
+        lines.append(
+            f"  {key:<{width}}  {_type_name(value):<5}  {shown:<12}  {comments.get(key, '')}".rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -513,7 +523,9 @@ def _as_rules(spec: Any) -> list[Rule]:
     raise TypeError(f"not a config rule: {spec!r}")
 
 
-def validate(cfg: DictConfig | Mapping, rules: Mapping[str, RuleLike], source: str | Path = "the config") -> None:
+def validate(
+    cfg: DictConfig | Mapping, rules: Mapping[str, RuleLike], source: str | Path = "the config"
+) -> None:
     """Check values against declarative ``rules``; raise :class:`ConfigError` on the first violation.
 
     ``rules`` maps a dotted key to a :class:`Rule` (``choices(...)``, ``positive()``,
@@ -522,7 +534,11 @@ def validate(cfg: DictConfig | Mapping, rules: Mapping[str, RuleLike], source: s
     config and null values are skipped (null means "not set"), so one rule table serves all configs.
     """
     for key, spec in rules.items():
-        value = OmegaConf.select(cfg, key, default=None) if isinstance(cfg, DictConfig) else _flatten(cfg).get(key)
+        value = (
+            OmegaConf.select(cfg, key, default=None)
+            if isinstance(cfg, DictConfig)
+            else _flatten(cfg).get(key)
+        )
         if value is None:
             continue
         for rule in _as_rules(spec):
@@ -535,7 +551,9 @@ def validate(cfg: DictConfig | Mapping, rules: Mapping[str, RuleLike], source: s
                 if rule.options and isinstance(value, str):
                     close = difflib.get_close_matches(value, [str(o) for o in rule.options], n=1)
                     hint = f" (did you mean '{close[0]}'?)" if close else ""
-                shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+                shown = (
+                    OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+                )
                 raise ConfigError(f"config key '{key}' in {source} must {rule.must}, got {shown!r}{hint}")
 
 
@@ -573,7 +591,9 @@ def load_config(
             print(config_help(path, prog))
         raise SystemExit(0)
     if path is None:
-        raise ConfigError(f"no config file: pass --config FILE, e.g. {prog} --config configs/image.yaml input=cat.png")
+        raise ConfigError(
+            f"no config file: pass --config FILE, e.g. {prog} --config configs/image.yaml input=cat.png"
+        )
     path = Path(path)
     source = str(path)
     data = _load_schema(path)

@@ -1,4 +1,5 @@
 """Errors the user can fix: entry scripts print ``error: <message>`` to stderr and exit 2."""
+
 from __future__ import annotations
 
 __all__ = ["EXIT_USER_ERROR", "UserError"]

@@ -5,6 +5,7 @@ On an exception the temporary file is removed and the target is left untouched. 
 gets the usual permissions of a newly created file (``0o666 & ~umask``, e.g. 0644), not the 0600
 that ``tempfile.mkstemp`` gives its files.
 """
+
 from __future__ import annotations
 
 import contextlib

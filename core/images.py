@@ -10,6 +10,7 @@ side scaled to ``size * (1 - border_ratio)``, area resize, pasted centred on a t
 drops one row and column), and resizing is done on premultiplied colour so transparent pixels'
 hidden colour cannot bleed into the edges as dark fringes.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,8 +68,14 @@ def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgba(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot read image {path}: not an image or corrupt ({reason})") from None
 
@@ -101,7 +108,11 @@ def _rembg_model_files(model: str) -> list[str]:
     and ``$REMBG_HOME/models/<m>/<m>.onnx`` (default ``~/.rembg``)."""
     legacy = os.getenv("U2NET_HOME", os.path.join(os.getenv("XDG_DATA_HOME", "~"), ".u2net"))
     xdg = os.getenv("XDG_DATA_HOME")
-    home = os.getenv("U2NET_HOME") or os.getenv("REMBG_HOME") or (os.path.join(xdg, "rembg") if xdg else "~/.rembg")
+    home = (
+        os.getenv("U2NET_HOME")
+        or os.getenv("REMBG_HOME")
+        or (os.path.join(xdg, "rembg") if xdg else "~/.rembg")
+    )
     files = [os.path.join(legacy, f"{model}.onnx"), os.path.join(home, "models", model, f"{model}.onnx")]
     return [os.path.expanduser(f) for f in files]
 

@@ -1,4 +1,5 @@
 """Reconstruction metrics shared by tests and benchmarks: PSNR, SSIM, Chamfer-L1, F-score."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,8 +52,13 @@ def _nearest(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> torch.Tenso
 
 
 def chamfer_fscore(
-    v_pred: np.ndarray, f_pred: np.ndarray, v_ref: np.ndarray, f_ref: np.ndarray,
-    n: int = 20000, thresholds: tuple[float, ...] = (0.01, 0.02), seed: int = 0,
+    v_pred: np.ndarray,
+    f_pred: np.ndarray,
+    v_ref: np.ndarray,
+    f_ref: np.ndarray,
+    n: int = 20000,
+    thresholds: tuple[float, ...] = (0.01, 0.02),
+    seed: int = 0,
 ) -> dict[str, float]:
     """Chamfer-L1 (mean of both directions' mean distance) and F-scores at fractions of the
     reference bounding-box diagonal, from ``n`` surface samples of each mesh."""

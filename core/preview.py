@@ -8,6 +8,7 @@ All images are float ``[V,3,H,W]`` in [0,1] (row 0 at the top) or uint8 ``[V,H,W
 written atomically (a temporary file in the same folder, then ``os.replace``) so an interrupted run
 never leaves a truncated PNG/MP4 that a resuming batch would take for a finished one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,7 +62,9 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images[..., :3])
 
 
-def make_grid(images: torch.Tensor | np.ndarray, ncols: int = 4, pad: int = 0, pad_value: int = 255) -> np.ndarray:
+def make_grid(
+    images: torch.Tensor | np.ndarray, ncols: int = 4, pad: int = 0, pad_value: int = 255
+) -> np.ndarray:
     """Tile V images into a uint8 ``[rows*H, ncols*W, 3]`` grid (rows = ceil(V / ncols)), row-major.
 
     Empty cells and the ``pad`` pixels between cells are ``pad_value`` (white, like the backgrounds).
@@ -136,7 +139,13 @@ def save_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: 
     with atomic_path(path) as tmp:
         # macro_block_size=1: we already made the size legal, so imageio must not rescale frames.
         writer = imageio.get_writer(
-            tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8, pixelformat="yuv420p", macro_block_size=1
+            tmp,
+            format="FFMPEG",
+            fps=fps,
+            codec="libx264",
+            quality=8,
+            pixelformat="yuv420p",
+            macro_block_size=1,
         )
         try:
             for frame in imgs:
@@ -166,7 +175,9 @@ def load_renderable(path: str | os.PathLike, device: torch.device | str = "cpu")
         import gs_renderer
 
         return "gaussians", gs_renderer.load_ply(path).to(device)
-    raise UserError(f"{path}: cannot render '{suffix}' files (expected one of {', '.join(MESH_SUFFIXES + GS_SUFFIXES)})")
+    raise UserError(
+        f"{path}: cannot render '{suffix}' files (expected one of {', '.join(MESH_SUFFIXES + GS_SUFFIXES)})"
+    )
 
 
 def normalize_renderable(kind: str, obj, bound: float = 0.9):
@@ -185,7 +196,11 @@ def normalize_renderable(kind: str, obj, bound: float = 0.9):
         return GaussianModel(
             (obj.means - (lo + hi) / 2) * scale,
             obj.scales + torch.log(scale),
-            obj.quats, obj.opacities, obj.sh0, obj.shN, obj.sh_degree,
+            obj.quats,
+            obj.opacities,
+            obj.sh0,
+            obj.shN,
+            obj.sh_degree,
         )
 
 
@@ -262,7 +277,11 @@ def render_file(
     outputs["preview"] = preview_grid(grid, out_dir / f"{path.stem}_preview.png", ncols=4)
     if video:
         frames = render_views(
-            kind, obj, turntable_cameras(n_frames, elevation, radius, fovy, size), chunk=chunk, backend=backend
+            kind,
+            obj,
+            turntable_cameras(n_frames, elevation, radius, fovy, size),
+            chunk=chunk,
+            backend=backend,
         )
         outputs["video"] = save_video(frames, out_dir / f"{path.stem}.mp4", fps=fps)
     return outputs

@@ -1,4 +1,5 @@
 """Plumbing both stage scripts share: device, seeding, reference view, progress, report."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device=cuda was asked for but no CUDA GPU is available (use device=cpu or device=auto)")
+        raise UserError(
+            "device=cuda was asked for but no CUDA GPU is available (use device=cpu or device=auto)"
+        )
     device = torch.device(name)
     if device.type == "cuda":
         # Fixed shapes throughout: let cuDNN pick the fastest convolution algorithms (as the authors).
@@ -188,7 +191,9 @@ def check_device():
     """``device`` is auto, cpu, cuda or cuda:N."""
     from core.config import check
 
-    return check(lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "be auto, cpu, cuda or cuda:N")
+    return check(
+        lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "be auto, cpu, cuda or cuda:N"
+    )
 
 
 def finalize_config(cfg: DictConfig) -> DictConfig:

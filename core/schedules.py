@@ -10,6 +10,7 @@ The arithmetic deliberately reproduces the authors' code, artefacts included:
 * t1 index: ``long(t2 / 1000 * n * inverse_ratio)`` where ``t2`` was a torch int64 scalar, so the
   division ran in **float32**; we evaluate it in float32 too and truncate toward zero.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,9 +41,7 @@ def denoise_index(k: int, total: int, num_steps: int, t_start: float, t_end: flo
     return int((k / total) * (end - start) + start)
 
 
-def t2_for_iteration(
-    k: int, total: int, timesteps: Sequence[int], t_start: float, t_end: float
-) -> int:
+def t2_for_iteration(k: int, total: int, timesteps: Sequence[int], t_start: float, t_end: float) -> int:
     """t2 (Python int) for SIR iteration ``k``: ``timesteps[denoise_index(...)]``.
 
     ``timesteps``: the descending forward DDIM grid (e.g. ``[951, 901, ..., 1]`` for 20 steps).

@@ -10,6 +10,7 @@ for k in (init pass,) 0..K-1:
 The representation (3D Gaussians in stage 1, a UV texture in stage 2) is anything that follows
 :class:`Representation`; the diffusion side is a :class:`guidance.denoiser.Denoiser`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """Preview grid and turntable video of a stage's result (shared by both stage scripts)."""
+
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,9 @@ from core.preview import preview_cameras, preview_grid, render_views, save_video
 from core.run import output_path
 
 
-def write_previews(cfg: DictConfig, kind: str, obj, backend: str, outputs: dict, grid: str, video: str) -> None:
+def write_previews(
+    cfg: DictConfig, kind: str, obj, backend: str, outputs: dict, grid: str, video: str
+) -> None:
     """8-view preview grid (elevation 0, azimuths 0..315) and, with ``video=true``, a turntable.
 
     ``kind``: "gaussians" or "mesh"; ``obj`` the model on its device; ``grid``/``video`` are the
@@ -21,7 +24,9 @@ def write_previews(cfg: DictConfig, kind: str, obj, backend: str, outputs: dict,
         preview_grid(render_views(kind, obj, cams, backend=backend), path, ncols=4)
         outputs["preview"] = str(path)
         if cfg.video:
-            tcams = turntable_cameras(120, cfg.elevation, cfg.cameras.radius, cfg.cameras.fovy, 512, device=device)
+            tcams = turntable_cameras(
+                120, cfg.elevation, cfg.cameras.radius, cfg.cameras.fovy, 512, device=device
+            )
             vpath = output_path(cfg, video)
             save_video(render_views(kind, obj, tcams, chunk=30, backend=backend), vpath, fps=30)
             outputs["video"] = str(vpath)

@@ -1,4 +1,5 @@
 """Turn a stage's config into a :class:`core.sir.SirPlan` (every schedule fixed up front)."""
+
 from __future__ import annotations
 
 from omegaconf import DictConfig
@@ -15,7 +16,9 @@ def stage1_plan(cfg: DictConfig, denoiser) -> SirPlan:
     inv = sched.inverse_timesteps(s.denoise_steps)
     t2s = [t2_for_iteration(k, s.iters, fwd, s.t_start, s.t_end) for k in range(s.iters)]
     pairs = [(min(t1_for_t2(t2, inv, s.inv_ratio, sched.num_train_timesteps), t2), t2) for t2 in t2s]
-    steps = [reconstruct_steps(k, s.iters, s.steps_schedule, s.steps_min, s.steps_max) for k in range(s.iters)]
+    steps = [
+        reconstruct_steps(k, s.iters, s.steps_schedule, s.steps_min, s.steps_max) for k in range(s.iters)
+    ]
     return SirPlan(
         views=s.views,
         render_size=s.render_size,

@@ -1,4 +1,5 @@
 """What both stages do before their SIR loop: device, seed, timer, model, reference view."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,7 +30,9 @@ class StageSetup:
     nfe0: int  # the denoiser's NFE count before this stage (shared denoisers in batch runs)
 
 
-def setup_stage(cfg: DictConfig, denoiser, load_denoiser: Callable[[DictConfig, torch.device], Any]) -> StageSetup:
+def setup_stage(
+    cfg: DictConfig, denoiser, load_denoiser: Callable[[DictConfig, torch.device], Any]
+) -> StageSetup:
     """Resolve the device, seed, load the input image (first, so a bad image fails before any
     model loads), load the denoiser unless one is given, and condition it on the input view."""
     from guidance.denoiser import TorchNoise
@@ -48,7 +51,11 @@ def setup_stage(cfg: DictConfig, denoiser, load_denoiser: Callable[[DictConfig, 
         ref_rgb, ref_mask = ref_rgb.to(device), ref_mask.to(device)
         denoiser.set_reference(ref_rgb, cfg.elevation)
         ref_cam = orbit_cameras(
-            cfg.elevation, cfg.cameras.ref_azimuth, cfg.cameras.radius, cfg.cameras.fovy, cfg.ref_size,
+            cfg.elevation,
+            cfg.cameras.ref_azimuth,
+            cfg.cameras.radius,
+            cfg.cameras.fovy,
+            cfg.ref_size,
             device=device,
         )
     noise = TorchNoise(torch.Generator(device=device).manual_seed(cfg.seed))

@@ -1,4 +1,5 @@
 """Per-phase wall-clock timing that does not stall the GPU inside loops."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Small dataclasses shared by both renderers."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

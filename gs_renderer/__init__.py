@@ -1,5 +1,6 @@
 """Gaussian splatting: parameters, batched rendering (gsplat / PyTorch), densification, PLY I/O
 and density-grid mesh extraction. Importing this package never imports gsplat."""
+
 from __future__ import annotations
 
 from .model import (

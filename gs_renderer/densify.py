@@ -12,6 +12,7 @@ its number of cameras, because its loss is a mean over cameras; our loss is the 
 pixels / B, so each view's gradient already has their scale and no camera factor is applied).
 With that, the spec's threshold 0.01 keeps its meaning.
 """
+
 from __future__ import annotations
 
 import torch
@@ -148,7 +149,9 @@ class Densifier:
         new = {name: torch.cat([params[name].detach()[clone], new_split[name]]) for name in params}
         replace_points(m, self.optimizer, ~split, new)
 
-        prune = (m.get_opacities() < min_opacity) | (m.get_scales().max(dim=1).values > max_scale_frac * extent)
+        prune = (m.get_opacities() < min_opacity) | (
+            m.get_scales().max(dim=1).values > max_scale_frac * extent
+        )
         n_prune = int(prune.sum())
         replace_points(m, self.optimizer, ~prune)
         self.reset_stats()

@@ -11,6 +11,7 @@ Reach: a Gaussian contributes within ``3 sigma`` per axis, capped at 0.25 (norma
 The authors' block culling gives each Gaussian a reach between 0.19 and 0.30 regardless of its
 size; the cap keeps very large Gaussians from touching the whole grid, as theirs does.
 """
+
 from __future__ import annotations
 
 import torch

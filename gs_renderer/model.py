@@ -5,6 +5,7 @@ form, as in 3DGS: ``means [N,3]`` world, ``scales [N,3]`` log, ``quats [N,4]`` (
 normalised), ``opacities [N]`` logit, ``sh0 [N,1,3]`` SH DC (3DGS ``f_dc``), ``shN [N,K,3]``
 (``f_rest``, ``K = (sh_degree+1)^2 - 1``).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,9 +63,15 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
     w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
     R = torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     )
@@ -123,7 +130,10 @@ class GaussianModel:
             shN = torch.zeros(n, k, 3, device=means.device, dtype=means.dtype)
         assert means.shape == (n, 3) and scales.shape == (n, 3) and quats.shape == (n, 4)
         assert opacities.shape == (n,) and sh0.shape == (n, 1, 3) and shN.shape == (n, k, 3), (
-            opacities.shape, sh0.shape, shN.shape)
+            opacities.shape,
+            sh0.shape,
+            shN.shape,
+        )
         self.sh_degree = sh_degree
         self.means = self._leaf(means)
         self.scales = self._leaf(scales)
@@ -210,8 +220,13 @@ class GaussianModel:
     def to(self, device: torch.device | str) -> "GaussianModel":
         """A copy on ``device`` (new leaves: rebuild the optimiser afterwards)."""
         return GaussianModel(
-            self.means.to(device), self.scales.to(device), self.quats.to(device),
-            self.opacities.to(device), self.sh0.to(device), self.shN.to(device), self.sh_degree,
+            self.means.to(device),
+            self.scales.to(device),
+            self.quats.to(device),
+            self.opacities.to(device),
+            self.sh0.to(device),
+            self.shN.to(device),
+            self.sh_degree,
         )
 
     def clone(self) -> "GaussianModel":

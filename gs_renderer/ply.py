@@ -5,6 +5,7 @@ opacity scale_0..2 rot_0..3``. Values are raw (logit opacity, log scale, unnorma
 quaternion). ``f_rest`` is channel-major as 3DGS writes it: ``f_rest_{c*K + k}`` is SH
 coefficient k+1 of channel c. Written with numpy (no plyfile dependency), atomically.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,9 +57,22 @@ def save_ply(model: GaussianModel, path: str | os.PathLike) -> Path:
 
 
 _PLY_TYPES = {
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8", "uchar": "u1", "uint8": "u1",
-    "char": "i1", "int8": "i1", "ushort": "u2", "uint16": "u2", "short": "i2", "int16": "i2",
-    "uint": "u4", "uint32": "u4", "int": "i4", "int32": "i4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
+    "uchar": "u1",
+    "uint8": "u1",
+    "char": "i1",
+    "int8": "i1",
+    "ushort": "u2",
+    "uint16": "u2",
+    "short": "i2",
+    "int16": "i2",
+    "uint": "u4",
+    "uint32": "u4",
+    "int": "i4",
+    "int32": "i4",
 }
 
 

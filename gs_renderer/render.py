@@ -1,4 +1,5 @@
 """Batched differentiable rendering of a GaussianModel: one call for all V cameras."""
+
 from __future__ import annotations
 
 import logging
@@ -23,17 +24,25 @@ def gsplat_available() -> bool:
 
                 dev = torch.device("cuda")
                 img, _, _ = gsplat.rasterization(
-                    torch.zeros(1, 3, device=dev), torch.tensor([[1.0, 0, 0, 0]], device=dev),
-                    torch.full((1, 3), 0.1, device=dev), torch.ones(1, device=dev),
-                    torch.ones(1, 3, device=dev), torch.eye(4, device=dev)[None] + torch.tensor(
-                        [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2.0], [0, 0, 0, 0]], device=dev)[None],
-                    torch.tensor([[[16.0, 0, 8], [0, 16, 8], [0, 0, 1]]], device=dev), 16, 16,
+                    torch.zeros(1, 3, device=dev),
+                    torch.tensor([[1.0, 0, 0, 0]], device=dev),
+                    torch.full((1, 3), 0.1, device=dev),
+                    torch.ones(1, device=dev),
+                    torch.ones(1, 3, device=dev),
+                    torch.eye(4, device=dev)[None]
+                    + torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2.0], [0, 0, 0, 0]], device=dev)[
+                        None
+                    ],
+                    torch.tensor([[[16.0, 0, 8], [0, 16, 8], [0, 0, 1]]], device=dev),
+                    16,
+                    16,
                 )
                 torch.cuda.synchronize()
                 _GSPLAT_OK = bool(torch.isfinite(img).all())
             except Exception as e:  # missing package, failed JIT build, driver mismatch...
-                log.warning("gsplat unusable (%s: %s); using the PyTorch reference renderer",
-                            type(e).__name__, e)
+                log.warning(
+                    "gsplat unusable (%s: %s); using the PyTorch reference renderer", type(e).__name__, e
+                )
                 _GSPLAT_OK = False
     return _GSPLAT_OK
 

@@ -1,4 +1,5 @@
 """gsplat 1.5.3 backend (CUDA). gsplat is imported inside the function, never at module import."""
+
 from __future__ import annotations
 
 import torch

@@ -20,6 +20,7 @@ pixel-Gaussian pairs) so each pass stays in cache (2.5x faster than 4M-element c
 ``save_limit`` pairs in total, chunks save only their inputs and recompute in backward, so memory
 stays bounded at large image sizes.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,9 +75,9 @@ def project_gaussians(
     tx = z_s * torch.minimum(lim_xp, torch.maximum(-lim_xn, x * rz))
     ty = z_s * torch.minimum(lim_yp, torch.maximum(-lim_yn, y * rz))
     zero = torch.zeros_like(z_s)
-    J = torch.stack(
-        [fx * rz, zero, -fx * tx * rz * rz, zero, fy * rz, -fy * ty * rz * rz], dim=-1
-    ).reshape(*z.shape, 2, 3)  # [V,N,2,3]
+    J = torch.stack([fx * rz, zero, -fx * tx * rz * rz, zero, fy * rz, -fy * ty * rz * rz], dim=-1).reshape(
+        *z.shape, 2, 3
+    )  # [V,N,2,3]
     Rq = quat_to_rotmat(quats)
     M = Rq * scales[:, None, :]
     cov = M @ M.transpose(1, 2)  # [N,3,3]
@@ -94,7 +95,9 @@ def project_gaussians(
     with torch.no_grad():
         op = opacities.detach()[None].expand_as(z)
         op_ok = op >= ALPHA_THRESHOLD
-        extend = torch.clamp(torch.sqrt(2.0 * torch.log(op.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)), max=3.33)
+        extend = torch.clamp(
+            torch.sqrt(2.0 * torch.log(op.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)), max=3.33
+        )
         rx = torch.ceil(extend * torch.sqrt(a.detach().clamp_min(0)))
         ry = torch.ceil(extend * torch.sqrt(c.detach().clamp_min(0)))
         m = means2d.detach()
@@ -299,8 +302,15 @@ def rasterize_torch(
 # Real SH basis constants (degree 1..3), the standard ones used by every 3DGS code.
 _C1 = 0.4886025119029199
 _C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-       -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
 
 
 def eval_sh(degree: int, sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
@@ -313,16 +323,26 @@ def eval_sh(degree: int, sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     if degree < 2:
         return out
     xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-    out = (out + _C2[0] * xy * sh[..., 4, :] + _C2[1] * yz * sh[..., 5, :]
-           + _C2[2] * (2 * zz - xx - yy) * sh[..., 6, :] + _C2[3] * xz * sh[..., 7, :]
-           + _C2[4] * (xx - yy) * sh[..., 8, :])
+    out = (
+        out
+        + _C2[0] * xy * sh[..., 4, :]
+        + _C2[1] * yz * sh[..., 5, :]
+        + _C2[2] * (2 * zz - xx - yy) * sh[..., 6, :]
+        + _C2[3] * xz * sh[..., 7, :]
+        + _C2[4] * (xx - yy) * sh[..., 8, :]
+    )
     if degree < 3:
         return out
-    return (out + _C3[0] * y * (3 * xx - yy) * sh[..., 9, :] + _C3[1] * xy * z * sh[..., 10, :]
-            + _C3[2] * y * (4 * zz - xx - yy) * sh[..., 11, :]
-            + _C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[..., 12, :]
-            + _C3[4] * x * (4 * zz - xx - yy) * sh[..., 13, :] + _C3[5] * z * (xx - yy) * sh[..., 14, :]
-            + _C3[6] * x * (xx - 3 * yy) * sh[..., 15, :])
+    return (
+        out
+        + _C3[0] * y * (3 * xx - yy) * sh[..., 9, :]
+        + _C3[1] * xy * z * sh[..., 10, :]
+        + _C3[2] * y * (4 * zz - xx - yy) * sh[..., 11, :]
+        + _C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[..., 12, :]
+        + _C3[4] * x * (4 * zz - xx - yy) * sh[..., 13, :]
+        + _C3[5] * z * (xx - yy) * sh[..., 14, :]
+        + _C3[6] * x * (xx - 3 * yy) * sh[..., 15, :]
+    )
 
 
 def view_colors(model, campos: torch.Tensor) -> torch.Tensor:
@@ -362,6 +382,4 @@ def render_torch(
     bg = bg.expand(len(cams), 3) if bg.shape[0] == 1 else bg
     rgb = out[:, :3] + (1.0 - alpha) * bg[:, :, None, None]
     depth = out[:, 3:4] / alpha.clamp_min(1e-10)  # expected depth, as gsplat's "ED"
-    return RenderOutput(
-        rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii.max(dim=-1).values
-    )
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii.max(dim=-1).values)

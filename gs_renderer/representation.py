@@ -1,4 +1,5 @@
 """Stage 1's representation for the SIR loop: 3D Gaussians with the paper's losses and schedules."""
+
 from __future__ import annotations
 
 import torch

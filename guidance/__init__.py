@@ -2,6 +2,7 @@
 
 Backends are imported lazily so ``import guidance`` stays light (no diffusers/transformers).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,8 +67,11 @@ def load_denoiser(cfg: Any, device: torch.device | str | None = None):
     if kind == "zero123":
         from guidance.zero123 import Zero123Denoiser
 
-        return Zero123Denoiser(model or "ashawkey/stable-zero123-diffusers",
-                               concat_latent=_get(cfg, "model.ref_latent", "sample"), **common)
+        return Zero123Denoiser(
+            model or "ashawkey/stable-zero123-diffusers",
+            concat_latent=_get(cfg, "model.ref_latent", "sample"),
+            **common,
+        )
     if kind == "imagedream":
         from guidance.imagedream import ImageDreamDenoiser
 
@@ -75,8 +79,13 @@ def load_denoiser(cfg: Any, device: torch.device | str | None = None):
         neg = _get(cfg, "model.negative_prompt")
         if neg is not None:
             extra["negative_prompt"] = neg
-        return ImageDreamDenoiser(model or "ashawkey/imagedream-ipmv-diffusers", prompt=_prompt(cfg),
-                                  ref_latent=_get(cfg, "model.ref_latent", "sample"), **extra, **common)
+        return ImageDreamDenoiser(
+            model or "ashawkey/imagedream-ipmv-diffusers",
+            prompt=_prompt(cfg),
+            ref_latent=_get(cfg, "model.ref_latent", "sample"),
+            **extra,
+            **common,
+        )
     if kind == "oracle":
         from guidance.oracle import OracleDenoiser
 
@@ -84,7 +93,12 @@ def load_denoiser(cfg: Any, device: torch.device | str | None = None):
         if not mesh:
             raise UserError("guidance=oracle needs a reference mesh: set oracle.mesh=/path/to/mesh.obj")
         size = _get(cfg, "oracle.image_size") or _get(cfg, "sir.render_size", 256)
-        return OracleDenoiser(mesh, image_size=int(size), device=device,
-                              backend=_get(cfg, "render.mesh_backend", "auto"),
-                              radius=float(_get(cfg, "cameras.radius", 2.0)), fovy=float(_get(cfg, "cameras.fovy", 49.1)))
+        return OracleDenoiser(
+            mesh,
+            image_size=int(size),
+            device=device,
+            backend=_get(cfg, "render.mesh_backend", "auto"),
+            radius=float(_get(cfg, "cameras.radius", 2.0)),
+            fovy=float(_get(cfg, "cameras.fovy", 49.1)),
+        )
     raise UserError(f"guidance={kind!r} is not one of {', '.join(GUIDANCE_KINDS)}")

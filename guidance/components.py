@@ -6,6 +6,7 @@ in the file's dtype and then cast, which avoids the ``torch_dtype``/``dtype`` ke
 transformers 4 and 5. Safetensors weights are preferred; without them the ``.bin`` is loaded with
 ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
-          "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device, key: str = "model.dtype") -> torch.dtype:
@@ -73,8 +80,13 @@ def open_pipeline(
     ``model_index.json`` is read only to check the components. ``name`` (e.g. ``Zero123``) appears in
     the one-line :class:`UserError` for a folder that is not such a pipeline.
     """
-    root = resolve_model(model, config_key=config_key, cache_dir=cache_dir, local_files_only=local_files_only,
-                         allow_patterns=["*.json", "*.safetensors", "*.txt"])
+    root = resolve_model(
+        model,
+        config_key=config_key,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        allow_patterns=["*.json", "*.safetensors", "*.txt"],
+    )
     index_path = root / "model_index.json"
     if not index_path.is_file():
         raise UserError(f"{root} has no model_index.json; is it a diffusers {name} folder? ({config_key})")
@@ -94,7 +106,9 @@ def frozen(module: Any, device: torch.device, dtype: torch.dtype | None = None) 
 
 def load_diffusers(cls: Any, folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
     """A diffusers model class from its component folder, loaded in ``dtype``, frozen on ``device``."""
-    return frozen(cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=use_safetensors(folder)), device)
+    return frozen(
+        cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=use_safetensors(folder)), device
+    )
 
 
 def load_transformers(cls: Any, folder: Path, dtype: torch.dtype, device: torch.device) -> Any:

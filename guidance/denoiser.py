@@ -14,6 +14,7 @@ used by :func:`guidance.sir_step.refine` (and by nothing else) is:
 
 All draws are float32 ``[B, C, h, w]`` standard normal.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -45,7 +46,9 @@ class TorchNoise:
         """Float32 standard normal of ``shape``, moved to ``device`` if the generator lives elsewhere."""
         if self.generator is None:
             return torch.randn(tuple(shape), device=device, dtype=torch.float32)
-        x = torch.randn(tuple(shape), generator=self.generator, device=self.generator.device, dtype=torch.float32)
+        x = torch.randn(
+            tuple(shape), generator=self.generator, device=self.generator.device, dtype=torch.float32
+        )
         return x.to(device, non_blocking=True)
 
 
@@ -63,7 +66,9 @@ class ListNoise:
         x = self._tensors[self.used]
         self.used += 1
         if tuple(x.shape) != tuple(shape):
-            raise ValueError(f"ListNoise draw {self.used - 1} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+            raise ValueError(
+                f"ListNoise draw {self.used - 1} has shape {tuple(x.shape)}, expected {tuple(shape)}"
+            )
         return x.to(device=device, dtype=torch.float32)
 
 

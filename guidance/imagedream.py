@@ -18,6 +18,7 @@ Conditioning (checkpoints.md 2.4-2.6, spec 2.2):
   transformer runs jointly over the 5 frames, so groups must be complete.
 * CFG batch ``[uncond; cond]`` (the authors' order); any number of groups in one network call.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,7 +62,13 @@ NEGATIVE_PROMPT = (
     "dehydrated, bad proportions"
 )
 REQUIRED_COMPONENTS = (
-    "unet", "vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "scheduler",
+    "unet",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "image_encoder",
+    "feature_extractor",
+    "scheduler",
 )
 VIEWS = 4
 #: Frames per sample seen by the UNet: the 4 views plus the reference slot.
@@ -92,7 +99,9 @@ def load_mv_unet(folder: Path, dtype: torch.dtype) -> MultiViewUNetModel:
         )
     except ValueError as exc:  # diffusers reports shape mismatches this way
         raise UserError(f"{folder} does not match MultiViewUNetModel: {str(exc).splitlines()[0]}") from None
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {
+        k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
     if problems:
         detail = "; ".join(f"{k}: {len(v)} e.g. {list(v)[:3]}" for k, v in problems.items())
         raise UserError(f"{folder} does not match MultiViewUNetModel ({detail})")
@@ -134,8 +143,14 @@ class ImageDreamDenoiser(Denoiser):
         if grouping not in ("auto", "consecutive", "interleaved"):
             raise UserError(f"grouping={grouping!r} must be auto, consecutive or interleaved")
         self.grouping = grouping
-        root = open_pipeline(model, REQUIRED_COMPONENTS, "ImageDream", config_key=config_key, cache_dir=cache_dir,
-                             local_files_only=local_files_only)
+        root = open_pipeline(
+            model,
+            REQUIRED_COMPONENTS,
+            "ImageDream",
+            config_key=config_key,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
         self.root = root
 
         self.unet = frozen(load_mv_unet(root / "unet", dtype), self.device)
@@ -169,7 +184,10 @@ class ImageDreamDenoiser(Denoiser):
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Prompts -> CLIP last hidden states ``[len(texts), 77, D]`` (after the final LayerNorm)."""
         ids = self.tokenizer(
-            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.device)
         return self.text_encoder(ids)[0].to(self.dtype)
@@ -195,7 +213,9 @@ class ImageDreamDenoiser(Denoiser):
             self.set_prompt(prompt)
         x = reference_pixels(rgb, self.image_size, self.device)
         pix = clip_pixels(self.feature_extractor, x)
-        hidden = self.image_encoder(pix.to(self.device, self.dtype), output_hidden_states=True).hidden_states[-2]
+        hidden = self.image_encoder(pix.to(self.device, self.dtype), output_hidden_states=True).hidden_states[
+            -2
+        ]
         feats = torch.cat([torch.zeros_like(hidden), hidden], dim=0)  # [2,T,W]: zeros are the uncond prompt
         self.ip_tokens = self.unet.embed_image(feats)  # [2,ip_dim,D]
         post = self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist
@@ -276,15 +296,29 @@ class ImageDreamDenoiser(Denoiser):
         context = ctx.repeat_interleave(N, dim=0)  # [2N,...]: uncond rows first
         ref = self.ref_latent.to(self.dtype).expand(G, -1, -1, -1)
         ip_img = torch.cat([torch.zeros_like(ref), ref], dim=0)
-        return ImageDreamCond(camera=torch.cat([cam, cam], dim=0), context=context, ip_img=ip_img, groups=G,
-                              order=order)
+        return ImageDreamCond(
+            camera=torch.cat([cam, cam], dim=0), context=context, ip_img=ip_img, groups=G, order=order
+        )
 
-    def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, camera: torch.Tensor,
-                   ip_img: torch.Tensor) -> torch.Tensor:
+    def _unet_call(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        camera: torch.Tensor,
+        ip_img: torch.Tensor,
+    ) -> torch.Tensor:
         """One UNet evaluation on prepared inputs; the context already holds the image-prompt tokens."""
         ip_dim = int(self.unet.config.ip_dim)
-        return self.unet(x, t, context[:, :-ip_dim], camera=camera, num_frames=FRAMES,
-                         ip_tokens=context[:, -ip_dim:], ip_img=ip_img)
+        return self.unet(
+            x,
+            t,
+            context[:, :-ip_dim],
+            camera=camera,
+            num_frames=FRAMES,
+            ip_tokens=context[:, -ip_dim:],
+            ip_img=ip_img,
+        )
 
     def _frames(self, x: torch.Tensor, cond: ImageDreamCond) -> torch.Tensor:
         """Latents ``[4G,C,h,w]`` (caller's order) -> ``[5G,C,h,w]`` grouped, UNet dtype, zero 5th frame per group."""
@@ -333,7 +367,8 @@ class ImageDreamDenoiser(Denoiser):
         N = G * FRAMES
         x5 = self._frames(x, cond)
         tt = torch.full((N,), float(t), device=self.device, dtype=torch.float32)
-        eps = self._runner(x=x5, t=tt, context=cond.context[:N], camera=cond.camera[:N], ip_img=cond.ip_img[:G])
+        eps = self._runner(
+            x=x5, t=tt, context=cond.context[:N], camera=cond.camera[:N], ip_img=cond.ip_img[:G]
+        )
         self._count("uncond", N)
         return self._ungroup(self._drop_ref(eps, G), cond)
-

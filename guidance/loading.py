@@ -5,6 +5,7 @@ snapshot is downloaded. When that is impossible (offline, no network, unknown id
 one-line :class:`core.errors.UserError` naming the id, the cache folder and the config key that points
 at a local copy. Nothing here executes code from the model repository.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,7 +54,9 @@ def resolve_model(
     offline = bool(constants.HF_HUB_OFFLINE) if local_files_only is None else local_files_only
     try:
         # Cache first: no network round trip when the snapshot is already there.
-        return Path(snapshot_download(text, cache_dir=cache_dir, local_files_only=True, allow_patterns=allow_patterns))
+        return Path(
+            snapshot_download(text, cache_dir=cache_dir, local_files_only=True, allow_patterns=allow_patterns)
+        )
     except Exception as exc:  # LocalEntryNotFoundError and friends: not cached (completely)
         log.debug("no cached snapshot of %s: %s", text, exc)
     if not offline:

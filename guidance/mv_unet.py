@@ -15,6 +15,7 @@ or unexpected key. Facts used (``shared/reference/checkpoints.md`` section 2):
 
 Batches are frame-major inside a sample: row ``b * F + f``.
 """
+
 from __future__ import annotations
 
 import math
@@ -141,7 +142,14 @@ class MultiViewTransformerBlock(nn.Module):
     """Pre-norm block: multi-view self-attention, (text + image-prompt) cross-attention, GEGLU FF."""
 
     def __init__(
-        self, dim: int, heads: int, dim_head: int, context_dim: int, dropout: float, ip_tokens: int, ip_weight: float
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int,
+        dropout: float,
+        ip_tokens: int,
+        ip_weight: float,
     ) -> None:
         super().__init__()
         self.attn1 = Attention(dim, None, heads, dim_head, dropout)
@@ -202,7 +210,9 @@ class SpatialTransformer3D(nn.Module):
 class ResBlock(nn.Module):
     """``skip(x) + conv(drop(SiLU(GN(conv(SiLU(GN(x))) + Linear(SiLU(emb))))))`` (no scale-shift)."""
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float, groups: int) -> None:
+    def __init__(
+        self, channels: int, emb_channels: int, out_channels: int, dropout: float, groups: int
+    ) -> None:
         super().__init__()
         self.in_layers = nn.Sequential(
             GroupNorm32(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
@@ -250,7 +260,9 @@ class Upsample(nn.Module):
 class UNetStage(nn.Sequential):
     """A numbered sequence of layers; each gets the inputs its type needs."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, num_frames: int
+    ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
@@ -288,7 +300,15 @@ class Resampler(nn.Module):
     """Perceiver resampler: CLIP tokens ``[B, N, in_dim]`` -> ``num_queries`` tokens ``[B, Q, out_dim]``."""
 
     def __init__(
-        self, dim: int, depth: int, dim_head: int, heads: int, num_queries: int, in_dim: int, out_dim: int, ff_mult: int = 4
+        self,
+        dim: int,
+        depth: int,
+        dim_head: int,
+        heads: int,
+        num_queries: int,
+        in_dim: int,
+        out_dim: int,
+        ff_mult: int = 4,
     ) -> None:
         super().__init__()
         # Shape [1, Q, D]: overwritten by checkpoints, the init scale only matters for random tests.
@@ -386,7 +406,9 @@ class MultiViewUNetModel(ModelMixin, ConfigMixin):
         self.ip_dim = ip_dim
         self.model_channels = model_channels
         g = norm_num_groups
-        res_blocks = [num_res_blocks] * len(channel_mult) if isinstance(num_res_blocks, int) else list(num_res_blocks)
+        res_blocks = (
+            [num_res_blocks] * len(channel_mult) if isinstance(num_res_blocks, int) else list(num_res_blocks)
+        )
         emb_dim = 4 * model_channels
 
         def heads_for(ch: int) -> tuple[int, int]:
@@ -397,7 +419,9 @@ class MultiViewUNetModel(ModelMixin, ConfigMixin):
 
         def transformer(ch: int) -> SpatialTransformer3D:
             h, d = heads_for(ch)
-            return SpatialTransformer3D(ch, h, d, context_dim, transformer_depth, dropout, ip_dim, ip_weight, g)
+            return SpatialTransformer3D(
+                ch, h, d, context_dim, transformer_depth, dropout, ip_dim, ip_weight, g
+            )
 
         if ip_dim > 0:
             self.image_embed = Resampler(
@@ -409,9 +433,13 @@ class MultiViewUNetModel(ModelMixin, ConfigMixin):
                 in_dim=ip_in_dim,
                 out_dim=context_dim,
             )
-        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(
+            nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         if camera_dim is not None:
-            self.camera_embed = nn.Sequential(nn.Linear(camera_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            self.camera_embed = nn.Sequential(
+                nn.Linear(camera_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+            )
 
         self.input_blocks = nn.ModuleList([UNetStage(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
         skip_chans = [model_channels]
@@ -445,7 +473,9 @@ class MultiViewUNetModel(ModelMixin, ConfigMixin):
                     ds //= 2
                 self.output_blocks.append(UNetStage(*layers))
 
-        self.out = nn.Sequential(GroupNorm32(g, ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            GroupNorm32(g, ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1)
+        )
 
     def embed_image(self, ip: torch.Tensor) -> torch.Tensor:
         """CLIP image tokens ``[N, T, ip_in_dim]`` -> image-prompt context tokens ``[N, ip_dim, context_dim]``."""

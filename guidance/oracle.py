@@ -7,6 +7,7 @@ prediction is the exact ``eps = (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t)``, so CFG
 SIR driven by it must reconstruct the reference object: this is how the 3D pipeline is tested end to
 end without model weights (DESIGN.md).
 """
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ measurements on the device: a network's cost does not depend on its weights.
 The tokenizer is a CLIP BPE tokenizer over a small vocabulary written at run time (no download); the
 full text encoder keeps the real 49408-row embedding, of which the tiny vocabulary uses the first rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,28 @@ from guidance.random_layout import cached_folder, clip_processor_config, save_hu
 from guidance.schedule import STABLE_DIFFUSION_DDIM_CONFIG
 
 __all__ = [
-    "imagedream_configs", "build_imagedream", "save_imagedream", "cached_tiny_imagedream", "write_tiny_tokenizer",
+    "imagedream_configs",
+    "build_imagedream",
+    "save_imagedream",
+    "cached_tiny_imagedream",
+    "write_tiny_tokenizer",
     "UNET_CONFIG",
 ]
 
 #: ``unet/config.json`` of ``ashawkey/imagedream-ipmv-diffusers`` (checkpoints.md 2.2), minus metadata.
 UNET_CONFIG: dict[str, Any] = dict(
-    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=2,
-    attention_resolutions=[4, 2, 1], channel_mult=[1, 2, 4, 4], num_head_channels=64, transformer_depth=1,
-    context_dim=1024, camera_dim=16, ip_dim=16,
+    image_size=32,
+    in_channels=4,
+    out_channels=4,
+    model_channels=320,
+    num_res_blocks=2,
+    attention_resolutions=[4, 2, 1],
+    channel_mult=[1, 2, 4, 4],
+    num_head_channels=64,
+    transformer_depth=1,
+    context_dim=1024,
+    camera_dim=16,
+    ip_dim=16,
 )
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -60,8 +74,14 @@ def write_tiny_tokenizer(folder: str | Path) -> int:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     special = {"bos_token": _BOS, "eos_token": _EOS, "pad_token": "!", "unk_token": _EOS}
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    tok_cfg = dict(special, tokenizer_class="CLIPTokenizer", model_max_length=77, do_lower_case=True,
-                   errors="replace", add_prefix_space=False)
+    tok_cfg = dict(
+        special,
+        tokenizer_class="CLIPTokenizer",
+        model_max_length=77,
+        do_lower_case=True,
+        errors="replace",
+        add_prefix_space=False,
+    )
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
     return len(vocab)
 
@@ -72,30 +92,68 @@ def imagedream_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
     if size == "full":
         unet = dict(UNET_CONFIG)
         text = dict(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-            max_position_embeddings=77, vocab_size=49408, projection_dim=512, hidden_act="gelu",
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            max_position_embeddings=77,
+            vocab_size=49408,
+            projection_dim=512,
+            hidden_act="gelu",
             layer_norm_eps=1e-5,
         )
         vision = dict(
-            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-            image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5,
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            projection_dim=1024,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
         )
         crop = 224
     elif size == "tiny":
         unet = dict(
-            image_size=8, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=1,
-            attention_resolutions=[2, 1], channel_mult=[1, 2], num_head_channels=16, transformer_depth=1,
-            context_dim=32, camera_dim=16, ip_dim=4, ip_in_dim=32, resampler_heads=2, resampler_dim_head=16,
+            image_size=8,
+            in_channels=4,
+            out_channels=4,
+            model_channels=32,
+            num_res_blocks=1,
+            attention_resolutions=[2, 1],
+            channel_mult=[1, 2],
+            num_head_channels=16,
+            transformer_depth=1,
+            context_dim=32,
+            camera_dim=16,
+            ip_dim=4,
+            ip_in_dim=32,
+            resampler_heads=2,
+            resampler_dim_head=16,
             resampler_depth=2,
         )
         text = dict(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=77, vocab_size=vocab_size, projection_dim=32, hidden_act="gelu",
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            vocab_size=vocab_size,
+            projection_dim=32,
+            hidden_act="gelu",
             layer_norm_eps=1e-5,
         )
         vision = dict(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            image_size=32, patch_size=8, projection_dim=32, hidden_act="gelu", layer_norm_eps=1e-5,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=32,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
         )
         crop = 32
     else:
@@ -137,7 +195,9 @@ def build_imagedream(size: str = "tiny", seed: int = 0) -> dict[str, Any]:
     }
 
 
-def save_imagedream(folder: str | Path, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+def save_imagedream(
+    folder: str | Path, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
     """Write a random ImageDream in the Hub layout (model_index.json + component folders); returns ``folder``."""
     comps = build_imagedream(size, seed)
     write_tiny_tokenizer(Path(folder) / "tokenizer")
@@ -153,8 +213,14 @@ def save_imagedream(folder: str | Path, size: str = "tiny", seed: int = 0, dtype
         "unet": ["mv_unet", "MultiViewUNetModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    return save_hub_layout(folder, comps, ("unet", "vae", "text_encoder", "image_encoder"), index, dtype,
-                           scheduler_extra={"_diffusers_version": "0.25.0"})
+    return save_hub_layout(
+        folder,
+        comps,
+        ("unet", "vae", "text_encoder", "image_encoder"),
+        index,
+        dtype,
+        scheduler_extra={"_diffusers_version": "0.25.0"},
+    )
 
 
 def cached_tiny_imagedream(seed: int = 0) -> Path:

@@ -4,6 +4,7 @@ Config dicts both use (the SD VAE, the CLIP image processor), writing components
 Hub folder layout, and the cached tiny-model folder under the temp dir that tests reuse. Nothing here
 creates weights: the callers build their models (seed and init order are theirs).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,15 +28,31 @@ def sd_vae_config(size: str) -> dict[str, Any]:
     """``AutoencoderKL`` config: the Stable Diffusion VAE (``full``) or a 32-channel one (``tiny``, 64 px)."""
     if size == "full":
         return dict(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=2, sample_size=256, scaling_factor=0.18215, act_fn="silu", norm_num_groups=32,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=[128, 256, 512, 512],
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+            layers_per_block=2,
+            sample_size=256,
+            scaling_factor=0.18215,
+            act_fn="silu",
+            norm_num_groups=32,
         )
     if size == "tiny":
         return dict(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[32, 32, 32, 32],
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=1, sample_size=64, scaling_factor=0.18215, act_fn="silu", norm_num_groups=32,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=[32, 32, 32, 32],
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+            layers_per_block=1,
+            sample_size=64,
+            scaling_factor=0.18215,
+            act_fn="silu",
+            norm_num_groups=32,
         )
     raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
 
@@ -43,9 +60,17 @@ def sd_vae_config(size: str) -> dict[str, Any]:
 def clip_processor_config(crop: int) -> dict[str, Any]:
     """``CLIPImageProcessor`` config: resize the short edge to ``crop``, centre crop, OpenAI CLIP normalisation."""
     return dict(
-        crop_size={"height": crop, "width": crop}, do_center_crop=True, do_convert_rgb=True,
-        do_normalize=True, do_rescale=True, do_resize=True, image_mean=_CLIP_MEAN, image_std=_CLIP_STD,
-        resample=3, rescale_factor=1 / 255, size={"shortest_edge": crop},
+        crop_size={"height": crop, "width": crop},
+        do_center_crop=True,
+        do_convert_rgb=True,
+        do_normalize=True,
+        do_rescale=True,
+        do_resize=True,
+        image_mean=_CLIP_MEAN,
+        image_std=_CLIP_STD,
+        resample=3,
+        rescale_factor=1 / 255,
+        size={"shortest_edge": crop},
     )
 
 
@@ -69,7 +94,9 @@ def save_hub_layout(
     folder.mkdir(parents=True, exist_ok=True)
     for name in models:
         model = comps.pop(name)
-        (model if dtype == torch.float32 else model.to(dtype)).save_pretrained(folder / name, safe_serialization=True)
+        (model if dtype == torch.float32 else model.to(dtype)).save_pretrained(
+            folder / name, safe_serialization=True
+        )
     comps["feature_extractor"].save_pretrained(folder / "feature_extractor")
     (folder / "scheduler").mkdir(exist_ok=True)
     sched = dict(comps["scheduler"], **(scheduler_extra or {}))

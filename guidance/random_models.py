@@ -5,6 +5,7 @@ image 64 px -> latent 8x8. ``full``: the real configs of checkpoints.md 1.4-1.7 
 [320,640,1280,1280], cross-attention 768, 8 heads; SD VAE; CLIP ViT-L/14 vision with projection 768),
 for speed measurements: a network's cost does not depend on its weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,31 +26,65 @@ def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
     """Config dicts of every component: unet, vae, image_encoder, feature_extractor, scheduler, projection."""
     if size == "full":
         unet = dict(
-            sample_size=32, in_channels=8, out_channels=4,
+            sample_size=32,
+            in_channels=8,
+            out_channels=4,
             down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
             up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-            block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, cross_attention_dim=768,
-            attention_head_dim=8, use_linear_projection=False, norm_num_groups=32, norm_eps=1e-5,
-            flip_sin_to_cos=True, freq_shift=0, act_fn="silu", downsample_padding=1, mid_block_scale_factor=1,
+            block_out_channels=[320, 640, 1280, 1280],
+            layers_per_block=2,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            use_linear_projection=False,
+            norm_num_groups=32,
+            norm_eps=1e-5,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            act_fn="silu",
+            downsample_padding=1,
+            mid_block_scale_factor=1,
         )
         clip = dict(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-            image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
         )
         crop = 224
         emb = 768
     elif size == "tiny":
         unet = dict(
-            sample_size=8, in_channels=8, out_channels=4,
+            sample_size=8,
+            in_channels=8,
+            out_channels=4,
             down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
             up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-            block_out_channels=[32, 64], layers_per_block=1, cross_attention_dim=32,
-            attention_head_dim=8, use_linear_projection=False, norm_num_groups=32, norm_eps=1e-5,
-            flip_sin_to_cos=True, freq_shift=0, act_fn="silu",
+            block_out_channels=[32, 64],
+            layers_per_block=1,
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            use_linear_projection=False,
+            norm_num_groups=32,
+            norm_eps=1e-5,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            act_fn="silu",
         )
         clip = dict(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            image_size=32, patch_size=8, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=32,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
         )
         crop = 32
         emb = 32
@@ -91,7 +126,9 @@ def build_zero123(size: str = "tiny", seed: int = 0) -> dict[str, Any]:
     return comps
 
 
-def save_zero123(folder: str | Path, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+def save_zero123(
+    folder: str | Path, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
     """Write a random Stable Zero123 in the Hub layout (model_index.json + component folders)."""
     comps = build_zero123(size, seed)
     index = {
@@ -107,7 +144,9 @@ def save_zero123(folder: str | Path, size: str = "tiny", seed: int = 0, dtype: t
         "vae": ["diffusers", "AutoencoderKL"],
     }
     # The Hub files are fp16 (dtype=torch.float16 to match them).
-    return save_hub_layout(folder, comps, ("unet", "vae", "clip_camera_projection", "image_encoder"), index, dtype)
+    return save_hub_layout(
+        folder, comps, ("unet", "vae", "clip_camera_projection", "image_encoder"), index, dtype
+    )
 
 
 def cached_tiny_zero123(seed: int = 0) -> Path:

@@ -16,6 +16,7 @@ Timesteps are Python ints and the per-step coefficients Python floats, so a samp
 this class never reads a device value back to the host. Latent arithmetic is done in the dtype of
 the tensors passed in (fp32 in :mod:`guidance.sir_step`).
 """
+
 from __future__ import annotations
 
 import json
@@ -100,7 +101,9 @@ class DDIMSchedule:
         if not 0 < num_steps <= T:
             raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
         if self.timestep_spacing == "leading":
-            ts = (np.arange(0, num_steps) * (T // num_steps)).round()[::-1].astype(np.int64) + self.steps_offset
+            ts = (np.arange(0, num_steps) * (T // num_steps)).round()[::-1].astype(
+                np.int64
+            ) + self.steps_offset
         elif self.timestep_spacing == "trailing":
             ts = np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1
         elif self.timestep_spacing == "linspace":
@@ -156,7 +159,9 @@ class DDIMSchedule:
         sigma = eta * math.sqrt(max(var, 0.0))
         # x0 = (x - sqrt(1-ab_t) eps) / sqrt(ab_t);  x_prev = sqrt(ab_p) x0 + sqrt(1-ab_p-sigma^2) eps
         c_x = math.sqrt(ab_p / ab_t)
-        c_eps = math.sqrt(max(1.0 - ab_p - sigma * sigma, 0.0)) - math.sqrt(ab_p) * math.sqrt(1.0 - ab_t) / math.sqrt(ab_t)
+        c_eps = math.sqrt(max(1.0 - ab_p - sigma * sigma, 0.0)) - math.sqrt(ab_p) * math.sqrt(
+            1.0 - ab_t
+        ) / math.sqrt(ab_t)
         out = torch.add(x * c_x, eps, alpha=c_eps)
         if eta > 0:
             if noise is None:

@@ -14,6 +14,7 @@ authors' (``zero123_utils.py:193-223``):
 
 Everything between encode and decode is float32 with Python-int timesteps: no host-device sync.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,9 +47,7 @@ class RefineOutput:
     plan: RefinePlan
 
 
-def plan_refine(
-    schedule: Any, t1: int, t2: int, num_steps: int, from_noise: bool = False
-) -> RefinePlan:
+def plan_refine(schedule: Any, t1: int, t2: int, num_steps: int, from_noise: bool = False) -> RefinePlan:
     """Timesteps of one refine call on a grid of ``num_steps`` (no network involved)."""
     fwd = schedule.timesteps(num_steps)
     if from_noise:

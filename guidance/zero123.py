@@ -13,6 +13,7 @@ Conditioning (checkpoints.md 1.8, spec 2.1):
 * CFG batch ``[cond; uncond]``; the uncond half has a zero token AND a zero concat latent, so the
   unconditional branch does not depend on the cameras at all (inversion runs it alone at batch B).
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,7 +53,14 @@ __all__ = ["CLIPCameraProjection", "Zero123Cond", "Zero123Denoiser", "DTYPES", "
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler", "clip_camera_projection")
+REQUIRED_COMPONENTS = (
+    "unet",
+    "vae",
+    "image_encoder",
+    "feature_extractor",
+    "scheduler",
+    "clip_camera_projection",
+)
 
 
 class CLIPCameraProjection(ModelMixin, ConfigMixin):
@@ -110,8 +118,14 @@ class Zero123Denoiser(Denoiser):
         if concat_latent not in ("sample", "mode"):
             raise UserError(f"concat_latent={concat_latent!r} must be 'sample' or 'mode'")
         self.concat_latent = concat_latent
-        root = open_pipeline(model, REQUIRED_COMPONENTS, "Zero123", config_key=config_key, cache_dir=cache_dir,
-                             local_files_only=local_files_only)
+        root = open_pipeline(
+            model,
+            REQUIRED_COMPONENTS,
+            "Zero123",
+            config_key=config_key,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
         if variant == "auto":
             variant = "xl" if "xl" in Path(str(model)).name.lower() else "stable"
         if variant not in ("stable", "xl"):
@@ -121,9 +135,12 @@ class Zero123Denoiser(Denoiser):
 
         self.unet = load_diffusers(UNet2DConditionModel, root / "unet", dtype, self.device)
         self.vae = load_diffusers(AutoencoderKL, root / "vae", dtype, self.device)
-        self.cam_proj = load_diffusers(CLIPCameraProjection, root / "clip_camera_projection", dtype, self.device)
-        self.image_encoder = load_transformers(CLIPVisionModelWithProjection, root / "image_encoder", dtype,
-                                               self.device)
+        self.cam_proj = load_diffusers(
+            CLIPCameraProjection, root / "clip_camera_projection", dtype, self.device
+        )
+        self.image_encoder = load_transformers(
+            CLIPVisionModelWithProjection, root / "image_encoder", dtype, self.device
+        )
         self.feature_extractor = CLIPImageProcessor.from_pretrained(root / "feature_extractor")
         sched_dir = root / "scheduler"
         self.schedule = DDIMSchedule.from_file(sched_dir / "scheduler_config.json")

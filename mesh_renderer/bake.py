@@ -9,6 +9,7 @@ bilinearly at that point. Unseen texels and the gutters between charts are then 
 pull-push (mip-pyramid averaging of the seen texels), which replaces the authors' mip fill and
 CPU KD-tree dilation and gives every texel a plausible colour for bilinear/mip lookups.
 """
+
 from __future__ import annotations
 
 import logging
@@ -145,8 +146,12 @@ def bake_texture(
             w = ok.float() * viewcos.clamp_min(0) ** 4
         if not ok.any():
             continue
-        col = F.grid_sample(images[i : i + 1] * cover[i : i + 1], grid, mode="bilinear",
-                            align_corners=False)[0, :, 0].T / cov.clamp_min(1e-6)[:, None]  # [P,3]
+        col = (
+            F.grid_sample(images[i : i + 1] * cover[i : i + 1], grid, mode="bilinear", align_corners=False)[
+                0, :, 0
+            ].T
+            / cov.clamp_min(1e-6)[:, None]
+        )  # [P,3]
         color += col * w[:, None]
         weight += w
     seen = weight > 0
@@ -155,6 +160,11 @@ def bake_texture(
     tex[idx[seen]] = color[seen] / weight[seen, None]
     wt[idx[seen]] = 1.0
     albedo = pull_push(tex.view(T, T, 3), wt.view(T, T)).clamp(0, 1)
-    log.info("bake_texture: %d views -> %d^2 texels (%.1f%% of atlas texels seen) in %.2f s", V, T,
-             100.0 * float(seen.float().mean()) if len(seen) else 0.0, time.perf_counter() - t0)
+    log.info(
+        "bake_texture: %d views -> %d^2 texels (%.1f%% of atlas texels seen) in %.2f s",
+        V,
+        T,
+        100.0 * float(seen.float().mean()) if len(seen) else 0.0,
+        time.perf_counter() - t0,
+    )
     return albedo

@@ -11,6 +11,7 @@ nowhere else. The albedo's row 0 is the top row of the PNG in both formats.
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``) so a
 crash never leaves a half-written mesh behind.
 """
+
 from __future__ import annotations
 
 import io as _io
@@ -62,8 +63,9 @@ def split_to_uv_layout(mesh: Mesh) -> Mesh:
     pairs = torch.stack([mesh.f.reshape(-1), mesh.ft.reshape(-1)], dim=-1)
     uniq, inv = torch.unique(pairs, dim=0, return_inverse=True)
     f = inv.reshape(-1, 3)
-    return Mesh(v=mesh.v[uniq[:, 0]], f=f, vn=mesh.vn[uniq[:, 0]], vt=mesh.vt[uniq[:, 1]], ft=f,
-                albedo=mesh.albedo)
+    return Mesh(
+        v=mesh.v[uniq[:, 0]], f=f, vn=mesh.vn[uniq[:, 0]], vt=mesh.vt[uniq[:, 1]], ft=f, albedo=mesh.albedo
+    )
 
 
 # ----------------------------------------------------------------------------------------------- OBJ
@@ -191,8 +193,10 @@ def _save_obj(mesh: Mesh, path: Path) -> None:
     chunks.append(buf.getvalue())
     if has_tex:
         atomic_write_bytes(path.with_name(f"{stem}_albedo.png"), _png_bytes(m.albedo))
-        mtl = (f"newmtl material_0\nKa 1.000000 1.000000 1.000000\nKd 1.000000 1.000000 1.000000\n"
-               f"Ks 0.000000 0.000000 0.000000\nillum 1\nmap_Kd {stem}_albedo.png\n")
+        mtl = (
+            f"newmtl material_0\nKa 1.000000 1.000000 1.000000\nKd 1.000000 1.000000 1.000000\n"
+            f"Ks 0.000000 0.000000 0.000000\nillum 1\nmap_Kd {stem}_albedo.png\n"
+        )
         atomic_write_bytes(path.with_name(f"{stem}.mtl"), mtl.encode())
     atomic_write_bytes(path, "".join(chunks).encode())
 
@@ -240,7 +244,9 @@ def _save_glb(mesh: Mesh, path: Path) -> None:
         views.append(g.BufferView(buffer=0, byteOffset=offset, byteLength=len(data), target=target))
         return len(views) - 1
 
-    def add_accessor(arr: np.ndarray, ctype: int, atype: str, target: int | None, minmax: bool = False) -> int:
+    def add_accessor(
+        arr: np.ndarray, ctype: int, atype: str, target: int | None, minmax: bool = False
+    ) -> int:
         view = add(arr.tobytes(), target)
         kw = {}
         if minmax:
@@ -258,12 +264,20 @@ def _save_glb(mesh: Mesh, path: Path) -> None:
         uv[:, 1] = 1.0 - uv[:, 1]  # glTF TEXCOORD has v pointing down the image
         attrs.TEXCOORD_0 = add_accessor(uv, g.FLOAT, g.VEC2, g.ARRAY_BUFFER)
     indices = add_accessor(f.reshape(-1), g.UNSIGNED_INT, g.SCALAR, g.ELEMENT_ARRAY_BUFFER)
-    pbr = g.PbrMetallicRoughness(baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0)
+    pbr = g.PbrMetallicRoughness(
+        baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0
+    )
     if m.has_uv and m.albedo is not None:
         img_view = add(_png_bytes(m.albedo), None)
         images.append(g.Image(bufferView=img_view, mimeType="image/png"))
-        samplers.append(g.Sampler(magFilter=g.LINEAR, minFilter=g.LINEAR_MIPMAP_LINEAR, wrapS=g.CLAMP_TO_EDGE,
-                                  wrapT=g.CLAMP_TO_EDGE))
+        samplers.append(
+            g.Sampler(
+                magFilter=g.LINEAR,
+                minFilter=g.LINEAR_MIPMAP_LINEAR,
+                wrapS=g.CLAMP_TO_EDGE,
+                wrapT=g.CLAMP_TO_EDGE,
+            )
+        )
         textures.append(g.Texture(sampler=0, source=0))
         pbr.baseColorTexture = g.TextureInfo(index=0)
     materials.append(g.Material(pbrMetallicRoughness=pbr, doubleSided=True))
@@ -305,7 +319,9 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike) -> Path:
     path = Path(path)
     ext = path.suffix.lower()
     det = lambda x: None if x is None else x.detach()  # noqa: E731 - parameters may require grad
-    mesh = Mesh(v=det(mesh.v), f=mesh.f, vn=det(mesh.vn), vt=det(mesh.vt), ft=mesh.ft, albedo=det(mesh.albedo))
+    mesh = Mesh(
+        v=det(mesh.v), f=mesh.f, vn=det(mesh.vn), vt=det(mesh.vt), ft=mesh.ft, albedo=det(mesh.albedo)
+    )
     if ext == ".obj":
         _save_obj(mesh, path)
     elif ext == ".glb":

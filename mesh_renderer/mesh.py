@@ -12,6 +12,7 @@ Conventions (the world is the one of ``core/cameras.py``: +Y up, reference view 
 * ``albedo``: float32 ``[Ht,Wt,3]`` in [0,1]; **row 0 is the top of the image file**, i.e. texels
   near ``v = 1``. Texel ``(r, c)`` has its centre at ``u = (c + 0.5) / Wt``, ``v = 1 - (r + 0.5) / Ht``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -71,7 +72,9 @@ class Mesh:
         if self.vn is None or self.vn.shape != self.v.shape:
             self.vn = vertex_normals(self.v, self.f)
         if self.v.ndim != 2 or self.v.shape[1] != 3 or self.f.ndim != 2 or self.f.shape[1] != 3:
-            raise ValueError(f"Mesh needs v [N,3] and f [F,3], got {tuple(self.v.shape)} and {tuple(self.f.shape)}")
+            raise ValueError(
+                f"Mesh needs v [N,3] and f [F,3], got {tuple(self.v.shape)} and {tuple(self.f.shape)}"
+            )
         if self.ft is not None and self.ft.shape != self.f.shape:
             raise ValueError(f"ft {tuple(self.ft.shape)} must match f {tuple(self.f.shape)}")
 
@@ -92,8 +95,15 @@ class Mesh:
     def to(self, device: torch.device | str) -> "Mesh":
         """The same mesh with every tensor on ``device``."""
         mv = lambda x: None if x is None else x.to(device)  # noqa: E731
-        return replace(self, v=mv(self.v), f=mv(self.f), vn=mv(self.vn), vt=mv(self.vt), ft=mv(self.ft),
-                       albedo=mv(self.albedo))
+        return replace(
+            self,
+            v=mv(self.v),
+            f=mv(self.f),
+            vn=mv(self.vn),
+            vt=mv(self.vt),
+            ft=mv(self.ft),
+            albedo=mv(self.albedo),
+        )
 
     def vertex_normals(self) -> torch.Tensor:
         """Area-weighted unit vertex normals ``[N,3]`` recomputed from ``v`` and ``f``."""

@@ -11,6 +11,7 @@ Differences from the authors' pymeshlab ``clean_mesh`` (spec 3.1), on purpose:
 * no non-manifold repair or isotropic remeshing (pymeshlab is not a dependency); decimation and
   xatlas cope with the marching-cubes output.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,10 @@ def _np(x, dtype) -> np.ndarray:
 
 def _out(v: np.ndarray, f: np.ndarray, like) -> tuple[torch.Tensor, torch.Tensor]:
     device = like.device if isinstance(like, torch.Tensor) else "cpu"
-    return (torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(device),
-            torch.from_numpy(np.ascontiguousarray(f, dtype=np.int64)).to(device))
+    return (
+        torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(device),
+        torch.from_numpy(np.ascontiguousarray(f, dtype=np.int64)).to(device),
+    )
 
 
 def remove_unreferenced(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,11 +126,14 @@ def decimate(v, f, target_faces: int, aggressiveness: float = 7.0) -> tuple[torc
     try:
         import fast_simplification
     except ImportError as e:  # pragma: no cover - it is in requirements.txt
-        raise ImportError("decimation needs the 'fast-simplification' package (pip install fast-simplification)") from e
+        raise ImportError(
+            "decimation needs the 'fast-simplification' package (pip install fast-simplification)"
+        ) from e
     t0 = time.perf_counter()
     reduction = 1.0 - target_faces / len(f)
-    v2, f2 = fast_simplification.simplify(v.astype(np.float32), f.astype(np.int32), target_reduction=reduction,
-                                          agg=aggressiveness)
+    v2, f2 = fast_simplification.simplify(
+        v.astype(np.float32), f.astype(np.int32), target_reduction=reduction, agg=aggressiveness
+    )
     v2, f2 = remove_unreferenced(np.asarray(v2), np.asarray(f2, dtype=np.int64))
     log.info("decimate: %d -> %d faces in %.3f s", len(f), len(f2), time.perf_counter() - t0)
     return _out(v2, f2, like)

@@ -14,6 +14,7 @@ Both report perspective-correct barycentrics, so :func:`interpolate` and :mod:`.
 either. Geometry is fixed in stage 2, so a :class:`Raster` is computed once per SIR iteration (no
 gradients) and shaded many times.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -121,7 +122,9 @@ def _load_nvdiffrast():
 
 def _cuda_context(device: torch.device):
     dr = _load_nvdiffrast()
-    key = torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()
+    key = (
+        torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()
+    )
     if key not in _CONTEXTS:
         _CONTEXTS[key] = dr.RasterizeCudaContext(device=torch.device("cuda", key))
     return _CONTEXTS[key]
@@ -141,8 +144,11 @@ def nvdiffrast_available(device: torch.device | str = "cuda") -> bool:
         return True
     except Exception as e:
         _DR_ERROR = e
-        log.warning("nvdiffrast unavailable (%s: %s); mesh rendering falls back to the torch backend",
-                    type(e).__name__, e)
+        log.warning(
+            "nvdiffrast unavailable (%s: %s); mesh rendering falls back to the torch backend",
+            type(e).__name__,
+            e,
+        )
         return False
 
 
@@ -163,8 +169,15 @@ def _edge(a: torch.Tensor, b: torch.Tensor, px: torch.Tensor, py: torch.Tensor) 
     return (b[..., 0] - a[..., 0]) * (py - a[..., 1]) - (b[..., 1] - a[..., 1]) * (px - a[..., 0])
 
 
-def zbuffer(xy: torch.Tensor, z: torch.Tensor, f: torch.Tensor, height: int, width: int,
-            near: float = 1e-3, max_pairs: int = 1 << 21) -> torch.Tensor:
+def zbuffer(
+    xy: torch.Tensor,
+    z: torch.Tensor,
+    f: torch.Tensor,
+    height: int,
+    width: int,
+    near: float = 1e-3,
+    max_pairs: int = 1 << 21,
+) -> torch.Tensor:
     """Nearest triangle per pixel, int64 ``[V,H,W]`` (-1 = none).
 
     ``xy``: float ``[V,N,2]`` pixel coordinates (x right, y down; pixel (i,j) centre at (j+.5, i+.5)).
@@ -230,7 +243,9 @@ def zbuffer(xy: torch.Tensor, z: torch.Tensor, f: torch.Tensor, height: int, wid
     return tri_buf.view(V, H, W)
 
 
-def barycentrics(xy: torch.Tensor, z: torch.Tensor | None, f: torch.Tensor, tri_id: torch.Tensor) -> torch.Tensor:
+def barycentrics(
+    xy: torch.Tensor, z: torch.Tensor | None, f: torch.Tensor, tri_id: torch.Tensor
+) -> torch.Tensor:
     """Barycentrics ``[V,H,W,3]`` at pixel centres for given triangle ids (perspective-correct with z)."""
     V, H, W = tri_id.shape
     dev = xy.device
@@ -260,8 +275,13 @@ def _rasterize_torch(mesh: Mesh, cams: Cameras, near: float) -> tuple[torch.Tens
     pc = torch.einsum("vij,nj->vni", w2c[:, :3, :3], mesh.v) + w2c[:, None, :3, 3]  # [V,N,3] OpenCV
     z = pc[..., 2]
     zs = torch.where(z.abs() > 1e-9, z, torch.full_like(z, 1e-9))
-    xy = torch.stack([K[:, None, 0, 0] * pc[..., 0] / zs + K[:, None, 0, 2],
-                      K[:, None, 1, 1] * pc[..., 1] / zs + K[:, None, 1, 2]], dim=-1)
+    xy = torch.stack(
+        [
+            K[:, None, 0, 0] * pc[..., 0] / zs + K[:, None, 0, 2],
+            K[:, None, 1, 1] * pc[..., 1] / zs + K[:, None, 1, 2],
+        ],
+        dim=-1,
+    )
     tri_id = zbuffer(xy, z, mesh.f, cams.height, cams.width, near=near)
     return tri_id, barycentrics(xy, z, mesh.f, tri_id)
 
@@ -289,7 +309,9 @@ def interpolate(raster: Raster, attr: torch.Tensor, faces: torch.Tensor) -> torc
     return _scatter_image(idx, vals, tuple(raster.tri_id.shape))
 
 
-def _finish(mesh: Mesh, cams: Cameras, tri_id, bary, uv=None, uv_da=None, backend="torch", **dr_state) -> Raster:
+def _finish(
+    mesh: Mesh, cams: Cameras, tri_id, bary, uv=None, uv_da=None, backend="torch", **dr_state
+) -> Raster:
     """Attributes shared by both backends, from triangle ids and barycentrics."""
     shape = tuple(tri_id.shape)
     idx, tri, b = _covered(tri_id, bary)
@@ -305,8 +327,19 @@ def _finish(mesh: Mesh, cams: Cameras, tri_id, bary, uv=None, uv_da=None, backen
         uv = _scatter_image(idx, (mesh.vt[mesh.ft[tri]] * b[..., None]).sum(1), shape)
     img = _scatter_image(idx, torch.cat([pos, nrm, depth, viewcos, torch.ones_like(depth)], -1), shape)
     img = img.permute(0, 3, 1, 2)
-    return Raster(tri_id=tri_id, bary=bary, uv=uv, uv_da=uv_da, alpha=img[:, 8:9], depth=img[:, 6:7],
-                  normal=img[:, 3:6], position=img[:, 0:3], viewcos=img[:, 7:8], backend=backend, **dr_state)
+    return Raster(
+        tri_id=tri_id,
+        bary=bary,
+        uv=uv,
+        uv_da=uv_da,
+        alpha=img[:, 8:9],
+        depth=img[:, 6:7],
+        normal=img[:, 3:6],
+        position=img[:, 0:3],
+        viewcos=img[:, 7:8],
+        backend=backend,
+        **dr_state,
+    )
 
 
 def _rasterize_nvdiffrast(mesh: Mesh, cams: Cameras) -> Raster:
@@ -322,10 +355,26 @@ def _rasterize_nvdiffrast(mesh: Mesh, cams: Cameras) -> Raster:
     bary = torch.cat([b01, 1.0 - b01.sum(-1, keepdim=True)], -1) * (tri_id >= 0)[..., None]
     uv = uv_da = None
     if mesh.has_uv:
-        uv, uv_da = dr.interpolate(mesh.vt[None].contiguous(), rast, mesh.ft.to(torch.int32).contiguous(),
-                                   rast_db=rast_db, diff_attrs="all")
-    return _finish(mesh, cams, tri_id, bary, uv=uv, uv_da=uv_da, backend="nvdiffrast", rast=rast,
-                   pos_clip=pos_clip, tri=tri, topology_hash=dr.antialias_construct_topology_hash(tri))
+        uv, uv_da = dr.interpolate(
+            mesh.vt[None].contiguous(),
+            rast,
+            mesh.ft.to(torch.int32).contiguous(),
+            rast_db=rast_db,
+            diff_attrs="all",
+        )
+    return _finish(
+        mesh,
+        cams,
+        tri_id,
+        bary,
+        uv=uv,
+        uv_da=uv_da,
+        backend="nvdiffrast",
+        rast=rast,
+        pos_clip=pos_clip,
+        tri=tri,
+        topology_hash=dr.antialias_construct_topology_hash(tri),
+    )
 
 
 @torch.no_grad()

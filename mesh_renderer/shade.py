@@ -13,6 +13,7 @@ centres at ``u = (c+0.5)/Wt``, ``v = 1-(r+0.5)/Ht``; lookups clamp at the border
   the rasteriser) and clamp boundary, then ``dr.antialias`` on the composited colour and alpha.
   nvdiffrast's texture row 0 sits at ``v = 0``, so the texture is flipped vertically first.
 """
+
 from __future__ import annotations
 
 import torch
@@ -61,13 +62,20 @@ def sample_texture(raster: Raster, texture: torch.Tensor, filter: str = "auto") 
         dr = _load_nvdiffrast()
         tex = texture.flip(0)[None].contiguous()
         if filter in ("auto", "mipmap"):
-            return dr.texture(tex, raster.uv, raster.uv_da, filter_mode="linear-mipmap-linear", boundary_mode="clamp")
+            return dr.texture(
+                tex, raster.uv, raster.uv_da, filter_mode="linear-mipmap-linear", boundary_mode="clamp"
+            )
         return dr.texture(tex, raster.uv, filter_mode="linear", boundary_mode="clamp")
     if filter == "mipmap":
         raise ValueError("mip-mapped texturing needs the nvdiffrast backend")
     idx, grid = _torch_lookup(raster)
-    col = F.grid_sample(texture.permute(2, 0, 1)[None], grid.to(texture.dtype), mode="bilinear",
-                        padding_mode="border", align_corners=False)[0, :, 0].t()  # [P,C]
+    col = F.grid_sample(
+        texture.permute(2, 0, 1)[None],
+        grid.to(texture.dtype),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )[0, :, 0].t()  # [P,C]
     out = torch.zeros(V * H * W, C, dtype=col.dtype, device=col.device).index_put((idx,), col)
     return out.view(V, H, W, C)
 
@@ -84,15 +92,31 @@ def composite(raster: Raster, colors: torch.Tensor, bg=None, antialias: bool = T
     alpha = raster.alpha.permute(0, 2, 3, 1).to(colors.dtype)
     if raster.backend == "nvdiffrast" and antialias:
         dr = _load_nvdiffrast()
-        rgba = dr.antialias(torch.cat([rgb, alpha], -1).contiguous(), raster.rast, raster.pos_clip, raster.tri,
-                            topology_hash=raster.topology_hash)
+        rgba = dr.antialias(
+            torch.cat([rgb, alpha], -1).contiguous(),
+            raster.rast,
+            raster.pos_clip,
+            raster.tri,
+            topology_hash=raster.topology_hash,
+        )
         rgb, alpha = rgba[..., :3], rgba[..., 3:]
-    return RenderOutput(rgb=rgb.permute(0, 3, 1, 2), alpha=alpha.permute(0, 3, 1, 2), depth=raster.depth,
-                        normal=raster.normal, viewcos=raster.viewcos)
+    return RenderOutput(
+        rgb=rgb.permute(0, 3, 1, 2),
+        alpha=alpha.permute(0, 3, 1, 2),
+        depth=raster.depth,
+        normal=raster.normal,
+        viewcos=raster.viewcos,
+    )
 
 
-def shade(raster: Raster, texture: torch.Tensor, bg=None, activation: str | None = None,
-          filter: str = "auto", antialias: bool = True) -> RenderOutput:
+def shade(
+    raster: Raster,
+    texture: torch.Tensor,
+    bg=None,
+    activation: str | None = None,
+    filter: str = "auto",
+    antialias: bool = True,
+) -> RenderOutput:
     """Textured colour of a rasterised batch, differentiable w.r.t. ``texture``.
 
     ``texture``: float ``[Ht,Wt,3]``, in [0,1] or raw logits with ``activation="sigmoid"``, applied
@@ -110,8 +134,15 @@ def shade(raster: Raster, texture: torch.Tensor, bg=None, activation: str | None
     return composite(raster, col, bg, antialias)
 
 
-def render(mesh: Mesh, cams: Cameras, bg=None, texture: torch.Tensor | None = None, backend: str = "auto",
-           activation: str | None = None, filter: str = "auto") -> RenderOutput:
+def render(
+    mesh: Mesh,
+    cams: Cameras,
+    bg=None,
+    texture: torch.Tensor | None = None,
+    backend: str = "auto",
+    activation: str | None = None,
+    filter: str = "auto",
+) -> RenderOutput:
     """Rasterise and shade ``mesh`` for V cameras; ``texture`` defaults to ``mesh.albedo``.
 
     A mesh without UVs or texture renders in flat grey 0.7 (geometry previews).

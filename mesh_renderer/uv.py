@@ -1,4 +1,5 @@
 """UV atlas generation with xatlas (spec 3.2 ``auto_uv``), vertices split to the UV layout."""
+
 from __future__ import annotations
 
 import logging
@@ -25,15 +26,15 @@ def unwrap_uv(
 ) -> Mesh:
     """A copy of ``mesh`` with an xatlas UV atlas; ``v``, ``vn``, ``vt`` share one index (``f == ft``).
 
-    Meshes over ``max_faces`` are decimated first (xatlas time grows faster than linearly: the
-    authors' 276k-face mesh took 86 s). Charts are packed for a ``tex_size`` texture with ``padding``
-    texels between them (the authors pack with padding 0, so bilinear/mip lookups bleed across
-    charts). ``max_chart_area_ratio`` caps each chart's area at that fraction of the surface (0 = no
-cap, xatlas' default): unbounded charts make xatlas super-linear. Measured on a loaded 2-core CPU
-with a 50k-face marching-cubes blob: 97 s uncapped (42 charts), 27 s at 0.02, 3 s at 0.005 (307
-charts, same packing utilisation 0.61), at the price of more seams (harmless for baked textures). ``vt`` is in [0,1]^2, u right, v up. Normals are carried over from the input (not
-    recomputed), so UV seams do not show as shading seams. The albedo is dropped (it no longer
-    matches the new UVs). The elapsed time is logged.
+        Meshes over ``max_faces`` are decimated first (xatlas time grows faster than linearly: the
+        authors' 276k-face mesh took 86 s). Charts are packed for a ``tex_size`` texture with ``padding``
+        texels between them (the authors pack with padding 0, so bilinear/mip lookups bleed across
+        charts). ``max_chart_area_ratio`` caps each chart's area at that fraction of the surface (0 = no
+    cap, xatlas' default): unbounded charts make xatlas super-linear. Measured on a loaded 2-core CPU
+    with a 50k-face marching-cubes blob: 97 s uncapped (42 charts), 27 s at 0.02, 3 s at 0.005 (307
+    charts, same packing utilisation 0.61), at the price of more seams (harmless for baked textures). ``vt`` is in [0,1]^2, u right, v up. Normals are carried over from the input (not
+        recomputed), so UV seams do not show as shading seams. The albedo is dropped (it no longer
+        matches the new UVs). The elapsed time is logged.
     """
     import xatlas
 
@@ -48,7 +49,9 @@ charts, same packing utilisation 0.61), at the price of more seams (harmless for
     chart = xatlas.ChartOptions()
     chart.max_iterations = max_iterations
     if max_chart_area_ratio > 0:
-        fn = torch.linalg.cross(src.v[src.f[:, 1]] - src.v[src.f[:, 0]], src.v[src.f[:, 2]] - src.v[src.f[:, 0]])
+        fn = torch.linalg.cross(
+            src.v[src.f[:, 1]] - src.v[src.f[:, 0]], src.v[src.f[:, 2]] - src.v[src.f[:, 0]]
+        )
         chart.max_chart_area = float(fn.norm(dim=-1).sum() / 2) * max_chart_area_ratio
     pack = xatlas.PackOptions()
     pack.resolution = tex_size
@@ -60,6 +63,12 @@ charts, same packing utilisation 0.61), at the price of more seams (harmless for
     f = torch.from_numpy(idx.astype(np.int64)).to(mesh.device)
     vt = torch.from_numpy(uvs.astype(np.float32)).to(mesh.device)
     out = Mesh(v=src.v[vmap], f=f, vn=src.vn[vmap], vt=vt, ft=f)
-    log.info("unwrap_uv: %d faces (decimate %.2f s, xatlas %.2f s) -> %d vertices, %d charts",
-             len(f), t1 - t0, time.perf_counter() - t1, len(vmap), atlas.chart_count)
+    log.info(
+        "unwrap_uv: %d faces (decimate %.2f s, xatlas %.2f s) -> %d vertices, %d charts",
+        len(f),
+        t1 - t0,
+        time.perf_counter() - t1,
+        len(vmap),
+        atlas.chart_count,
+    )
     return out

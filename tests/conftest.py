@@ -1,4 +1,5 @@
 """Test-wide settings (imported before any test module, hence before torch)."""
+
 import os
 import sys
 from pathlib import Path

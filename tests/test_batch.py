@@ -3,6 +3,7 @@
 The batch logic is tested with fake stage functions (fast); the real end-to-end run over the
 oracle CPU config is ``slow`` and skips while the stages are not importable.
 """
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,14 @@ class FakeStages:
         out = Path(cfg.outdir)
         (out / f"{cfg.save_path}_model.ply").write_text("ply")
         (out / f"{cfg.save_path}_mesh.glb").write_text("mesh")
-        rep = {"seconds": {"sir": 1.5, "export": 0.5}, "nfe": 10,
-               "outputs": {"ply": str(out / f"{cfg.save_path}_model.ply"), "mesh": str(out / f"{cfg.save_path}_mesh.glb")}}
+        rep = {
+            "seconds": {"sir": 1.5, "export": 0.5},
+            "nfe": 10,
+            "outputs": {
+                "ply": str(out / f"{cfg.save_path}_model.ply"),
+                "mesh": str(out / f"{cfg.save_path}_mesh.glb"),
+            },
+        }
         (out / f"{cfg.save_path}_report.json").write_text(json.dumps(rep))
         return rep
 
@@ -125,8 +132,14 @@ def test_batch_failure_isolation_summary_and_resume(tmp_path, fake, capsys):
     assert doc["counts"] == {"total": 3, "ok": 2, "failed": 1, "skipped": 0, "pending": 0}
     by = {r["name"]: r for r in doc["items"]}
     assert by["a_rgba"]["status"] == by["c_rgba"]["status"] == "ok"
-    assert by["a_rgba"]["nfe"] == 15 and by["a_rgba"]["seconds_stage1"] == 2.0 and by["a_rgba"]["seconds_stage2"] == 0.75
-    assert by["a_rgba"]["seconds"] >= 0 and by["a_rgba"]["outputs"]["stage2"]["glb"] == str(out / "a_rgba.glb")
+    assert (
+        by["a_rgba"]["nfe"] == 15
+        and by["a_rgba"]["seconds_stage1"] == 2.0
+        and by["a_rgba"]["seconds_stage2"] == 0.75
+    )
+    assert by["a_rgba"]["seconds"] >= 0 and by["a_rgba"]["outputs"]["stage2"]["glb"] == str(
+        out / "a_rgba.glb"
+    )
     bad = by["b_rgba"]
     assert bad["status"] == "failed" and "UnidentifiedImageError" in bad["error"]
     assert "Traceback" in Path(bad["error_log"]).read_text()
@@ -144,7 +157,11 @@ def test_batch_failure_isolation_summary_and_resume(tmp_path, fake, capsys):
     assert fake.calls == [("s1", "b_rgba")]
     doc, rows = _summary(out)
     assert doc["counts"]["skipped"] == 2 and doc["counts"]["failed"] == 1
-    assert {r["name"]: r["status"] for r in doc["items"]} == {"a_rgba": "skipped", "b_rgba": "failed", "c_rgba": "skipped"}
+    assert {r["name"]: r["status"] for r in doc["items"]} == {
+        "a_rgba": "skipped",
+        "b_rgba": "failed",
+        "c_rgba": "skipped",
+    }
     assert {r["name"]: r["nfe"] for r in doc["items"]}["a_rgba"] == 15
 
     # Once the input is fixed, only it runs and the batch succeeds; --force re-runs everything.
@@ -159,7 +176,10 @@ def test_batch_failure_isolation_summary_and_resume(tmp_path, fake, capsys):
 
 def test_shard_writes_its_own_summary(tmp_path, fake):
     inp, out = _write_inputs(tmp_path / "in"), tmp_path / "out"
-    assert batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(out), "--shard", "1/2", "--no-progress"]) == 1
+    assert (
+        batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(out), "--shard", "1/2", "--no-progress"])
+        == 1
+    )
     assert fake.calls == [("s1", "b_rgba")]  # sorted a, b, c -> shard 1 of 2 is b
     doc, _ = _summary(out, "batch_summary.shard-1-of-2")
     assert [r["name"] for r in doc["items"]] == ["b_rgba"] and doc["shard"] == "1/2"
@@ -192,7 +212,11 @@ def test_dry_run_lists_items(tmp_path, fake, capsys):
     (out / "a_rgba.glb").write_text("glb")
     assert batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split("\t")[::2] for ln in lines] == [["a_rgba", "done"], ["b_rgba", "todo"], ["c_rgba", "todo"]]
+    assert [ln.split("\t")[::2] for ln in lines] == [
+        ["a_rgba", "done"],
+        ["b_rgba", "todo"],
+        ["c_rgba", "todo"],
+    ]
     assert not fake.calls
 
 
@@ -221,7 +245,9 @@ def test_gpus_one_worker_per_gpu_and_merge(tmp_path, fake, monkeypatch):
         return _DoneProcess(batch.main(cmd[2:]))
 
     monkeypatch.setattr(batch, "_spawn", fake_spawn)
-    rc = batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(out), "--gpus", "3,7", "--no-progress", "seed=1"])
+    rc = batch.main(
+        ["--config", ORACLE_CFG, str(inp), "--out", str(out), "--gpus", "3,7", "--no-progress", "seed=1"]
+    )
     assert rc == 1
     assert spawned == [("3", "0/2"), ("7", "1/2")]
     doc, rows = _summary(out)
@@ -244,8 +270,23 @@ def test_gpus_under_a_shard_split_that_shard(tmp_path, fake, monkeypatch):
         return _DoneProcess(batch.main(cmd[2:]))
 
     monkeypatch.setattr(batch, "_spawn", fake_spawn)
-    assert batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(out), "--shard", "1/2", "--gpus", "0,1",
-                       "--no-progress"]) == 0
+    assert (
+        batch.main(
+            [
+                "--config",
+                ORACLE_CFG,
+                str(inp),
+                "--out",
+                str(out),
+                "--shard",
+                "1/2",
+                "--gpus",
+                "0,1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert shards == ["1/4", "3/4"]
     doc, _ = _summary(out, "batch_summary.shard-1-of-2")
     assert [r["name"] for r in doc["items"]] == ["x1_rgba", "x3_rgba", "x5_rgba"]
@@ -262,7 +303,10 @@ def test_gpus_real_worker_processes(tmp_path):
     assert rc == 0
     doc, rows = _summary(out)
     assert {r["name"]: (r["status"], r["gpu"], r["nfe"]) for r in doc["items"]} == {
-        "a_rgba": ("skipped", "0", 7), "b_rgba": ("skipped", "1", 7), "c_rgba": ("skipped", "0", 7)}
+        "a_rgba": ("skipped", "0", 7),
+        "b_rgba": ("skipped", "1", 7),
+        "c_rgba": ("skipped", "0", 7),
+    }
     assert len(rows) == 3
     assert "b_rgba" in (out / "batch_worker1_gpu1.log").read_text()
 

@@ -1,4 +1,5 @@
 """core/cameras.py: the one camera convention and its converters, checked geometrically."""
+
 from __future__ import annotations
 
 import math
@@ -123,7 +124,9 @@ def test_intrinsics():
 def test_mvp_agrees_with_viewmats_and_Ks():
     cams = random_cams(width=192)
     g = torch.Generator().manual_seed(0)
-    pts = torch.randn(50, 3, generator=g) * 0.4  # inside the unit ball: in front of every camera (radius >= 1.5)
+    pts = (
+        torch.randn(50, 3, generator=g) * 0.4
+    )  # inside the unit ball: in front of every camera (radius >= 1.5)
     uv_cv, depth_cv = project_cv(cams, pts)
     uv_gl, z_ndc = project_gl(cams, pts)
     assert (depth_cv > 0).all()

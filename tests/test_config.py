@@ -1,4 +1,5 @@
 """core/config.py: the YAML file is the schema; overrides are checked against it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,8 +70,18 @@ def test_defaults_and_types(cfg_file):
 
 
 def test_overrides_nested_and_coerced(cfg_file):
-    cfg = load(cfg_file, "sir.cfg=2", "sir.steps=7", "seed=3", "video=true", "lr=5e-4",
-               "sir.elev=[-5,0]", "tags=[x]", "mesh=m.obj", "save_path=007")
+    cfg = load(
+        cfg_file,
+        "sir.cfg=2",
+        "sir.steps=7",
+        "seed=3",
+        "video=true",
+        "lr=5e-4",
+        "sir.elev=[-5,0]",
+        "tags=[x]",
+        "mesh=m.obj",
+        "save_path=007",
+    )
     assert cfg.sir.cfg == 2.0 and isinstance(cfg.sir.cfg, float)  # int given for a float key
     assert cfg.sir.steps == 7 and cfg.seed == 3 and cfg.video is True
     assert cfg.lr == pytest.approx(5e-4)
@@ -158,7 +169,9 @@ def test_rules(cfg_file):
     assert load(cfg_file, f"input={cfg_file}", rules={"input": existing_file()}).save_path == "small"
     # Shorthands: a tuple of choices, a (predicate, text) pair; absent keys and nulls are skipped.
     cfg = OmegaConf.create({"a": "x", "b": 2, "c": None})
-    validate(cfg, {"a": ("x", "y"), "b": (lambda v: v % 2 == 0, "be even"), "c": positive(), "zz": positive()})
+    validate(
+        cfg, {"a": ("x", "y"), "b": (lambda v: v % 2 == 0, "be even"), "c": positive(), "zz": positive()}
+    )
     with pytest.raises(ConfigError, match="'b'.*must be odd"):
         validate(cfg, {"b": (lambda v: v % 2 == 1, "be odd")})
 

@@ -1,4 +1,5 @@
 """eval_clip.py with a tiny random open_clip model built from a config file (no download)."""
+
 from __future__ import annotations
 
 import json
@@ -96,8 +97,8 @@ def test_folder_mode(tiny_cfg, tmp_path, monkeypatch, capsys):
     refs.mkdir(), meshes.mkdir()
     for i, name in enumerate(["a_rgba", "b_rgba", "c_rgba"]):
         Image.fromarray(_image(10 + i)).save(refs / f"{name}.png")
-    (meshes / "a_rgba.glb").write_bytes(b"x")   # "good" mesh: renders as its reference
-    (meshes / "b_rgba.obj").write_bytes(b"x")   # "bad" mesh: renders as other objects
+    (meshes / "a_rgba.glb").write_bytes(b"x")  # "good" mesh: renders as its reference
+    (meshes / "b_rgba.obj").write_bytes(b"x")  # "bad" mesh: renders as other objects
     (meshes / "a_rgba_mesh.glb").write_bytes(b"x")  # no reference: ignored
 
     def fake_render(path, protocol, device="auto"):
@@ -108,8 +109,22 @@ def test_folder_mode(tiny_cfg, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(eval_clip, "render_mesh_views", fake_render)
     torch.manual_seed(0)
-    rc = eval_clip.main(["--refs", str(refs), "--meshes", str(meshes), "--model", "tiny-test-clip",
-                         "--model-config", str(tiny_cfg), "--pretrained", "none", "--device", "cpu"])
+    rc = eval_clip.main(
+        [
+            "--refs",
+            str(refs),
+            "--meshes",
+            str(meshes),
+            "--model",
+            "tiny-test-clip",
+            "--model-config",
+            str(tiny_cfg),
+            "--pretrained",
+            "none",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "a_rgba" in out and "missing" in out and "mean" in out

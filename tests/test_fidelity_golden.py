@@ -20,6 +20,7 @@ schedules must be exactly equal. A sensitivity test checks that the goldens noti
 refine maths. A last test checks one stage-1 reconstruction step (loss value, Adam updates) against
 the authors' loss and optimiser definitions on our reference rasteriser.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,7 +68,11 @@ def _target(a: np.ndarray) -> torch.Tensor:
 def _fingerprint(module: torch.nn.Module) -> list[float]:
     """[number of parameters, sum, sum of squares] of a module's state (float64)."""
     ps = [p.detach().double() for p in module.state_dict().values()]
-    return [float(sum(p.numel() for p in ps)), float(sum(p.sum() for p in ps)), float(sum((p * p).sum() for p in ps))]
+    return [
+        float(sum(p.numel() for p in ps)),
+        float(sum(p.sum() for p in ps)),
+        float(sum((p * p).sum() for p in ps)),
+    ]
 
 
 def build_tiny_from_spec(spec: dict) -> dict:
@@ -108,12 +113,16 @@ def save_layout(comps: dict, folder: Path) -> Path:
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(comps["scheduler"], indent=1))
     index = {
-        "_class_name": "Zero123Pipeline", "_diffusers_version": "0.24.0", "requires_safety_checker": False,
+        "_class_name": "Zero123Pipeline",
+        "_diffusers_version": "0.24.0",
+        "requires_safety_checker": False,
         "clip_camera_projection": ["zero123", "CLIPCameraProjection"],
         "feature_extractor": ["transformers", "CLIPImageProcessor"],
         "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-        "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=1))
     return folder
@@ -170,12 +179,20 @@ def _run_ours(den: Zero123Denoiser, meta: dict, arrays: dict, case: str, **overr
         grabbed["latents"] = latents.clone()
         return decode(latents)
 
-    kw = dict(t1=c["t1"], t2=c["t2"], eta=c["eta"], cfg_scale=c["cfg"], num_steps=c["num_steps"],
-              from_noise=c["init_3d"])
+    kw = dict(
+        t1=c["t1"],
+        t2=c["t2"],
+        eta=c["eta"],
+        cfg_scale=c["cfg"],
+        num_steps=c["num_steps"],
+        from_noise=c["init_3d"],
+    )
     kw.update(override)
     den.decode = spy  # type: ignore[method-assign]
     try:
-        out = refine(den, _images(arrays[f"{case}/images_u8"]), _cams(meta, c["vers"], c["hors"]), noise=noise, **kw)
+        out = refine(
+            den, _images(arrays[f"{case}/images_u8"]), _cams(meta, c["vers"], c["hors"]), noise=noise, **kw
+        )
     finally:
         del den.decode
     return out, grabbed["latents"], noise
@@ -297,8 +314,14 @@ def test_stage1_step_matches_authors_loss_and_adam():
     from gs_renderer.render import render
     from gs_renderer.representation import GaussianRepresentation
 
-    cfg = load_config(["--config", str(Path(__file__).resolve().parents[1] / "configs" / "image.yaml"),
-                       "render.gs_backend=torch", "gaussians.density_start_iter=1000"])
+    cfg = load_config(
+        [
+            "--config",
+            str(Path(__file__).resolve().parents[1] / "configs" / "image.yaml"),
+            "render.gs_backend=torch",
+            "gaussians.density_start_iter=1000",
+        ]
+    )
     g = torch.Generator().manual_seed(3)
     N, H = 200, 24
     raw = dict(
@@ -320,7 +343,9 @@ def test_stage1_step_matches_authors_loss_and_adam():
     theirs = GaussianModel(**raw, sh_degree=0)
     lrs = {"xyz": 1e-2, "f_dc": 0.01, "opacity": 0.05, "scaling": 0.005, "rotation": 0.0005}
     params = theirs.parameters()
-    adam = torch.optim.Adam([{"params": [params[k]], "lr": v, "name": k} for k, v in lrs.items()], lr=0.0, eps=1e-15)
+    adam = torch.optim.Adam(
+        [{"params": [params[k]], "lr": v, "name": k} for k, v in lrs.items()], lr=0.0, eps=1e-15
+    )
 
     for step in (1, 2, 3):
         adam.param_groups[0]["lr"] = _authors_xyz_lr(step)
@@ -337,7 +362,11 @@ def test_stage1_step_matches_authors_loss_and_adam():
         out = rep.render(cams)
         loss_o = rep.loss(out, target)
         rep.step(loss_o, out)
-        assert abs(float(loss_o) - float(loss_t)) <= 1e-5 * abs(float(loss_t)), (step, float(loss_o), float(loss_t))
+        assert abs(float(loss_o) - float(loss_t)) <= 1e-5 * abs(float(loss_t)), (
+            step,
+            float(loss_o),
+            float(loss_t),
+        )
         for name, p in ours.parameters().items():
             if p.numel():
                 d = float((p.detach() - params[name].detach()).abs().max())

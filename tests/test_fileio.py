@@ -1,4 +1,5 @@
 """core.fileio: atomic writes leave the usual permissions, correct content and no temporary files."""
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,9 @@ def _mode(path) -> int:
 
 
 def test_write_text_content_and_permissions(tmp_path, umask_022):
-    path = fileio.atomic_write_text(tmp_path / "sub" / "a.json", "{\"x\": \"\u00e9\"}\n")
+    path = fileio.atomic_write_text(tmp_path / "sub" / "a.json", '{"x": "\u00e9"}\n')
     assert path == tmp_path / "sub" / "a.json"
-    assert path.read_text(encoding="utf-8") == "{\"x\": \"\u00e9\"}\n"
+    assert path.read_text(encoding="utf-8") == '{"x": "\u00e9"}\n'
     assert _mode(path) == 0o644  # not mkstemp's 0600
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
 

@@ -1,4 +1,5 @@
 """Densification: clone/split/prune counts, Adam state alignment, statistics units."""
+
 import math
 
 import pytest
@@ -40,8 +41,12 @@ def test_clone_split_prune_counts_and_params():
     assert d.grad_accum.shape == (5,) and float(d.grad_accum.abs().sum()) == 0 and float(d.denom.sum()) == 0
     # The optimiser now holds the new leaves.
     for g in opt.param_groups:
-        assert g["params"][0] is getattr(m, {"xyz": "means", "f_dc": "sh0", "opacity": "opacities",
-                                             "scaling": "scales", "rotation": "quats"}[g["name"]])
+        assert g["params"][0] is getattr(
+            m,
+            {"xyz": "means", "f_dc": "sh0", "opacity": "opacities", "scaling": "scales", "rotation": "quats"}[
+                g["name"]
+            ],
+        )
 
 
 def test_adam_state_moves_with_points():
@@ -90,7 +95,9 @@ def test_stats_units_and_all_views():
     means2d = torch.zeros(V, N, 2, requires_grad=True)
     radii = torch.ones(V, N, dtype=torch.int32)
     radii[0, 0] = 0  # not visible in view 0
-    out = RenderOutput(rgb=torch.zeros(V, 3, H, W), alpha=torch.zeros(V, 1, H, W), means2d=means2d, radii=radii)
+    out = RenderOutput(
+        rgb=torch.zeros(V, 3, H, W), alpha=torch.zeros(V, 1, H, W), means2d=means2d, radii=radii
+    )
     g = torch.zeros(V, N, 2)
     g[:, 0] = torch.tensor([0.001, 0.0])  # pixel-gradient along x
     g[:, 1] = torch.tensor([0.0, 0.001])

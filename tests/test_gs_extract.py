@@ -1,4 +1,5 @@
 """Density-grid marching cubes: a ball of Gaussians becomes a closed sphere of the right radius."""
+
 import math
 
 import pytest
@@ -16,13 +17,17 @@ def _ball(radius=0.5, h=0.05, sigma=0.03, center=(0.3, -0.2, 0.1)):
     # Interior density = alpha (sqrt(2 pi) sigma / h)^3; choose it = 0.4 so that the 0.2 level
     # sits on the edge of the blurred ball (half of the interior value).
     alpha = 0.4 / (math.sqrt(2 * math.pi) * sigma / h) ** 3
-    return GaussianModel(
-        means=pts + torch.tensor(center),
-        scales=torch.full((n, 3), math.log(sigma)),
-        quats=torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
-        opacities=torch.logit(torch.full((n,), alpha)),
-        sh0=torch.zeros(n, 1, 3),
-    ), torch.tensor(center), n * h**3
+    return (
+        GaussianModel(
+            means=pts + torch.tensor(center),
+            scales=torch.full((n, 3), math.log(sigma)),
+            quats=torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+            opacities=torch.logit(torch.full((n,), alpha)),
+            sh0=torch.zeros(n, 1, 3),
+        ),
+        torch.tensor(center),
+        n * h**3,
+    )
 
 
 def test_sphere_is_closed_with_right_radius():
@@ -44,8 +49,13 @@ def test_grid_density_values_and_filter():
     # One Gaussian at the origin among a few far ones: the grid value at its centre is alpha.
     means = torch.tensor([[0.0, 0, 0], [1.0, 1, 1], [-1.0, -1, -1], [0.5, 0.5, 0.5]])
     n = len(means)
-    m = GaussianModel(means, torch.full((n, 3), math.log(0.05)), torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
-                      torch.logit(torch.tensor([0.7, 0.5, 0.5, 0.001])), torch.zeros(n, 1, 3))
+    m = GaussianModel(
+        means,
+        torch.full((n, 3), math.log(0.05)),
+        torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+        torch.logit(torch.tensor([0.7, 0.5, 0.5, 0.001])),
+        torch.zeros(n, 1, 3),
+    )
     occ, center, scale = density_grid(m, resolution=65)
     assert scale == pytest.approx(0.9) and torch.allclose(center, torch.zeros(3))
     assert float(occ[32, 32, 32]) == pytest.approx(0.7, rel=1e-4)

@@ -1,4 +1,5 @@
 """GaussianModel: paper initialisation, activations, optimiser groups and the xyz schedule."""
+
 import math
 
 import pytest
@@ -61,7 +62,9 @@ def test_activations():
     assert torch.allclose(cov, 0.02**2 * torch.eye(3).expand(10, 3, 3), atol=1e-9)
     q = torch.tensor([[math.cos(0.25), 0.0, 0.0, math.sin(0.25)]])  # 0.5 rad about z
     R = quat_to_rotmat(q)[0]
-    assert torch.allclose(R @ torch.tensor([1.0, 0, 0]), torch.tensor([math.cos(0.5), math.sin(0.5), 0]), atol=1e-6)
+    assert torch.allclose(
+        R @ torch.tensor([1.0, 0, 0]), torch.tensor([math.cos(0.5), math.sin(0.5), 0]), atol=1e-6
+    )
 
 
 def test_optimizer_groups_and_schedule():

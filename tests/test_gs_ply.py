@@ -1,4 +1,5 @@
 """3DGS .ply layout: exact round trip, header/property order, atomic write."""
+
 import numpy as np
 import pytest
 import torch
@@ -18,8 +19,20 @@ def test_round_trip_exact(tmp_path, sh_degree):
     r = load_ply(p)
     assert r.sh_degree == sh_degree and r.num_points == 257
     for name, t in m.parameters().items():
-        assert torch.equal(getattr(r, {"xyz": "means", "f_dc": "sh0", "f_rest": "shN", "opacity": "opacities",
-                                       "scaling": "scales", "rotation": "quats"}[name]), t.detach()), name
+        assert torch.equal(
+            getattr(
+                r,
+                {
+                    "xyz": "means",
+                    "f_dc": "sh0",
+                    "f_rest": "shN",
+                    "opacity": "opacities",
+                    "scaling": "scales",
+                    "rotation": "quats",
+                }[name],
+            ),
+            t.detach(),
+        ), name
     assert r.means.requires_grad and r.means.is_leaf
 
 

@@ -1,5 +1,6 @@
 """Reference Gaussian renderer: analytic single Gaussian, compositing order, batching, and the
 hand-written backward against a dense autograd implementation of the same rules."""
+
 import math
 
 import pytest
@@ -37,8 +38,9 @@ def _dense_render(model, cams, bg):
     """Every Gaussian at every pixel with the same rules (slow; autograd backward)."""
     W, H = cams.width, cams.height
     opac = model.get_opacities()
-    m2d, con, z, radii = project_gaussians(model.means, model.quats, model.get_scales(), opac,
-                                           cams.viewmats(), cams.Ks(), W, H)
+    m2d, con, z, radii = project_gaussians(
+        model.means, model.quats, model.get_scales(), opac, cams.viewmats(), cams.Ks(), W, H
+    )
     cols = torch.cat([view_colors(model, cams.campos()), z[..., None]], -1)  # [V,N,4]
     ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
     imgs, alphas = [], []
@@ -88,7 +90,8 @@ def test_single_gaussian_matches_analytic():
     assert torch.allclose(rgb, alpha[None] * torch.tensor([0.2, 0.6, 1.0])[:, None, None], atol=1e-5)
     assert float(out.depth[0, 0, 15, 15].detach()) == pytest.approx(2.0, abs=1e-5)
     assert out.radii.shape == (1, 1) and int(out.radii[0, 0]) == math.ceil(
-        math.sqrt(2 * math.log(o * 255)) * math.sqrt(var))
+        math.sqrt(2 * math.log(o * 255)) * math.sqrt(var)
+    )
 
 
 def test_pixel_centre_convention():
@@ -135,7 +138,9 @@ def test_batch_equals_single_views_and_dense_reference():
     bg = torch.tensor([1.0, 0.5, 0.0])
     out = render(m, cams, bg, backend="torch")
     assert out.rgb.shape == (4, 3, 24, 20) and out.alpha.shape == (4, 1, 24, 20)
-    assert out.depth.shape == (4, 1, 24, 20) and out.means2d.shape == (4, 150, 2) and out.radii.shape == (4, 150)
+    assert (
+        out.depth.shape == (4, 1, 24, 20) and out.means2d.shape == (4, 150, 2) and out.radii.shape == (4, 150)
+    )
     for v in range(4):
         one = render(m, cams[v], bg, backend="torch")
         assert torch.allclose(one.rgb[0], out.rgb[v], atol=1e-6)
@@ -220,8 +225,16 @@ def test_import_does_not_load_gsplat():
 
     if "gsplat" in sys.modules:
         pytest.skip("gsplat already imported by another test in this session")
-    for mod in ("gs_renderer", "gs_renderer.model", "gs_renderer.render", "gs_renderer.render_torch",
-                "gs_renderer.render_gsplat", "gs_renderer.densify", "gs_renderer.ply", "gs_renderer.extract"):
+    for mod in (
+        "gs_renderer",
+        "gs_renderer.model",
+        "gs_renderer.render",
+        "gs_renderer.render_torch",
+        "gs_renderer.render_gsplat",
+        "gs_renderer.densify",
+        "gs_renderer.ply",
+        "gs_renderer.extract",
+    ):
         importlib.import_module(mod)
     assert "gsplat" not in sys.modules
 
@@ -237,14 +250,20 @@ def test_chunking_and_recompute_do_not_change_results():
         for t in m.parameters().values():
             t.grad = None
         op = m.get_opacities()
-        m2d, con, z, radii = project_gaussians(m.means, m.quats, m.get_scales(), op, cams.viewmats(), cams.Ks(), W, H)
+        m2d, con, z, radii = project_gaussians(
+            m.means, m.quats, m.get_scales(), op, cams.viewmats(), cams.Ks(), W, H
+        )
         feats = torch.cat([view_colors(m, cams.campos()), z[..., None]], -1)
         img, alpha = rasterize_torch(m2d, con, z, radii, op, feats, W, H, **kw)
         ((img * torch.linspace(0, 1, W)).sum() + alpha.sum()).backward()
         return img.detach(), {k: t.grad.clone() for k, t in m.parameters().items() if t.numel()}
 
     ref_img, ref_g = run()
-    for kw in ({"chunk_elems": 1 << 10}, {"chunk_elems": 1 << 10, "save_limit": 0}, {"tile_size": 16, "save_limit": 0}):
+    for kw in (
+        {"chunk_elems": 1 << 10},
+        {"chunk_elems": 1 << 10, "save_limit": 0},
+        {"tile_size": 16, "save_limit": 0},
+    ):
         img, g = run(**kw)
         assert torch.allclose(img, ref_img, atol=1e-6), kw
         for k in g:

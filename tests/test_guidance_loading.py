@@ -1,4 +1,5 @@
 """Model resolution: local folders, the Hub cache, and the one-line offline error."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Our DDIM / inverse-DDIM maths and refine loop vs diffusers' own schedulers (fp32, same noise)."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = [
     STABLE_DIFFUSION_DDIM_CONFIG,
     {**STABLE_DIFFUSION_DDIM_CONFIG, "timestep_spacing": "trailing", "steps_offset": 0},
-    {**STABLE_DIFFUSION_DDIM_CONFIG, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
-     "set_alpha_to_one": True, "steps_offset": 0},
+    {
+        **STABLE_DIFFUSION_DDIM_CONFIG,
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "set_alpha_to_one": True,
+        "steps_offset": 0,
+    },
 ]
 
 
@@ -104,8 +111,11 @@ def _authors_loop(den, images, cams, t1, t2, eta, scale, n, noises):
 
     def pred(x, t, uncond):
         x_in = torch.cat([x, x])
-        e = unet(torch.cat([x_in, cond.concat], 1), torch.full((2 * B,), float(t)),
-                 encoder_hidden_states=cond.hidden).sample
+        e = unet(
+            torch.cat([x_in, cond.concat], 1),
+            torch.full((2 * B,), float(t)),
+            encoder_hidden_states=cond.hidden,
+        ).sample
         e_c, e_u = e.chunk(2)
         return e_u if uncond else e_u + scale * (e_c - e_u)
 

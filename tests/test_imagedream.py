@@ -1,4 +1,5 @@
 """ImageDream backend: full-size key set, tiny model through the real loader, CFG layout, cameras."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,9 @@ def test_full_size_unet_matches_checkpoint_keys():
     expected = _expected_keys()
     assert len(expected) == 773
     # The Hub config (checkpoints.md 2.2) incl. the key of its first upload that the class must tolerate.
-    hub = dict(UNET_CONFIG, _class_name="MultiViewUNetModel", _diffusers_version="0.25.0", use_checkpoint=False)
+    hub = dict(
+        UNET_CONFIG, _class_name="MultiViewUNetModel", _diffusers_version="0.25.0", use_checkpoint=False
+    )
     with torch.device("meta"):
         unet = MultiViewUNetModel.from_config(hub)
     got = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
@@ -101,8 +104,15 @@ def test_cfg_layout_and_groups(tiny):
     cams = _cams(8, azim=[0.0, 90.0, 180.0, 270.0, 30.0, 120.0, 210.0, 300.0])  # two consecutive groups
     cond = den.prepare(cams)
     G, N = 2, 2 * FRAMES
-    assert cond.groups == G and cond.order is None and cond.camera.shape == (2 * N, 16) and cond.ip_img.shape == (2 * G, 4, 8, 8)
-    assert torch.count_nonzero(cond.ip_img[:G]) == 0 and torch.equal(cond.ip_img[G:], den.ref_latent.expand(G, -1, -1, -1))
+    assert (
+        cond.groups == G
+        and cond.order is None
+        and cond.camera.shape == (2 * N, 16)
+        and cond.ip_img.shape == (2 * G, 4, 8, 8)
+    )
+    assert torch.count_nonzero(cond.ip_img[:G]) == 0 and torch.equal(
+        cond.ip_img[G:], den.ref_latent.expand(G, -1, -1, -1)
+    )
     assert torch.equal(cond.camera[:N], cond.camera[N:])
     text_u, text_c = den.encode_text([den.negative_prompt, "a cat"])
     torch.testing.assert_close(cond.context[0, :77], text_u)
@@ -125,9 +135,18 @@ def test_cfg_layout_and_groups(tiny):
 
     # The cond half equals a direct UNet call with the reference image, prompt and cameras.
     x5 = torch.cat([x.view(G, 4, 4, 8, 8), torch.zeros(G, 1, 4, 8, 8)], 1).view(N, 4, 8, 8)
-    direct = den.unet(x5, torch.full((N,), 500.0), cond.context[N:, :77], camera=cond.camera[N:], num_frames=FRAMES,
-                      ip_tokens=cond.context[N:, 77:], ip_img=cond.ip_img[G:])
-    torch.testing.assert_close(e1, direct.view(G, FRAMES, 4, 8, 8)[:, :4].reshape(8, 4, 8, 8), atol=2e-4, rtol=1e-4)
+    direct = den.unet(
+        x5,
+        torch.full((N,), 500.0),
+        cond.context[N:, :77],
+        camera=cond.camera[N:],
+        num_frames=FRAMES,
+        ip_tokens=cond.context[N:, 77:],
+        ip_img=cond.ip_img[G:],
+    )
+    torch.testing.assert_close(
+        e1, direct.view(G, FRAMES, 4, 8, 8)[:, :4].reshape(8, 4, 8, 8), atol=2e-4, rtol=1e-4
+    )
 
     # Two groups in one call = each group alone (the joint attention stays inside a group).
     e_first = den.eps_cfg(x[:4], 500, den.prepare(cams[:4]), 2.0)
@@ -141,8 +160,17 @@ def test_refine_tiny(tiny):
 
     den = tiny
     imgs = torch.rand(4, 3, 48, 48, generator=torch.Generator().manual_seed(2))
-    out = refine(den, imgs, _cams(4), t1=200, t2=600, eta=1.0, cfg_scale=2.0, num_steps=10,
-                 noise=torch.Generator().manual_seed(3))
+    out = refine(
+        den,
+        imgs,
+        _cams(4),
+        t1=200,
+        t2=600,
+        eta=1.0,
+        cfg_scale=2.0,
+        num_steps=10,
+        noise=torch.Generator().manual_seed(3),
+    )
     assert out.images.shape == (4, 3, 64, 64)
     assert torch.isfinite(out.images).all() and out.images.min() >= 0 and out.images.max() <= 1
     assert out.cfg_calls >= 1

@@ -1,4 +1,5 @@
 """core/images.py on the real input images in ../shared/data/images."""
+
 from __future__ import annotations
 
 import struct
@@ -15,7 +16,13 @@ from core.errors import UserError
 from core.images import BackgroundRemovalError, composite_white, load_image, read_image, read_rgba, recenter
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
-NAMES = ["cat_rgba.png", "00_zero123_lysol_rgba.png", "csm_luigi_rgba.png", "teapot_rgba.png", "astronaut_rgba.png"]
+NAMES = [
+    "cat_rgba.png",
+    "00_zero123_lysol_rgba.png",
+    "csm_luigi_rgba.png",
+    "teapot_rgba.png",
+    "astronaut_rgba.png",
+]
 
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason="../shared/data/images is missing")
 
@@ -35,7 +42,9 @@ def png16(path: Path, x: np.ndarray) -> None:
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("name", NAMES[:2])
@@ -46,7 +55,11 @@ def test_rgba_load_mask_from_alpha_rgb_on_white(name):
     rgb, mask = load_image(path, ref_size=size, recenter=False)
     assert rgb.shape == (3, size, size) and mask.shape == (1, size, size)
     assert rgb.dtype == mask.dtype == torch.float32
-    assert float(rgb.min()) >= 0.0 and float(rgb.max()) <= 1.0 and 0.0 <= float(mask.min()) <= float(mask.max()) <= 1.0
+    assert (
+        float(rgb.min()) >= 0.0
+        and float(rgb.max()) <= 1.0
+        and 0.0 <= float(mask.min()) <= float(mask.max()) <= 1.0
+    )
     # Same size and no recentring: the mask is the alpha and the colour is composited on white.
     assert np.allclose(mask[0].numpy(), src[..., 3], atol=1e-6)
     expected = src[..., :3] * src[..., 3:] + (1 - src[..., 3:])
@@ -70,6 +83,7 @@ def test_recenter_keeps_aspect_centres_and_scales(name, size, border):
     assert abs(H / W - h / w) <= 2.0 / min(H, W) + 1e-6
     # bbox centre at the canvas centre within 1 px.
     assert abs((Y0 + Y1) / 2 - size / 2) <= 1.0 and abs((X0 + X1) / 2 - size / 2) <= 1.0
+
     # The object's alpha-weighted mean colour survives (premultiplied resizing adds no dark fringes).
     def mean_colour(x: np.ndarray) -> np.ndarray:
         return (x[..., :3] * x[..., 3:]).reshape(-1, 3).sum(0) / x[..., 3].sum()

@@ -1,4 +1,5 @@
 """Texture baking: bake views, pull-push fill, and bake-then-render reproducing a known texture."""
+
 from __future__ import annotations
 
 from pathlib import Path

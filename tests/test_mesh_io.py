@@ -1,4 +1,5 @@
 """Mesh container and file I/O: OBJ/GLB round trips, reference meshes, glTF conventions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,18 @@ def textured_quad_strip() -> Mesh:
     """Two quads sharing an edge, with a UV seam there (ft differs from f) and a 4x6 texture."""
     v = torch.tensor([[0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 1, 0], [1, 1, 0], [2, 1, 0]], dtype=torch.float32)
     f = torch.tensor([[0, 1, 4], [0, 4, 3], [1, 2, 5], [1, 5, 4]])
-    vt = torch.tensor([[0.0, 0.0], [0.4, 0.0], [0.4, 1.0], [0.0, 1.0],  # left quad
-                       [0.6, 0.0], [1.0, 0.0], [1.0, 1.0], [0.6, 1.0]])  # right quad (seam at x=1)
+    vt = torch.tensor(
+        [
+            [0.0, 0.0],
+            [0.4, 0.0],
+            [0.4, 1.0],
+            [0.0, 1.0],  # left quad
+            [0.6, 0.0],
+            [1.0, 0.0],
+            [1.0, 1.0],
+            [0.6, 1.0],
+        ]
+    )  # right quad (seam at x=1)
     ft = torch.tensor([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
     g = torch.Generator().manual_seed(0)
     albedo = torch.randint(0, 256, (4, 6, 3), generator=g).float() / 255.0
@@ -74,7 +85,9 @@ def test_glb_is_valid_gltf_for_trimesh_and_pygltflib(tmp_path):
     prim = g.meshes[0].primitives[0]
     acc = g.accessors[prim.attributes.TEXCOORD_0]
     view = g.bufferViews[acc.bufferView]
-    raw = np.frombuffer(g.binary_blob()[view.byteOffset: view.byteOffset + view.byteLength], np.float32).reshape(-1, 2)
+    raw = np.frombuffer(
+        g.binary_blob()[view.byteOffset : view.byteOffset + view.byteLength], np.float32
+    ).reshape(-1, 2)
     assert np.allclose(raw[:, 1], 1.0 - split.vt[:, 1].numpy())
     assert g.nodes[0].matrix is None and g.nodes[0].rotation is None
     pos = g.accessors[prim.attributes.POSITION]
@@ -82,14 +95,22 @@ def test_glb_is_valid_gltf_for_trimesh_and_pygltflib(tmp_path):
 
 
 def test_obj_parser_polygons_and_negative_indices(tmp_path):
-    text = "\n".join([
-        "# a quad and a triangle, relative indices, vertex colours on v lines",
-        "v 0 0 0 1 0 0", "v 1 0 0 1 0 0", "v 1 1 0 1 0 0", "v 0 1 0 1 0 0",
-        "vt 0 0", "vt 1 0", "vt 1 1", "vt 0 1",
-        "vn 0 0 1",
-        "f 1/1/1 2/2/1 3/3/1 4/4/1",
-        "f -4/-4/1 -2/-2/1 -1/-1/1",
-    ])
+    text = "\n".join(
+        [
+            "# a quad and a triangle, relative indices, vertex colours on v lines",
+            "v 0 0 0 1 0 0",
+            "v 1 0 0 1 0 0",
+            "v 1 1 0 1 0 0",
+            "v 0 1 0 1 0 0",
+            "vt 0 0",
+            "vt 1 0",
+            "vt 1 1",
+            "vt 0 1",
+            "vn 0 0 1",
+            "f 1/1/1 2/2/1 3/3/1 4/4/1",
+            "f -4/-4/1 -2/-2/1 -1/-1/1",
+        ]
+    )
     (tmp_path / "poly.obj").write_text(text)
     m = load_mesh(tmp_path / "poly.obj")
     assert m.v.shape == (4, 3) and torch.equal(m.v[2], torch.tensor([1.0, 1.0, 0.0]))

@@ -1,4 +1,5 @@
 """Geometry utilities: clean_mesh, decimate, unwrap_uv."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,11 +25,15 @@ def test_clean_removes_floaters_duplicates_and_degenerates():
     verts = np.concatenate([v, sv, lv, v[:5] + 1e-9])  # near-duplicate vertices to merge
     n0, n1, n2 = len(v), len(v) + len(sv), len(v) + len(sv) + len(lv)
     dup = np.arange(n2, n2 + 5)
-    faces = np.concatenate([
-        f, sf + n0, lf + n1,
-        f[:7][:, ::-1],  # duplicates with flipped order
-        [[0, 0, 1], [dup[0], 0, 1]],  # degenerate (repeated index; after merging)
-    ])
+    faces = np.concatenate(
+        [
+            f,
+            sf + n0,
+            lf + n1,
+            f[:7][:, ::-1],  # duplicates with flipped order
+            [[0, 0, 1], [dup[0], 0, 1]],  # degenerate (repeated index; after merging)
+        ]
+    )
     cv, cf = clean_mesh(torch.tensor(verts), torch.tensor(faces))
     assert cv.dtype == torch.float32 and cf.dtype == torch.int64
     assert cf.shape == (1280, 3) and cv.shape == (642, 3)
@@ -67,7 +72,10 @@ def test_unwrap_gives_valid_uv_layout():
     assert float(d.max()) < 1e-6
     # No degenerate UV triangles: every face has positive UV area; charts do not overlap.
     t = u.vt[u.ft]
-    area = ((t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1]) - (t[:, 2, 0] - t[:, 0, 0]) * (t[:, 1, 1] - t[:, 0, 1])) / 2
+    area = (
+        (t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1])
+        - (t[:, 2, 0] - t[:, 0, 0]) * (t[:, 1, 1] - t[:, 0, 1])
+    ) / 2
     assert (area.abs() > 0).all() and float(area.abs().sum()) < 1.0
     # Over budget: decimated first.
     small = unwrap_uv(m, max_faces=400, tex_size=128)

@@ -1,4 +1,5 @@
 """Differentiable mesh rendering (torch backend): pixels at known positions, z-buffer, gradients, batching."""
+
 from __future__ import annotations
 
 import math

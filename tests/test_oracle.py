@@ -1,4 +1,5 @@
 """The oracle teacher: a perfect denoiser, so refine returns its renders from any t2 and eta."""
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,13 @@ def test_textured_mesh_uses_its_texture():
 def test_load_denoiser_oracle():
     from guidance import load_denoiser
 
-    cfg = {"guidance": "oracle", "oracle": {"mesh": str(MESHES / "spot.obj")}, "sir": {"render_size": 32},
-           "render": {"mesh_backend": "torch"}, "cameras": {"radius": 2.0, "fovy": 49.1}}
+    cfg = {
+        "guidance": "oracle",
+        "oracle": {"mesh": str(MESHES / "spot.obj")},
+        "sir": {"render_size": 32},
+        "render": {"mesh_backend": "torch"},
+        "cameras": {"radius": 2.0, "fovy": 49.1},
+    }
     d = load_denoiser(cfg, "cpu")
     assert isinstance(d, OracleDenoiser) and d.image_size == 32
     from core.errors import UserError

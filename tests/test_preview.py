@@ -1,4 +1,5 @@
 """core/preview.py and tools/render.py: grids, turntable cameras, videos, rendering files."""
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,7 @@ def test_turntable_cameras_cover_360_degrees():
     assert torch.allclose(pos.norm(dim=-1), torch.full((120,), 2.5), atol=1e-4)
     assert torch.allclose(pos[:, 1], torch.full((120,), 2.5 * math.sin(math.radians(10))), atol=1e-4)  # above
     ang = torch.rad2deg(torch.atan2(pos[:, 0], pos[:, 2])) % 360  # azimuth measured from +Z towards +X
-    steps = (torch.diff(torch.cat([ang, ang[:1]])) % 360)
+    steps = torch.diff(torch.cat([ang, ang[:1]])) % 360
     assert torch.allclose(steps, torch.full((120,), 3.0), atol=1e-3)  # one full turn in equal steps
     assert steps.sum().item() == pytest.approx(360.0, abs=1e-2)
     # every camera looks at the origin: its -Z axis points to it
@@ -107,8 +108,9 @@ def test_render_file_ply_with_video(tmp_path):
     with torch.no_grad():
         model.opacities.fill_(3.0)  # opaque enough to be seen
     save_ply(model, tmp_path / "m_model.ply")
-    out = preview.render_file(tmp_path / "m_model.ply", size=24, video=True, n_frames=4, backend="torch",
-                              device="cpu", chunk=3)
+    out = preview.render_file(
+        tmp_path / "m_model.ply", size=24, video=True, n_frames=4, backend="torch", device="cpu", chunk=3
+    )
     assert out["preview"] == tmp_path / "m_model_preview.png" and out["video"] == tmp_path / "m_model.mp4"
     with Image.open(out["preview"]) as im:
         assert im.size == (4 * 24, 2 * 24)

@@ -1,4 +1,5 @@
 """process.py on real images: recentred RGBA outputs, folders, its own outputs skipped, errors."""
+
 from __future__ import annotations
 
 import shutil
@@ -64,9 +65,7 @@ def test_folder_skips_own_outputs(folder, tmp_path):
     # Re-running beside the inputs does not process the outputs it wrote.
     assert process.main([str(folder)]) == 0
     assert not list(folder.glob("*_rgba_rgba.png"))
-    assert process.collect_inputs(folder) == sorted(
-        folder / n.replace("_rgba", "") for n in NAMES
-    )
+    assert process.collect_inputs(folder) == sorted(folder / n.replace("_rgba", "") for n in NAMES)
 
 
 def test_no_recenter_keeps_the_image(tmp_path):
@@ -89,7 +88,9 @@ def test_rgb_input_uses_rembg_and_failure_is_clear(tmp_path, monkeypatch, capsys
 
     # rembg's model cannot be fetched: one clear line, exit 2, no traceback.
     def no_model(rgb, model="u2net"):
-        raise BackgroundRemovalError(images._rembg_help(model, "download failed, no internet? ConnectionError"))
+        raise BackgroundRemovalError(
+            images._rembg_help(model, "download failed, no internet? ConnectionError")
+        )
 
     monkeypatch.setattr(images, "remove_background", no_model)
     assert process.main([str(jpg)]) == 2
@@ -108,7 +109,10 @@ def test_folder_with_a_corrupt_file_goes_on(folder, tmp_path, capsys):
 def test_cli_errors_exit_2(tmp_path):
     r = subprocess.run(
         [sys.executable, "process.py", str(tmp_path / "missing.png")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: not found: {tmp_path / 'missing.png'}"]

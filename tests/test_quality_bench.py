@@ -4,6 +4,7 @@ The oracle CPU config is shrunk further by overrides (a handful of SIR steps at 
 figures are poor but must be finite and clearly better than an empty render; a broken second mesh
 must be reported as failed without stopping the run.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,31 @@ import quality  # noqa: E402
 
 MESH = ROOT / ".." / "shared" / "data" / "meshes" / "suzanne.obj"
 TINY = [
-    "gaussians.num_pts=500", "sir.iters=2", "sir.init_steps=3", "sir.steps_min=3", "sir.steps_max=3",
-    "sir.render_size=32", "ref_size=32", "export.grid_resolution=32", "export.texture_size=64",
-    "export.bake_size=64", "refine.iters=1", "refine.steps=2", "refine.render_size=64",
+    "gaussians.num_pts=500",
+    "sir.iters=2",
+    "sir.init_steps=3",
+    "sir.steps_min=3",
+    "sir.steps_max=3",
+    "sir.render_size=32",
+    "ref_size=32",
+    "export.grid_resolution=32",
+    "export.texture_size=64",
+    "export.bake_size=64",
+    "refine.iters=1",
+    "refine.steps=2",
+    "refine.render_size=64",
 ]
-METRICS = ["psnr_e0", "ssim_e0", "psnr_e30", "ssim_e30", "iou_e0", "iou_e30", "chamfer_l1", "fscore@0.01",
-           "fscore@0.02"]
+METRICS = [
+    "psnr_e0",
+    "ssim_e0",
+    "psnr_e30",
+    "ssim_e30",
+    "iou_e0",
+    "iou_e30",
+    "chamfer_l1",
+    "fscore@0.01",
+    "fscore@0.02",
+]
 
 
 @pytest.mark.skipif(not MESH.is_file(), reason=f"reference mesh {MESH} not available")
@@ -34,12 +54,31 @@ def test_quality_benchmark_one_mesh(tmp_path):
     bad.write_text("this is not an obj file\nf 1 2 3\n")
     out = tmp_path / "quality.json"
     meshes = quality.collect_meshes([str(MESH), str(bad)])
-    result = quality.run_benchmark(meshes, str(ROOT / "configs" / "oracle_cpu.yaml"), TINY, out=out,
-                                   workdir=tmp_path / "work", eval_size=64, samples=2000)
+    result = quality.run_benchmark(
+        meshes,
+        str(ROOT / "configs" / "oracle_cpu.yaml"),
+        TINY,
+        out=out,
+        workdir=tmp_path / "work",
+        eval_size=64,
+        samples=2000,
+    )
 
     data = json.loads(out.read_text())
-    for key in ("device", "device_name", "versions", "commit", "config_path", "overrides", "config", "eval",
-                "meshes", "means", "seconds_total", "table"):
+    for key in (
+        "device",
+        "device_name",
+        "versions",
+        "commit",
+        "config_path",
+        "overrides",
+        "config",
+        "eval",
+        "meshes",
+        "means",
+        "seconds_total",
+        "table",
+    ):
         assert key in data, key
     assert "torch" in data["versions"]
     assert data["config"]["guidance"] == "oracle"

@@ -1,4 +1,5 @@
 """The paper's SIR schedules (spec 1.5-1.7) reproduced verbatim, artefacts included."""
+
 from __future__ import annotations
 
 import pytest

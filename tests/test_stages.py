@@ -5,6 +5,7 @@ The oracle run uses configs/oracle_cpu.yaml (spot, 64 px, 10 SIR iterations) and
 the truth: the reference mesh, which the oracle normalises into our world frame. Thresholds were
 set from measured values (quoted beside each), with a margin.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,11 @@ pytestmark = pytest.mark.skipif(not SPOT.is_file(), reason="needs ../shared/data
 
 
 def _cfg(config: str, *overrides: str):
-    return finalize_config(load_config(["--config", str(ROOT / config), *overrides], defaults_path=DEFAULT_CONFIG,
-                                       rules=config_rules()))
+    return finalize_config(
+        load_config(
+            ["--config", str(ROOT / config), *overrides], defaults_path=DEFAULT_CONFIG, rules=config_rules()
+        )
+    )
 
 
 def _eval_cams(size: int):
@@ -78,7 +82,9 @@ def test_stage1_reconstructs_the_reference(oracle_run):
     assert p > 21.0, p
     coarse = load_mesh(r1["outputs"]["mesh"])
     truth = oracle.mesh
-    m = chamfer_fscore(coarse.v.numpy(), coarse.f.numpy(), truth.v.cpu().numpy(), truth.f.cpu().numpy(), n=8000)
+    m = chamfer_fscore(
+        coarse.v.numpy(), coarse.f.numpy(), truth.v.cpu().numpy(), truth.f.cpu().numpy(), n=8000
+    )
     # Measured Chamfer-L1 0.017 and F-score@2% 0.91 (the mesh spans 1.0).
     assert m["chamfer_l1"] < 0.03 and m["fscore@0.02"] > 0.75, m
 
@@ -119,17 +125,35 @@ def test_tiny_zero123_runs_the_paper_schedule(tmp_path):
 
     folder = cached_tiny_zero123()
     img = ROOT / ".." / "shared" / "data" / "images" / "cat_rgba.png"
-    common = [f"input={img}", f"model.path={folder}", f"outdir={tmp_path}", "device=cpu", "quiet=true",
-              "model.dtype=fp32", "gaussians.num_pts=300", "sir.init_steps=1", "sir.steps_min=1",
-              "sir.steps_max=1", "render.gs_backend=torch", "render.mesh_backend=torch",
-              "export.grid_resolution=32", "export.texture_size=64", "export.bake_size=64"]
+    common = [
+        f"input={img}",
+        f"model.path={folder}",
+        f"outdir={tmp_path}",
+        "device=cpu",
+        "quiet=true",
+        "model.dtype=fp32",
+        "gaussians.num_pts=300",
+        "sir.init_steps=1",
+        "sir.steps_min=1",
+        "sir.steps_max=1",
+        "render.gs_backend=torch",
+        "render.mesh_backend=torch",
+        "export.grid_resolution=32",
+        "export.texture_size=64",
+        "export.bake_size=64",
+    ]
     cfg = _cfg("configs/image.yaml", *common)
     from guidance import load_denoiser
 
     den = load_denoiser(cfg, torch.device("cpu"))
     size = den.image_size  # the tiny model's pixels; render at that size
-    cfg = _cfg("configs/image.yaml", *common, f"sir.render_size={size}", f"ref_size={size}",
-               f"refine.render_size={size}")
+    cfg = _cfg(
+        "configs/image.yaml",
+        *common,
+        f"sir.render_size={size}",
+        f"ref_size={size}",
+        f"refine.render_size={size}",
+    )
     r1 = run_stage1(cfg, den)
     assert r1["nfe"] == 323  # spec 1.9: 20 init + 87 inversion + 216 reverse
     assert den.nfe_uncond == 87 and den.nfe_cfg == 236
@@ -151,16 +175,37 @@ def test_tiny_imagedream_runs_both_stages(tmp_path):
     from main_mesh import run_stage2
 
     img = ROOT / ".." / "shared" / "data" / "images" / "cat_rgba.png"
-    common = [f"input={img}", f"model.path={cached_tiny_imagedream()}", f"outdir={tmp_path}", "device=cpu",
-              "quiet=true", "model.dtype=fp32", "gaussians.num_pts=300", "sir.iters=2", "sir.init_steps=1",
-              "sir.steps_min=1", "sir.steps_max=1", "refine.iters=1", "refine.steps=2",
-              "render.gs_backend=torch", "render.mesh_backend=torch", "export.grid_resolution=32",
-              "export.texture_size=64", "export.bake_size=64", "export.density_thresh=0.01"]
+    common = [
+        f"input={img}",
+        f"model.path={cached_tiny_imagedream()}",
+        f"outdir={tmp_path}",
+        "device=cpu",
+        "quiet=true",
+        "model.dtype=fp32",
+        "gaussians.num_pts=300",
+        "sir.iters=2",
+        "sir.init_steps=1",
+        "sir.steps_min=1",
+        "sir.steps_max=1",
+        "refine.iters=1",
+        "refine.steps=2",
+        "render.gs_backend=torch",
+        "render.mesh_backend=torch",
+        "export.grid_resolution=32",
+        "export.texture_size=64",
+        "export.bake_size=64",
+        "export.density_thresh=0.01",
+    ]
     cfg = _cfg("configs/imagedream.yaml", *common)
     den = load_denoiser(cfg, torch.device("cpu"))
     size = den.image_size
-    cfg = _cfg("configs/imagedream.yaml", *common, f"sir.render_size={size}", f"ref_size={size}",
-               f"refine.render_size={size}")
+    cfg = _cfg(
+        "configs/imagedream.yaml",
+        *common,
+        f"sir.render_size={size}",
+        f"ref_size={size}",
+        f"refine.render_size={size}",
+    )
     r1 = run_stage1(cfg, den)
     # init pass: 10 DDIM steps from noise; over 2 iterations t2 anneals 801 -> 601 on the 10-step
     # grid (9 and 7 reverse steps), noise-adding only (no inversion calls).

@@ -1,4 +1,5 @@
 """Stable Zero123 backend: tiny random model in the real layout, real loader, real paper schedule."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,11 @@ def den(tiny_folder):
     from guidance.zero123 import Zero123Denoiser
 
     d = Zero123Denoiser(tiny_folder, device="cpu", dtype="fp32")
-    d.set_reference(torch.rand(3, 100, 100, generator=torch.Generator().manual_seed(0)), -10.0,
-                    noise=TorchNoise(torch.Generator().manual_seed(1)))
+    d.set_reference(
+        torch.rand(3, 100, 100, generator=torch.Generator().manual_seed(0)),
+        -10.0,
+        noise=TorchNoise(torch.Generator().manual_seed(1)),
+    )
     return d
 
 
@@ -57,8 +61,12 @@ def test_conditioning_layout(den):
     # [cond; uncond]: zero token and zero concat latent in the uncond half.
     assert cond.hidden[2:].abs().max() == 0 and cond.concat[2:].abs().max() == 0
     torch.testing.assert_close(cond.concat[:2], den.ref_latent.expand(2, -1, -1, -1))
-    cam = torch.tensor([[0.0, 0.0, 1.0, torch.pi / 2 - torch.pi / 18],
-                        [torch.pi / 6, 1.0, 0.0, torch.pi / 2 - torch.pi / 18]])
+    cam = torch.tensor(
+        [
+            [0.0, 0.0, 1.0, torch.pi / 2 - torch.pi / 18],
+            [torch.pi / 6, 1.0, 0.0, torch.pi / 2 - torch.pi / 18],
+        ]
+    )
     torch.testing.assert_close(den.camera_vectors(cams), cam, atol=1e-6, rtol=0)
     want = den.cam_proj(torch.cat([den.clip_emb.expand(2, -1), cam], -1))[:, None]
     torch.testing.assert_close(cond.hidden[:2], want)
@@ -68,8 +76,11 @@ def test_eps_cfg_and_uncond(den):
     cams = orbit_cameras([0.0, 0.0], [30.0, 200.0], height=64)
     cond = den.prepare(cams)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    full = den.unet(torch.cat([torch.cat([x, x]), cond.concat], 1), torch.full((4,), 501.0),
-                    encoder_hidden_states=cond.hidden).sample
+    full = den.unet(
+        torch.cat([torch.cat([x, x]), cond.concat], 1),
+        torch.full((4,), 501.0),
+        encoder_hidden_states=cond.hidden,
+    ).sample
     e_c, e_u = full[:2], full[2:]
     n0, r0 = den.nfe, den.nfe_rows
     # eps magnitudes ~5-15 on the tiny model; half- vs full-batch convolutions round differently.
@@ -184,8 +195,16 @@ def test_load_denoiser_zero123(tiny_folder):
     from guidance import load_denoiser
     from guidance.zero123 import Zero123Denoiser
 
-    cfg = {"guidance": "zero123", "model": {"id": "ashawkey/stable-zero123-diffusers", "path": str(tiny_folder),
-                                            "dtype": "fp32", "cuda_graph": True, "ref_latent": "mode"}}
+    cfg = {
+        "guidance": "zero123",
+        "model": {
+            "id": "ashawkey/stable-zero123-diffusers",
+            "path": str(tiny_folder),
+            "dtype": "fp32",
+            "cuda_graph": True,
+            "ref_latent": "mode",
+        },
+    }
     d = load_denoiser(cfg, "cpu")
     assert isinstance(d, Zero123Denoiser) and d.concat_latent == "mode"
     assert not d._runner.enabled  # graphs only on CUDA

@@ -3,6 +3,7 @@
 Writes ``<stem>_preview.png`` (8 views at elevation 0, azimuths 0..315, white background) and with
 ``--video`` a 120-frame turntable ``<stem>.mp4`` into ``--out`` (default: beside the file).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=8, help="views in the preview grid (default 8)")
     p.add_argument("--frames", type=int, default=120, help="turntable frames (default 120 = 3 degrees each)")
     p.add_argument("--fps", type=int, default=30, help="video frame rate (default 30)")
-    p.add_argument("--elevation", type=float, default=0.0, help="camera elevation in degrees, negative = above")
-    p.add_argument("--radius", type=float, default=2.0, help="camera distance (default 2, the stages' radius)")
+    p.add_argument(
+        "--elevation", type=float, default=0.0, help="camera elevation in degrees, negative = above"
+    )
+    p.add_argument(
+        "--radius", type=float, default=2.0, help="camera distance (default 2, the stages' radius)"
+    )
     p.add_argument("--fovy", type=float, default=49.1, help="vertical field of view in degrees")
-    p.add_argument("--normalize", action="store_true",
-                   help="centre the object and fit it in [-0.9,0.9]^3 first (for files not made by this project)")
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="centre the object and fit it in [-0.9,0.9]^3 first (for files not made by this project)",
+    )
     p.add_argument("--chunk", type=int, default=8, help="views per renderer call (lower it to save memory)")
     p.add_argument("--backend", default="auto", help="renderer backend: auto | torch | gsplat | nvdiffrast")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu")
@@ -42,9 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for f in args.files:
             outputs = render_file(
-                f, out_dir=args.out, size=args.size, video=args.video, n_views=args.views,
-                n_frames=args.frames, fps=args.fps, elevation=args.elevation, radius=args.radius,
-                fovy=args.fovy, normalize=args.normalize, chunk=args.chunk, backend=args.backend,
+                f,
+                out_dir=args.out,
+                size=args.size,
+                video=args.video,
+                n_views=args.views,
+                n_frames=args.frames,
+                fps=args.fps,
+                elevation=args.elevation,
+                radius=args.radius,
+                fovy=args.fovy,
+                normalize=args.normalize,
+                chunk=args.chunk,
+                backend=args.backend,
                 device=args.device,
             )
             for name, path in outputs.items():

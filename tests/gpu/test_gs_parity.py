@@ -1,4 +1,5 @@
 """gsplat (CUDA) vs the PyTorch reference renderer on the same scene and cameras."""
+
 import math
 
 import pytest
@@ -27,8 +28,9 @@ def _scene(n=3000, seed=0, sh_degree=0):
 def _cams(h=64, w=None):
     from core.cameras import orbit_cameras
 
-    return orbit_cameras([0, -30, 15, -10], [0, 70, 160, 250], radius=2.0, fovy=49.1, height=h, width=w,
-                         device="cuda")
+    return orbit_cameras(
+        [0, -30, 15, -10], [0, 70, 160, 250], radius=2.0, fovy=49.1, height=h, width=w, device="cuda"
+    )
 
 
 def _cos(a, b):
@@ -53,8 +55,7 @@ def test_forward_and_gradients_match(sh_degree, h, w):
         ((out.rgb * wr).sum() + (out.alpha * wa).sum()).backward()
         m2d_grad = out.means2d.grad.clone()
         out = type(out)(**{k: (v.detach() if torch.is_tensor(v) else v) for k, v in vars(out).items()})
-        res[backend] = (out, {k: t.grad.clone() for k, t in m.parameters().items() if t.numel()},
-                        m2d_grad)
+        res[backend] = (out, {k: t.grad.clone() for k, t in m.parameters().items() if t.numel()}, m2d_grad)
     (og, gg, mg), (ot, gt, mt) = res["gsplat"], res["torch"]
     assert og.rgb.shape == ot.rgb.shape == (4, 3, h, w)
     assert float((og.rgb - ot.rgb).abs().max()) < 1e-2
@@ -92,13 +93,19 @@ def test_single_gaussian_gsplat_analytic():
     from gs_renderer import GaussianModel, render
 
     s, o = 0.08, 0.8
-    m = GaussianModel(torch.zeros(1, 3), torch.full((1, 3), math.log(s)), torch.tensor([[1.0, 0, 0, 0]]),
-                      torch.logit(torch.tensor([o])), torch.zeros(1, 1, 3)).to("cuda")
+    m = GaussianModel(
+        torch.zeros(1, 3),
+        torch.full((1, 3), math.log(s)),
+        torch.tensor([[1.0, 0, 0, 0]]),
+        torch.logit(torch.tensor([o])),
+        torch.zeros(1, 1, 3),
+    ).to("cuda")
     cams = orbit_cameras(0.0, 0.0, radius=2.0, fovy=40.0, height=32, device="cuda")
     out = render(m, cams, torch.zeros(3, device="cuda"), backend="gsplat")
     var = (cams.focal * s / 2.0) ** 2 + 0.3
-    ys, xs = torch.meshgrid(torch.arange(32, device="cuda") + 0.5, torch.arange(32, device="cuda") + 0.5,
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(32, device="cuda") + 0.5, torch.arange(32, device="cuda") + 0.5, indexing="ij"
+    )
     ana = o * torch.exp(-0.5 * ((xs - 16) ** 2 + (ys - 16) ** 2) / var)
     ana = torch.where(ana < 1 / 255, torch.zeros_like(ana), ana)
     assert torch.allclose(out.alpha[0, 0], ana, atol=1e-4)

@@ -1,4 +1,5 @@
 """Stable Zero123 on CUDA (tiny model): CPU parity, fp16/bf16 sanity, CUDA-graph replay = eager."""
+
 from __future__ import annotations
 
 import pytest

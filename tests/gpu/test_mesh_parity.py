@@ -1,4 +1,5 @@
 """nvdiffrast backend vs the torch reference backend (CUDA only): geometry, colour, texture gradients."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,13 @@ def scene():
 
     _load_nvdiffrast()  # a build/import failure must fail this file loudly, not skip it
     duck = load_mesh(MESHES / "duck.glb").normalized(1.0).to("cuda")
-    cams = orbit_cameras([0, -30, 20, 10, -15, 0, 30, -45], [0, 45, 90, 135, 180, -135, -90, -45], 2.0,
-                         height=256, device="cuda")
+    cams = orbit_cameras(
+        [0, -30, 20, 10, -15, 0, 30, -45],
+        [0, 45, 90, 135, 180, -135, -90, -45],
+        2.0,
+        height=256,
+        device="cuda",
+    )
     return duck, cams
 
 
