@@ -80,3 +80,59 @@ def test_unwrap_gives_valid_uv_layout():
     # Over budget: decimated first.
     small = unwrap_uv(m, max_faces=400, tex_size=128)
     assert len(small.f) <= 400 and torch.equal(small.f, small.ft)
+
+
+def _uv_texel_owners(u: Mesh, tex: int) -> torch.Tensor:
+    """How many UV triangles cover each texel centre, ``[tex*tex]`` (barycentric inside test)."""
+    ys, xs = torch.meshgrid(torch.arange(tex), torch.arange(tex), indexing="ij")
+    pts = torch.stack([(xs.reshape(-1) + 0.5) / tex, (ys.reshape(-1) + 0.5) / tex], -1).double()
+    t = u.vt[u.ft].double()  # [F,3,2]
+    a, b, c = t[:, 0], t[:, 1], t[:, 2]
+    count = torch.zeros(len(pts), dtype=torch.int64)
+    for i in range(len(t)):
+        v0, v1, v2 = b[i] - a[i], c[i] - a[i], pts - a[i]
+        den = v0[0] * v1[1] - v1[0] * v0[1]
+        w1 = (v2[:, 0] * v1[1] - v1[0] * v2[:, 1]) / den
+        w2 = (v0[0] * v2[:, 1] - v2[:, 0] * v0[1]) / den
+        count += ((w1 >= 0) & (w2 >= 0) & (w1 + w2 <= 1)).long()
+    return count
+
+
+def test_grid_atlas_gives_every_face_its_own_texels():
+    from mesh_renderer.uv import grid_atlas
+
+    v, f = icosphere(1)
+    m = Mesh(v=v, f=f)
+    u = grid_atlas(m, tex_size=256, padding=2)
+    assert torch.equal(u.f, u.ft) and len(u.f) == len(f) and u.v.shape == (3 * len(f), 3)
+    assert torch.allclose(u.v[u.f], m.v[m.f])  # the same triangles, split per face
+    assert float(u.vt.min()) >= 0.0 and float(u.vt.max()) <= 1.0
+    t = u.vt[u.ft]
+    area = (t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1]) - (t[:, 2, 0] - t[:, 0, 0]) * (
+        t[:, 1, 1] - t[:, 0, 1]
+    )
+    assert float(area.abs().min()) > 0
+    owners = _uv_texel_owners(u, 256)
+    assert int(owners.max()) == 1  # no texel shared by two faces
+    per_face = len(f) and int((owners > 0).sum()) / len(f)
+    assert per_face > 10  # each face gets real texels, not a sliver
+
+
+def test_unwrap_falls_back_to_grid_atlas_past_its_time_budget(monkeypatch):
+    import time
+
+    import mesh_renderer.uv as uvmod
+
+    def slow(*args, **kwargs):
+        time.sleep(2.0)
+        raise AssertionError("the slow xatlas result must not be waited for")
+
+    monkeypatch.setattr(uvmod, "_xatlas_unwrap", slow)
+    v, f = icosphere(2)
+    t0 = time.perf_counter()
+    u = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=128, time_budget=0.2)
+    assert time.perf_counter() - t0 < 1.5
+    assert len(u.f) == len(f) and u.v.shape == (3 * len(f), 3)
+    monkeypatch.undo()
+    fast = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=128, time_budget=None)  # the real xatlas path
+    assert fast.vt.shape != u.vt.shape or not torch.allclose(fast.vt, u.vt)  # xatlas' layout, not the grid
