@@ -1,16 +1,32 @@
-"""Test-wide settings (imported before any test module, hence before torch)."""
+"""Test-wide settings (imported before any test module, hence before torch) and test gating.
+
+The project is importable through ``pythonpath = ["."]`` in pyproject.toml. Gating lives here, once:
+every test under ``tests/gpu/`` is marked ``gpu`` and skipped without CUDA; ``slow`` tests carry a
+``@pytest.mark.slow`` decorator (more than ~4 s on the 2-core CPU), so ``pytest -m "not slow"`` is a
+quick pass and ``pytest -m "not gpu"`` the CPU suite.
+"""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+GPU_DIR = Path(__file__).resolve().parent / "gpu"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection sees the markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/gpu/ ``gpu``; skip all ``gpu`` tests when CUDA is unavailable."""
+    import torch  # here, not at the top: the environment settings above must come first
+
+    skip = pytest.mark.skip(reason="needs CUDA") if not torch.cuda.is_available() else None
+    for item in items:
+        if GPU_DIR in item.path.parents:
+            item.add_marker(pytest.mark.gpu)
+        if skip is not None and item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
 
 
 def _torch_one_thread():

@@ -147,9 +147,6 @@ def test_cli_user_errors(tmp_path, capsys):
 
 def test_real_mesh_render(encoder):
     """The whole path with the real mesh renderer (torch backend) on the shared Duck at 64 px."""
-    mr = pytest.importorskip("mesh_renderer")
-    if not (hasattr(mr, "load_mesh") and hasattr(mr, "render")):
-        pytest.skip("mesh_renderer.load_mesh/render not available yet")
     duck = SHARED / "meshes" / "duck.glb"
     if not duck.is_file():
         pytest.skip("../shared/data/meshes/duck.glb missing")

@@ -30,9 +30,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
 from core.cameras import orbit_cameras, zero123_embedding
 from core.schedules import t1_for_t2, t2_for_iteration
 from guidance.denoiser import ListNoise

@@ -31,7 +31,8 @@ def _ball(radius=0.5, h=0.05, sigma=0.03, center=(0.3, -0.2, 0.1)):
 
 
 def test_sphere_is_closed_with_right_radius():
-    trimesh = pytest.importorskip("trimesh")
+    import trimesh  # a pinned dependency: missing is a failure, not a skip
+
     m, c, vol = _ball()
     r_eff = (3 * vol / (4 * math.pi)) ** (1 / 3)  # radius of the ball the grid points fill
     v, f = extract_density_mesh(m, resolution=64, density_thresh=0.2)

@@ -47,7 +47,6 @@ def test_cached_snapshot_is_used_offline(tmp_path):
 
 
 def test_zero123_rejects_incomplete_folder(tmp_path):
-    pytest.importorskip("diffusers")
     from guidance.zero123 import Zero123Denoiser
 
     (tmp_path / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from guidance.denoiser import ListNoise
 from guidance.schedule import STABLE_DIFFUSION_DDIM_CONFIG, DDIMSchedule
 from guidance.sir_step import plan_refine, refine
-
-diffusers = pytest.importorskip("diffusers")
-from diffusers import DDIMInverseScheduler, DDIMScheduler  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -53,6 +53,7 @@ def oracle_run(tmp_path_factory):
     return cfg, oracle, r1, r2
 
 
+@pytest.mark.slow
 def test_stage1_outputs_and_report(oracle_run):
     _, _, r1, _ = oracle_run
     for key in ("ply", "mesh", "preview", "report"):
@@ -66,6 +67,7 @@ def test_stage1_outputs_and_report(oracle_run):
     assert {"render", "refine", "optimise", "extract", "bake"} <= set(rep["seconds"])
 
 
+@pytest.mark.slow
 def test_stage1_reconstructs_the_reference(oracle_run):
     from gs_renderer import load_ply
     from gs_renderer import render as render_gaussians
@@ -89,6 +91,7 @@ def test_stage1_reconstructs_the_reference(oracle_run):
     assert m["chamfer_l1"] < 0.03 and m["fscore@0.02"] > 0.75, m
 
 
+@pytest.mark.slow
 def test_stage2_improves_the_texture_and_writes_a_valid_glb(oracle_run):
     import trimesh
 
@@ -117,6 +120,7 @@ def test_stage2_improves_the_texture_and_writes_a_valid_glb(oracle_run):
     assert scores["final"] > 22.0, scores
 
 
+@pytest.mark.slow
 def test_tiny_zero123_runs_the_paper_schedule(tmp_path):
     """The tiny Stable Zero123 through stage 1 at the paper's schedule: 323 network calls."""
     from guidance.random_models import cached_tiny_zero123

@@ -13,9 +13,6 @@ from guidance.denoiser import Denoiser, ListNoise, TorchNoise
 from guidance.schedule import DDIMSchedule
 from guidance.sir_step import refine
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -5,11 +5,6 @@ import math
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-]
-
 
 def _scene(n=3000, seed=0, sh_degree=0):
     from gs_renderer import GaussianModel

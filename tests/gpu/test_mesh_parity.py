@@ -8,8 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
 MESHES = Path(__file__).resolve().parents[3] / "shared" / "data" / "meshes"
 
 
