@@ -4,8 +4,8 @@
     python batch.py --config configs/image.yaml inputs/ --out logs/ --shard 0/4   # machine 0 of 4
     python batch.py --config configs/image.yaml inputs/ --out logs/ --gpus 0,1,2,3
 
-Items: every image file named on the command line, and every image (.png .jpg .jpeg .webp .bmp)
-directly inside a named folder. In a folder, ``<name>.<ext>`` is skipped when ``<name>_rgba.png``
+Items: every image file named on the command line, and every image (``core.images.IMAGE_SUFFIXES``:
+.png .jpg .jpeg .webp .bmp .tif .tiff) directly inside a named folder. In a folder, ``<name>.<ext>`` is skipped when ``<name>_rgba.png``
 (``process.py``'s output) is beside it, and our own outputs (``*_preview.png``, ``*_albedo.png``)
 are never inputs. An item's name is its file stem; it becomes ``save_path``, so the outputs are
 ``<out>/<name>.glb``, ``<out>/<name>_model.ply``, ... Two inputs with the same stem are an error.
@@ -44,7 +44,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.errors import EXIT_USER_ERROR, UserError
+from core.errors import UserError, exit_code
+from core.images import IMAGE_SUFFIXES
 
 __all__ = [
     "Item",
@@ -60,7 +61,6 @@ __all__ = [
 
 log = logging.getLogger("microdreamer.batch")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 OUTPUT_SUFFIXES = ("_preview.png", "_albedo.png", "_clip_views.png")  # our own outputs, never inputs
 OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*=")
 RESERVED_KEYS = ("input", "save_path")  # set per item by the batch
@@ -196,24 +196,38 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-# ---------------------------------------------------------------------------------------- running
-def load_stages() -> tuple[Callable, Callable, Callable]:
-    """``(run_stage1, run_stage2, load_denoiser)``, imported on first use (heavy imports)."""
-    from guidance import load_denoiser
-    from main_gs import run_stage1
-    from main_mesh import run_stage2
+def _fresh_json(path: Path, since: float) -> dict | None:
+    """The JSON at ``path`` when it was written at or after ``since`` (epoch seconds), else None."""
+    try:
+        if path.stat().st_mtime < since:
+            return None
+    except OSError:
+        return None
+    return _read_json(path)
 
-    return run_stage1, run_stage2, load_denoiser
+
+# ---------------------------------------------------------------------------------------- running
+def load_stages() -> tuple[Callable, Callable]:
+    """``(image_to_3d, load_denoiser)``, imported on first use (heavy imports)."""
+    from guidance import load_denoiser
+    from pipeline import image_to_3d
+
+    return image_to_3d, load_denoiser
 
 
 def item_config(config: str, overrides: list[str], out: Path, item: Item | None):
-    """The item's config: the file, the user's overrides, then ``outdir``/``input``/``save_path``."""
+    """The item's config: the file, the user's overrides, then ``outdir``/``input``/``save_path``.
+
+    Checked by the stages' rules; without an item (the batch-wide check) nothing is finalized.
+    """
     from core.config import load_config
+    from pipeline.config import DEFAULT_CONFIG, config_rules, finalize_config
 
     argv = ["--config", config, *overrides, f"outdir={out}"]
     if item is not None:
         argv += [f"input={item.input}", f"save_path={item.name}"]
-    return load_config(argv)
+    cfg = load_config(argv, defaults_path=DEFAULT_CONFIG, rules=config_rules())
+    return finalize_config(cfg) if item is not None else cfg
 
 
 def _stage_figures(rec: dict, r1: dict | None, r2: dict | None) -> None:
@@ -255,7 +269,7 @@ def run_items(
     meta = dict(meta or {})
     meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
     records = [{"name": it.name, "input": str(it.input), "status": "pending"} for it in items]
-    stages: tuple[Callable, Callable, Callable] | None = None
+    stages: tuple[Callable, Callable] | None = None
     denoiser = None
     t_batch = time.perf_counter()
 
@@ -290,17 +304,18 @@ def run_items(
                 with open_dict(cfg):
                     cfg.quiet = True
             t0 = time.perf_counter()
+            started = time.time()
             r1 = r2 = None
             try:
                 if stages is None:
                     stages = load_stages()
-                run_stage1, run_stage2, load_denoiser = stages
+                image_to_3d, load_denoiser = stages
                 if denoiser is None:
-                    from core.run import resolve_device
+                    from core.device import resolve_device
 
                     denoiser = load_denoiser(cfg, resolve_device(cfg.device))
-                r1 = run_stage1(cfg, denoiser)
-                r2 = run_stage2(cfg, denoiser)
+                reports = image_to_3d(cfg, denoiser)
+                r1, r2 = reports["stage1"], reports["stage2"]
                 rec.update(status="ok", error=None)
                 error_log.unlink(missing_ok=True)
             except UserError as e:
@@ -319,6 +334,8 @@ def run_items(
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()  # a failed item may leave big tensors (e.g. after OOM)
             rec["seconds"] = round(time.perf_counter() - t0, 3)
+            if r1 is None:  # a failed item: stage 1 may have finished (its report is this run's)
+                r1 = _fresh_json(Path(cfg.outdir) / f"{cfg.save_path}_report.json", started)
             _stage_figures(rec, r1, r2)
             if rec["status"] == "failed":
                 rec["error_log"] = str(error_log)
@@ -527,71 +544,69 @@ def split_args(words: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the batch; exit 0 (all done), 1 (some item failed) or 2 (usage/config error)."""
+    """Run the batch; exit 0 (all done), 1 (some item failed), 2 (usage/config error), 130 (Ctrl-C)."""
     # Intermixed: inputs and key=value overrides may come before or after the options.
     args = build_parser().parse_intermixed_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    try:
-        inputs, overrides = split_args(args.inputs)
-        if not inputs:
-            raise UserError("no inputs: pass image files and/or folders")
-        for o in overrides:
-            if o.split("=", 1)[0] in RESERVED_KEYS:
-                raise UserError(
-                    f"{o}: batch.py sets '{o.split('=', 1)[0]}' per item; pass images/folders instead"
-                )
-        shard = parse_shard(args.shard)
-        base = item_config(args.config, overrides, Path("."), None)  # validates the config and overrides once
-        out = Path(args.out) if args.out else Path(base.outdir)
-        items = shard_items(collect_items(inputs), *shard)
-        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
-        if args.gpus is not None and not gpus:
-            raise UserError("--gpus needs ids, e.g. --gpus 0,1")
-        if args.dry_run:
-            for it in items:
-                done = (out / f"{it.name}.glb").is_file() and not args.force
-                print(f"{it.name}\t{it.input}\t{'done' if done else 'todo'}")
-            return 0
-        meta = {
-            "config": args.config,
-            "overrides": overrides,
-            "inputs": inputs,
-            "out": str(out),
-            "shard": f"{shard[0]}/{shard[1]}",
-            "gpus": gpus or None,
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        out.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        if gpus:
-            records = run_gpus(
-                items,
-                gpus,
-                args.config,
-                inputs,
-                overrides,
-                out,
-                shard,
-                args.force,
-                not args.no_progress,
-                meta,
+    return exit_code(
+        lambda: _run(args), interrupted="interrupted (the summary lists the items finished so far)"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The batch behind :func:`main`; raises UserError on a usage/config error."""
+    inputs, overrides = split_args(args.inputs)
+    if not inputs:
+        raise UserError("no inputs: pass image files and/or folders")
+    for o in overrides:
+        if o.split("=", 1)[0] in RESERVED_KEYS:
+            raise UserError(
+                f"{o}: batch.py sets '{o.split('=', 1)[0]}' per item; pass images/folders instead"
             )
-            meta.update(
-                seconds=round(time.perf_counter() - t0, 3),
-                finished=datetime.now(UTC).isoformat(timespec="seconds"),
-            )
-            write_summary(out, shard, records, meta)
-        else:
-            records = run_items(
-                items, args.config, overrides, out, shard, args.force, not args.no_progress, meta
-            )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted (the summary lists the items finished so far)", file=sys.stderr)
-        return 130
+    shard = parse_shard(args.shard)
+    base = item_config(args.config, overrides, Path("."), None)  # validates the config and overrides once
+    out = Path(args.out) if args.out else Path(base.outdir)
+    items = shard_items(collect_items(inputs), *shard)
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
+    if args.gpus is not None and not gpus:
+        raise UserError("--gpus needs ids, e.g. --gpus 0,1")
+    if args.dry_run:
+        for it in items:
+            done = (out / f"{it.name}.glb").is_file() and not args.force
+            print(f"{it.name}\t{it.input}\t{'done' if done else 'todo'}")
+        return 0
+    meta = {
+        "config": args.config,
+        "overrides": overrides,
+        "inputs": inputs,
+        "out": str(out),
+        "shard": f"{shard[0]}/{shard[1]}",
+        "gpus": gpus or None,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if gpus:
+        records = run_gpus(
+            items,
+            gpus,
+            args.config,
+            inputs,
+            overrides,
+            out,
+            shard,
+            args.force,
+            not args.no_progress,
+            meta,
+        )
+        meta.update(
+            seconds=round(time.perf_counter() - t0, 3),
+            finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_summary(out, shard, records, meta)
+    else:
+        records = run_items(items, args.config, overrides, out, shard, args.force, not args.no_progress, meta)
     counts = _counts(records)
     json_path, csv_path = summary_paths(out, shard)
     print(

@@ -41,7 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.errors import EXIT_USER_ERROR, UserError
+from core.device import resolve_device
+from core.errors import UserError, exit_code
+from core.images import IMAGE_SUFFIXES
+from pipeline.previews import MESH_SUFFIXES, load_renderable, normalize_renderable, render_views
 
 __all__ = [
     "EvalProtocol",
@@ -61,8 +64,6 @@ log = logging.getLogger("eval_clip")
 
 DEFAULT_MODEL = "ViT-bigG-14"
 DEFAULT_PRETRAINED = "laion2b_s39b_b160k"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-MESH_SUFFIXES = (".glb", ".obj")
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,6 @@ class ClipImageEncoder:
         return torch.nn.functional.normalize(feats, dim=-1).cpu()
 
 
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
 def load_clip(
     model_name: str = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
@@ -141,7 +136,7 @@ def load_clip(
             "CLIP %s with RANDOM weights (--pretrained none): scores are meaningless except in tests",
             model_name,
         )
-    dev = _pick_device(device)
+    dev = resolve_device(device)
     has_schema = model_name.startswith(("local-dir:", "hf-hub:"))
     if not has_schema and open_clip.get_model_config(model_name.replace("/", "-")) is None:
         raise UserError(
@@ -197,9 +192,8 @@ def render_mesh_views(
 ) -> np.ndarray:
     """Load and normalise a mesh, render the protocol's views on white -> uint8 ``[V,H,W,3]``."""
     from core.cameras import orbit_cameras
-    from core.preview import load_renderable, normalize_renderable, render_views
 
-    kind, mesh = load_renderable(path, _pick_device(device))
+    kind, mesh = load_renderable(path, resolve_device(device))
     if kind != "mesh":
         raise UserError(f"{path}: eval_clip needs a mesh (.glb/.obj)")
     mesh = normalize_renderable(kind, mesh, bound=protocol.bound)
@@ -343,45 +337,45 @@ def main(argv: list[str] | None = None) -> int:
     # open_clip logs its loading steps on the root logger at INFO: keep the root at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    try:
-        if args.refs or args.meshes:
-            if not (args.refs and args.meshes) or args.ref or args.mesh:
-                raise UserError("give --refs DIR and --meshes DIR together, or --ref IMG --mesh FILE")
-            pairs, missing = pair_files(args.refs, args.meshes)
-            json_path = Path(args.json) if args.json else Path(args.meshes) / "clip_similarity.json"
-        elif args.ref and args.mesh:
-            for f in (args.ref, args.mesh):
-                if not Path(f).is_file():
-                    raise UserError(f"{f}: no such file")
-            pairs, missing = [{"name": Path(args.ref).stem, "ref": args.ref, "mesh": args.mesh}], []
-            json_path = (
-                Path(args.json)
-                if args.json
-                else Path(args.mesh).with_name(f"{Path(args.mesh).stem}_clip_similarity.json")
-            )
-        else:
-            raise UserError("give --refs DIR --meshes DIR, or --ref IMG --mesh FILE")
-        if not pairs:
-            raise UserError(
-                f"no reference image in {args.refs} has a mesh of the same name in {args.meshes} "
-                f"(pairing rule: <name>.png <-> <name>.glb)"
-            )
-        protocol = EvalProtocol(
-            n_views=args.views,
-            elevation=args.elevation,
-            radius=args.radius,
-            fovy=args.fovy,
-            size=args.size,
-            backend=args.backend,
-        )
-        encoder = load_clip(
-            args.model, args.pretrained, args.device, args.precision, args.model_config, args.cache_dir
-        )
-        results = evaluate(pairs, encoder, protocol, device=args.device, save_renders=args.save_renders)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return exit_code(lambda: _run(args))
 
+
+def _run(args: argparse.Namespace) -> int:
+    """The evaluation behind :func:`main`; raises UserError on a usage/setup error."""
+    if args.refs or args.meshes:
+        if not (args.refs and args.meshes) or args.ref or args.mesh:
+            raise UserError("give --refs DIR and --meshes DIR together, or --ref IMG --mesh FILE")
+        pairs, missing = pair_files(args.refs, args.meshes)
+        json_path = Path(args.json) if args.json else Path(args.meshes) / "clip_similarity.json"
+    elif args.ref and args.mesh:
+        for f in (args.ref, args.mesh):
+            if not Path(f).is_file():
+                raise UserError(f"{f}: no such file")
+        pairs, missing = [{"name": Path(args.ref).stem, "ref": args.ref, "mesh": args.mesh}], []
+        json_path = (
+            Path(args.json)
+            if args.json
+            else Path(args.mesh).with_name(f"{Path(args.mesh).stem}_clip_similarity.json")
+        )
+    else:
+        raise UserError("give --refs DIR --meshes DIR, or --ref IMG --mesh FILE")
+    if not pairs:
+        raise UserError(
+            f"no reference image in {args.refs} has a mesh of the same name in {args.meshes} "
+            f"(pairing rule: <name>.png <-> <name>.glb)"
+        )
+    protocol = EvalProtocol(
+        n_views=args.views,
+        elevation=args.elevation,
+        radius=args.radius,
+        fovy=args.fovy,
+        size=args.size,
+        backend=args.backend,
+    )
+    encoder = load_clip(
+        args.model, args.pretrained, args.device, args.precision, args.model_config, args.cache_dir
+    )
+    results = evaluate(pairs, encoder, protocol, device=args.device, save_renders=args.save_renders)
     print(format_table(results, missing))
     scores = [r["score"] for r in results if r["score"] is not None]
     report = {

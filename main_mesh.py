@@ -1,116 +1,21 @@
-"""Stage 2: refine the coarse mesh's UV texture by score-based iterative reconstruction -> .glb.
+"""Stage 2: refine the coarse mesh's UV texture -> final textured ``.glb``.
 
     python main_mesh.py --config configs/image.yaml input=cat.png [key=value ...]
 
-Reads ``mesh=`` or ``<outdir>/<save_path>_mesh.<glb|obj>`` (stage 1's output) and writes
-``<outdir>/<save_path>.glb`` (plus ``.obj/.mtl/_albedo.png`` with ``mesh_format=obj``),
-``_final_preview.png``, ``_final_report.json`` and, with ``video=true``, ``.mp4``.
-:func:`run_stage2` is the library entry point.
+Reads ``mesh=`` or stage 1's ``<outdir>/<save_path>_mesh.<glb|obj>`` and writes
+``<outdir>/<save_path>.glb``, ``_final_preview.png`` and ``_final_report.json``. The library call
+is :func:`pipeline.run_stage2`.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from omegaconf import DictConfig
-
-from core.errors import UserError
-from core.run import (
-    cli,
-    log,
-    output_path,
-    peak_memory_gb,
-    progress,
-    write_report,
-)
-from core.stage_outputs import write_previews
-
-WHITE = (1.0, 1.0, 1.0)
-
-
-def find_stage1_mesh(cfg: DictConfig) -> Path:
-    """``mesh=`` when given, else stage 1's ``<outdir>/<save_path>_mesh.<fmt>`` (glb or obj)."""
-    if cfg.mesh:
-        path = Path(cfg.mesh)
-        if not path.is_file():
-            raise UserError(f"mesh file not found: {path}")
-        return path
-    tried = [output_path(cfg, f"_mesh.{ext}") for ext in dict.fromkeys([cfg.mesh_format, "glb", "obj"])]
-    for path in tried:
-        if path.is_file():
-            return path
-    raise UserError(
-        f"no stage-1 mesh found (looked for {', '.join(str(p) for p in tried)}); "
-        "run main_gs.py with the same input/save_path/outdir first, or pass mesh=path/to/mesh"
-    )
-
-
-def run_stage2(cfg: DictConfig, denoiser=None) -> dict:
-    """Run stage 2 for one input; returns the report dict (also written as JSON)."""
-    from core.sir import run_sir
-    from core.stage_plans import stage2_plan
-    from core.stage_setup import setup_stage
-    from guidance import load_denoiser
-    from mesh_renderer import load_mesh, save_mesh
-    from mesh_renderer.representation import TextureRepresentation
-
-    mesh_path = find_stage1_mesh(cfg)
-    st = setup_stage(cfg, denoiser, load_denoiser)
-    device, timer, denoiser = st.device, st.timer, st.denoiser
-    with timer.phase("prepare"):
-        mesh = load_mesh(mesh_path).to(device)
-        if not mesh.has_uv or mesh.albedo is None:
-            raise UserError(f"{mesh_path} has no UV texture to refine (stage 1 writes one)")
-        rep = TextureRepresentation(
-            mesh,
-            st.ref_rgb,
-            st.ref_cam,
-            lr=cfg.refine.texture_lr,
-            ref_weight=cfg.refine.ref_loss,
-            bg=WHITE,
-            backend=cfg.render.mesh_backend,
-        )
-        plan = stage2_plan(cfg, denoiser)
-
-    with progress(len(plan.t_pairs), "stage 2 (texture)", cfg.quiet) as on_iter:
-        stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
-
-    outputs = {}
-    with timer.phase("export"):
-        final = rep.export_mesh().to("cpu")
-        glb = output_path(cfg, ".glb")
-        save_mesh(final, glb)
-        outputs["glb"] = str(glb)
-        if cfg.mesh_format == "obj":
-            obj = output_path(cfg, ".obj")
-            save_mesh(final, obj)
-            outputs["obj"] = str(obj)
-    with timer.phase("preview"):
-        write_previews(
-            cfg, "mesh", final.to(device), cfg.render.mesh_backend, outputs, "_final_preview.png", ".mp4"
-        )
-
-    report = {
-        "stage": 2,
-        "seed": cfg.seed,
-        "device": str(device),
-        "input_mesh": str(mesh_path),
-        "seconds": timer.seconds(),
-        "nfe": denoiser.nfe - st.nfe0,
-        "optimiser_steps": stats.optimiser_steps,
-        "peak_gpu_memory_gb": peak_memory_gb(device),
-        "outputs": outputs,
-    }
-    report_path = output_path(cfg, "_final_report.json")
-    outputs["report"] = str(report_path)
-    write_report(report_path, cfg, report)
-    log.info("stage 2 done in %.1f s: %s", sum(report["seconds"].values()), outputs)
-    return report
+from pipeline import cli, run_stage2
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
+    """Command-line entry point; returns the exit status."""
     return cli(run_stage2, argv)
 
 

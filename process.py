@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.errors import EXIT_USER_ERROR, UserError
+from core.errors import UserError, exit_code
 from core.images import IMAGE_SUFFIXES, BackgroundRemovalError, read_rgba, recenter, save_rgba
 
 OUTPUT_SUFFIX = "_rgba.png"
@@ -94,29 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the tool; returns the exit status (0 ok, 1 some files failed, 2 usage/setup error)."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.size <= 0:
-            raise UserError(f"--size must be positive, got {args.size}")
-        if not 0.0 <= args.border_ratio < 1.0:
-            raise UserError(f"--border_ratio must be in [0, 1), got {args.border_ratio}")
-        files = collect_inputs(args.path)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return exit_code(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The tool behind :func:`main`; raises UserError on a usage/setup error."""
+    if args.size <= 0:
+        raise UserError(f"--size must be positive, got {args.size}")
+    if not 0.0 <= args.border_ratio < 1.0:
+        raise UserError(f"--border_ratio must be in [0, 1), got {args.border_ratio}")
+    files = collect_inputs(args.path)
     failed = 0
     for src in files:
         dst = output_path(src, args.out)
         t0 = time.perf_counter()
         try:
             process_file(src, dst, args.size, args.border_ratio, args.recenter, args.model)
-        except BackgroundRemovalError as e:
-            # The model is missing for every file alike: stop instead of repeating the message.
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USER_ERROR
+        except BackgroundRemovalError:
+            raise  # the model is missing for every file alike: stop instead of repeating the message
         except UserError as e:
             if len(files) == 1:
-                print(f"error: {e}", file=sys.stderr)
-                return EXIT_USER_ERROR
+                raise
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue

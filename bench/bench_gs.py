@@ -13,15 +13,13 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from core.cameras import orbit_cameras
+from core.defaults import DEFAULT_FOVY, DEFAULT_RADIUS
 from gs_renderer import GaussianModel, extract_density_mesh, gsplat_available, render
 
 
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     cases = [(2000, 64, "reference target (2k x 6 x 64 px)")] + [(n, args.res, "") for n in args.sizes]
     for n, res, note in cases:
         model = GaussianModel.init_ball(n, seed=0, device=dev)
-        cams = orbit_cameras(elev, azim, radius=2.0, fovy=49.1, height=res, device=dev)
+        cams = orbit_cameras(elev, azim, radius=DEFAULT_RADIUS, fovy=DEFAULT_FOVY, height=res, device=dev)
         for backend in backends:
             row = {"backend": backend, "n": n, "res": res, "views": args.views, "note": note}
             if backend == "torch" and n > torch_max:

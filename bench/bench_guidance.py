@@ -23,8 +23,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from core.cameras import orbit_cameras
 from core.schedules import t1_for_t2, t2_for_iteration
 from guidance.denoiser import TorchNoise

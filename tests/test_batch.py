@@ -35,11 +35,18 @@ def _write_inputs(folder: Path) -> Path:
 
 
 class FakeStages:
-    """Stand-ins for run_stage1/run_stage2/load_denoiser that write the real output names."""
+    """Stand-ins for image_to_3d/load_denoiser that write the real output names of both stages."""
 
     def __init__(self) -> None:
         self.loads = 0
         self.calls: list[tuple[str, str]] = []
+        self.fail_stage2: set[str] = set()  # save_paths whose stage 2 raises
+
+    def image_to_3d(self, cfg, denoiser):
+        r1 = self.run_stage1(cfg, denoiser)
+        if cfg.save_path in self.fail_stage2:
+            raise RuntimeError("stage 2 broke")
+        return {"stage1": r1, "stage2": self.run_stage2(cfg, denoiser)}
 
     def load_denoiser(self, cfg, device):
         self.loads += 1
@@ -74,7 +81,7 @@ class FakeStages:
 @pytest.fixture
 def fake(monkeypatch) -> FakeStages:
     f = FakeStages()
-    monkeypatch.setattr(batch, "load_stages", lambda: (f.run_stage1, f.run_stage2, f.load_denoiser))
+    monkeypatch.setattr(batch, "load_stages", lambda: (f.image_to_3d, f.load_denoiser))
     return f
 
 
@@ -83,6 +90,24 @@ def _summary(out: Path, stem: str = "batch_summary") -> tuple[dict, list[dict]]:
     with open(out / f"{stem}.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     return doc, rows
+
+
+def test_stage2_failure_keeps_this_runs_stage1_figures(tmp_path, fake):
+    """A stage-2 failure records stage 1's figures from the report it just wrote (not a stale one)."""
+    inp, out = _write_inputs(tmp_path / "in"), tmp_path / "out"
+    (inp / "b_rgba.png").unlink()
+    out.mkdir()
+    # A stale stage-1 report of an earlier run of c_rgba must not be taken for this run's.
+    stale = out / "c_rgba_report.json"
+    stale.write_text(json.dumps({"seconds": {"x": 9.0}, "nfe": 99, "outputs": {}}))
+    fake.fail_stage2 = {"a_rgba"}
+    rc = batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(out), "--no-progress"])
+    assert rc == 1
+    by = {r["name"]: r for r in _summary(out)[0]["items"]}
+    assert by["a_rgba"]["status"] == "failed" and "stage 2 broke" in by["a_rgba"]["error"]
+    assert by["a_rgba"]["nfe_stage1"] == 10 and by["a_rgba"]["nfe_stage2"] is None
+    assert by["c_rgba"]["status"] == "ok" and by["c_rgba"]["nfe"] == 15
+    assert batch._fresh_json(stale, stale.stat().st_mtime + 1) is None
 
 
 # ------------------------------------------------------------------------------------ item logic
@@ -191,7 +216,7 @@ def test_model_load_error_stops_batch(tmp_path, monkeypatch, capsys):
         raise UserError("cannot load model x")
 
     f = FakeStages()
-    monkeypatch.setattr(batch, "load_stages", lambda: (f.run_stage1, f.run_stage2, broken_loader))
+    monkeypatch.setattr(batch, "load_stages", lambda: (f.image_to_3d, broken_loader))
     inp, out = _write_inputs(tmp_path / "in"), tmp_path / "out"
     assert batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(out), "--no-progress"]) == 2
     assert "cannot load model x" in capsys.readouterr().err and not f.calls

@@ -309,7 +309,8 @@ def test_stage1_step_matches_authors_loss_and_adam():
     from core.config import load_config
     from gs_renderer.model import GaussianModel
     from gs_renderer.render import render
-    from gs_renderer.representation import GaussianRepresentation
+    from pipeline.gaussians import GaussianRepresentation
+    from pipeline.stage1 import gaussian_settings
 
     cfg = load_config(
         [
@@ -336,7 +337,7 @@ def test_stage1_step_matches_authors_loss_and_adam():
     bg = torch.ones(3)
 
     ours = GaussianModel(**raw, sh_degree=0)
-    rep = GaussianRepresentation(ours, cfg, ref_rgb, ref_mask, ref_cam)
+    rep = GaussianRepresentation(ours, gaussian_settings(cfg), ref_rgb, ref_mask, ref_cam)
     theirs = GaussianModel(**raw, sh_degree=0)
     lrs = {"xyz": 1e-2, "f_dc": 0.01, "opacity": 0.05, "scaling": 0.005, "rotation": 0.0005}
     params = theirs.parameters()

@@ -74,9 +74,9 @@ def test_writers_in_the_project_use_it(tmp_path, umask_022):
 
     from core.config import save_config
     from core.images import save_rgba
-    from core.run import atomic_write_text
+    from pipeline import reports
 
-    assert atomic_write_text is fileio.atomic_write_text
+    assert reports.atomic_write_text is fileio.atomic_write_text  # the run report's writer
     cfg = save_config(OmegaConf.create({"a": 1}), tmp_path / "cfg.yaml")
     png = save_rgba(np.ones((4, 4, 4), np.float32), tmp_path / "img.png")
     for p in (cfg, png):

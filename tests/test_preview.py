@@ -1,4 +1,4 @@
-"""core/preview.py and tools/render.py: grids, turntable cameras, videos, rendering files."""
+"""core/preview.py, pipeline/previews.py and tools/render.py: grids, turntables, videos, rendering files."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from core import preview
+from pipeline import previews
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -81,7 +82,7 @@ def test_render_file_mesh(tmp_path):
     duck = SHARED / "meshes" / "duck.glb"
     if not duck.is_file():
         pytest.skip("duck.glb missing")
-    out = preview.render_file(duck, out_dir=tmp_path, size=32, normalize=True, backend="torch", device="cpu")
+    out = previews.render_file(duck, out_dir=tmp_path, size=32, normalize=True, backend="torch", device="cpu")
     with Image.open(out["preview"]) as im:
         assert im.size == (4 * 32, 2 * 32)
         arr = np.asarray(im)
@@ -96,7 +97,7 @@ def test_render_file_ply_with_video(tmp_path):
     with torch.no_grad():
         model.opacities.fill_(3.0)  # opaque enough to be seen
     save_ply(model, tmp_path / "m_model.ply")
-    out = preview.render_file(
+    out = previews.render_file(
         tmp_path / "m_model.ply", size=24, video=True, n_frames=4, backend="torch", device="cpu", chunk=3
     )
     assert out["preview"] == tmp_path / "m_model_preview.png" and out["video"] == tmp_path / "m_model.mp4"

@@ -1,6 +1,6 @@
 """bench/quality.py: the oracle reconstruction benchmark end to end on one small mesh (CPU, seconds).
 
-The oracle CPU config is shrunk further by overrides (a handful of SIR steps at 32-64 px), so the
+The oracle CPU config is shrunk further (tests/data/oracle_tiny.yaml: a few SIR steps at 32-64 px), so the
 figures are poor but must be finite and clearly better than an empty render; a broken second mesh
 must be reported as failed without stopping the run.
 """
@@ -9,32 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from bench import quality
 
-import quality  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MESH = ROOT / ".." / "shared" / "data" / "meshes" / "suzanne.obj"
-TINY = [
-    "gaussians.num_pts=500",
-    "sir.iters=2",
-    "sir.init_steps=3",
-    "sir.steps_min=3",
-    "sir.steps_max=3",
-    "sir.render_size=32",
-    "ref_size=32",
-    "export.grid_resolution=32",
-    "export.texture_size=64",
-    "export.bake_size=64",
-    "refine.iters=1",
-    "refine.steps=2",
-    "refine.render_size=64",
-]
+TINY_CONFIG = ROOT / "tests" / "data" / "oracle_tiny.yaml"  # oracle_cpu shrunk to seconds
 METRICS = [
     "psnr_e0",
     "ssim_e0",
@@ -56,8 +40,8 @@ def test_quality_benchmark_one_mesh(tmp_path):
     meshes = quality.collect_meshes([str(MESH), str(bad)])
     result = quality.run_benchmark(
         meshes,
-        str(ROOT / "configs" / "oracle_cpu.yaml"),
-        TINY,
+        str(TINY_CONFIG),
+        [],
         out=out,
         workdir=tmp_path / "work",
         eval_size=64,

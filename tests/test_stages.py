@@ -1,5 +1,6 @@
-"""End to end on CPU: stage 1 and stage 2 with the oracle teacher, and the tiny Stable Zero123
-through the same SIR loop (the paper's NFE budget, files written).
+"""End to end on CPU: stage 1 and stage 2 with the oracle teacher, the one-command run of both
+(``main.py``: one model load; a stage-2 failure leaves stage 1's outputs), and the tiny Stable
+Zero123 / ImageDream through the same SIR loop (the paper's NFE budget, files written).
 
 The oracle run uses configs/oracle_cpu.yaml (spot, 64 px, 10 SIR iterations) and is compared with
 the truth: the reference mesh, which the oracle normalises into our world frame. Thresholds were
@@ -16,9 +17,11 @@ import pytest
 import torch
 
 from core.cameras import orbit_cameras
-from core.config import load_config
+from core.defaults import DEFAULT_FOVY, DEFAULT_RADIUS
+from core.errors import UserError
 from core.metrics import chamfer_fscore, psnr
-from core.run import DEFAULT_CONFIG, config_rules, finalize_config
+from pipeline import load_config as load_stage_config
+from pipeline import run_stage1, run_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOT = ROOT / ".." / "shared" / "data" / "meshes" / "spot.obj"
@@ -26,24 +29,18 @@ pytestmark = pytest.mark.skipif(not SPOT.is_file(), reason="needs ../shared/data
 
 
 def _cfg(config: str, *overrides: str):
-    return finalize_config(
-        load_config(
-            ["--config", str(ROOT / config), *overrides], defaults_path=DEFAULT_CONFIG, rules=config_rules()
-        )
-    )
+    return load_stage_config(["--config", str(ROOT / config), *overrides])
 
 
 def _eval_cams(size: int):
     """The paper's evaluation views: elevation 0, azimuths 0..315."""
-    return orbit_cameras(0.0, torch.arange(8) * 45.0, 2.0, 49.1, size)
+    return orbit_cameras(0.0, torch.arange(8) * 45.0, DEFAULT_RADIUS, DEFAULT_FOVY, size)
 
 
 @pytest.fixture(scope="module")
 def oracle_run(tmp_path_factory):
     """Stage 1 then stage 2 with the oracle on spot (the offline demo config), run once."""
     from guidance import load_denoiser
-    from main_gs import run_stage1
-    from main_mesh import run_stage2
 
     out = tmp_path_factory.mktemp("oracle")
     cfg = _cfg("configs/oracle_cpu.yaml", f"oracle.mesh={SPOT}", f"outdir={out}", "quiet=true")
@@ -124,8 +121,6 @@ def test_stage2_improves_the_texture_and_writes_a_valid_glb(oracle_run):
 def test_tiny_zero123_runs_the_paper_schedule(tmp_path):
     """The tiny Stable Zero123 through stage 1 at the paper's schedule: 323 network calls."""
     from guidance.random_models import cached_tiny_zero123
-    from main_gs import run_stage1
-    from main_mesh import run_stage2
 
     folder = cached_tiny_zero123()
     img = ROOT / ".." / "shared" / "data" / "images" / "cat_rgba.png"
@@ -175,8 +170,6 @@ def test_tiny_imagedream_runs_both_stages(tmp_path):
     groups of 4 in stage 2 (the authors' stage 2 crashes with ImageDream)."""
     from guidance import load_denoiser
     from guidance.random_imagedream import cached_tiny_imagedream
-    from main_gs import run_stage1
-    from main_mesh import run_stage2
 
     img = ROOT / ".." / "shared" / "data" / "images" / "cat_rgba.png"
     common = [
@@ -218,3 +211,85 @@ def test_tiny_imagedream_runs_both_stages(tmp_path):
     r2 = run_stage2(cfg, den)
     assert r2["nfe"] == 10  # one refine of 8 views = one batched call per DDIM step for both groups
     assert Path(r2["outputs"]["glb"]).is_file()
+
+
+# ------------------------------------------------------------------------- one command (main.py)
+STAGE1_FILES = ("spot_model.ply", "spot_mesh.glb", "spot_preview.png", "spot_report.json")
+STAGE2_FILES = ("spot.glb", "spot_final_preview.png", "spot_final_report.json")
+
+
+@pytest.fixture
+def counting_loader(monkeypatch):
+    """``guidance.load_denoiser`` wrapped so the test can count model loads."""
+    import guidance
+
+    calls = []
+    real = guidance.load_denoiser
+
+    def load(cfg, device):
+        calls.append(str(device))
+        return real(cfg, device)
+
+    monkeypatch.setattr(guidance, "load_denoiser", load)
+    return calls
+
+
+def _argv(out: Path) -> list[str]:
+    """``main.py`` arguments: the oracle CPU demo shrunk to seconds (tests/data/oracle_tiny.yaml)."""
+    return [
+        "--config",
+        str(ROOT / "tests" / "data" / "oracle_tiny.yaml"),
+        f"oracle.mesh={SPOT}",
+        f"outdir={out}",
+    ]
+
+
+def test_one_command_runs_both_stages_with_one_model_load(tmp_path, counting_loader, capsys):
+    import main
+
+    assert main.main(_argv(tmp_path)) == 0
+    assert counting_loader == ["cpu"]  # one load for both stages
+    for name in STAGE1_FILES + STAGE2_FILES:
+        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
+    r1 = json.loads((tmp_path / "spot_report.json").read_text())
+    r2 = json.loads((tmp_path / "spot_final_report.json").read_text())
+    assert r1["stage"] == 1 and r2["stage"] == 2
+    assert r2["input_mesh"] == str(tmp_path / "spot_mesh.glb")  # stage 2 refined stage 1's mesh
+    assert "load_model" in r1["seconds"] and r1["seconds"]["load_model"] > 0
+    assert r2["seconds"].get("load_model", 0.0) < 0.05  # the model was passed in, not reloaded
+    # oracle_tiny.yaml: 3 init + 2 iterations x 3 stage-1 steps; 1 iteration x 2 stage-2 steps.
+    assert r1["optimiser_steps"] == 3 + 2 * 3 and r2["optimiser_steps"] == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_stage2_failure_leaves_stage1_complete_and_exits_2(tmp_path, counting_loader, monkeypatch, capsys):
+    import main
+    import pipeline.stage2
+
+    def broken(path):
+        raise UserError(f"{path}: injected stage-2 failure")
+
+    monkeypatch.setattr(pipeline.stage2, "load_mesh", broken)
+    assert main.main(_argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {tmp_path / 'spot_mesh.glb'}: injected stage-2 failure"], err
+    assert "Traceback" not in err
+    assert counting_loader == ["cpu"]
+    for name in STAGE1_FILES:
+        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
+    report = json.loads((tmp_path / "spot_report.json").read_text())
+    assert report["outputs"]["mesh"] == str(tmp_path / "spot_mesh.glb")
+    from mesh_renderer import load_mesh
+
+    coarse = load_mesh(tmp_path / "spot_mesh.glb")
+    assert coarse.f.shape[0] > 0 and coarse.albedo is not None
+    for name in STAGE2_FILES:
+        assert not (tmp_path / name).exists(), name
+
+
+def test_stage_scripts_stop_on_a_missing_input_with_one_line(tmp_path, capsys):
+    import main_gs
+
+    rc = main_gs.main(["--config", str(ROOT / "configs" / "image.yaml"), f"outdir={tmp_path}"])
+    assert rc == 2
+    assert capsys.readouterr().err == "error: input is not set: pass input=path/to/image.png\n"

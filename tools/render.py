@@ -10,7 +10,8 @@ import argparse
 import logging
 import sys
 
-from core.errors import EXIT_USER_ERROR, UserError
+from core.defaults import DEFAULT_FOVY, DEFAULT_RADIUS
+from core.errors import exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--elevation", type=float, default=0.0, help="camera elevation in degrees, negative = above"
     )
     p.add_argument(
-        "--radius", type=float, default=2.0, help="camera distance (default 2, the stages' radius)"
+        "--radius", type=float, default=DEFAULT_RADIUS, help="camera distance (default: the stages' radius)"
     )
-    p.add_argument("--fovy", type=float, default=49.1, help="vertical field of view in degrees")
+    p.add_argument("--fovy", type=float, default=DEFAULT_FOVY, help="vertical field of view in degrees")
     p.add_argument(
         "--normalize",
         action="store_true",
@@ -45,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     """Render each file; returns the exit status (2 on a user error)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from core.preview import render_file
+    from pipeline.previews import render_file
 
-    try:
+    def body() -> int:
         for f in args.files:
             outputs = render_file(
                 f,
@@ -67,10 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             for name, path in outputs.items():
                 print(f"{name}: {path}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+        return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

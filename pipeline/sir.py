@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from core.cameras import Cameras, orbit_cameras, sample_orbit_views
+from core.defaults import DEFAULT_FOVY, DEFAULT_RADIUS
 from core.timing import PhaseTimer
 from core.types import RenderOutput
+from guidance.sir_step import refine
 
 
 class Representation(Protocol):
@@ -57,8 +59,8 @@ class SirPlan:
     ref_elevation: float = 0.0
     min_ver: float = -30
     max_ver: float = 30
-    radius: float = 2.0
-    fovy: float = 49.1
+    radius: float = DEFAULT_RADIUS
+    fovy: float = DEFAULT_FOVY
     even_view: bool = True
     resize_mode: str = "bilinear"  # renders -> model size and back (stage 1 bicubic, stage 2 bilinear)
 
@@ -109,8 +111,6 @@ def run_sir(
     ``noise``: a NoiseSource for every random draw of the refine step. ``on_iteration(i, n, loss)``
     is called after each iteration with the last loss (a tensor: reading it is the caller's sync).
     """
-    from guidance.sir_step import refine
-
     stats = SirStats()
     passes: list[tuple[bool, int, int, int]] = []  # (from_noise, t1, t2, steps)
     if plan.init_steps > 0:

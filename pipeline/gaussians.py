@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from omegaconf import DictConfig
 
 from core.cameras import Cameras
 from core.types import RenderOutput
+from gs_renderer.densify import Densifier
+from gs_renderer.model import update_learning_rate
+from gs_renderer.render import render
+
+
+@dataclass(frozen=True)
+class GaussianSettings:
+    """What the Gaussian representation reads: learning rates, densification, loss weights.
+
+    Defaults are the paper's (``configs/image.yaml``); the stage builds one from its config.
+    """
+
+    position_lr_init: float = 0.001  # xyz learning rate at step 0 (times spatial_lr_scale)
+    position_lr_final: float = 0.00002
+    position_lr_max_steps: int = 500
+    spatial_lr_scale: float = 10.0
+    feature_lr: float = 0.01
+    opacity_lr: float = 0.05
+    scaling_lr: float = 0.005
+    rotation_lr: float = 0.0005
+    percent_dense: float = 0.01
+    density_start_iter: int = 0
+    density_end_iter: int = 300
+    densification_interval: int = 100
+    densify_grad_threshold: float = 0.01
+    min_opacity: float = 0.005
+    extent: float = 4.0
+    lambda_target: float = 1.0  # weight of the L1 (sum) to the refined views
+    ref_loss: float = 0.3  # weight of the L1 (sum) to the input image at the reference view
+    ref_mask_loss: float = 0.01  # weight of the MSE (sum) to the input mask at the reference view
+    backend: str = "auto"  # Gaussian rasteriser: auto | gsplat | torch
 
 
 class GaussianRepresentation:
@@ -21,17 +53,15 @@ class GaussianRepresentation:
     def __init__(
         self,
         model,
-        cfg: DictConfig,
+        settings: GaussianSettings,
         ref_rgb: torch.Tensor,
         ref_mask: torch.Tensor,
         ref_cam: Cameras,
         bg: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> None:
-        from gs_renderer.densify import Densifier
-
-        g = cfg.gaussians
+        g = settings
         self.model = model
-        self.backend = cfg.render.gs_backend
+        self.backend = g.backend
         self.bg = torch.tensor(bg, device=model.device)
         self.lrs = {
             "xyz": g.position_lr_init * g.spatial_lr_scale,
@@ -49,9 +79,9 @@ class GaussianRepresentation:
         self.optimizer = model.make_optimizer(self.lrs)
         self.densifier = Densifier(model, self.optimizer)
         self.g = g
-        self.lambda_target = cfg.sir.lambda_target
-        self.ref_weight = cfg.sir.ref_loss
-        self.ref_mask_weight = cfg.sir.ref_mask_loss
+        self.lambda_target = g.lambda_target
+        self.ref_weight = g.ref_loss
+        self.ref_mask_weight = g.ref_mask_loss
         self.use_ref = self.ref_weight > 0 or self.ref_mask_weight > 0
         self.ref_rgb, self.ref_mask, self.ref_cam = ref_rgb, ref_mask, ref_cam
         self.step_count = 0
@@ -65,15 +95,11 @@ class GaussianRepresentation:
 
     def render(self, cams: Cameras) -> RenderOutput:
         """Render the V views (+ the reference view as row V) in one call."""
-        from gs_renderer.render import render
-
         grad = torch.is_grad_enabled()
         return render(self.model, self.cams, self.bg, backend=self.backend, need_means2d=grad)
 
     def loss(self, out: RenderOutput, target: torch.Tensor) -> torch.Tensor:
         """The paper's stage-1 loss (sum reductions, see the class docstring)."""
-        from gs_renderer.render import render
-
         V = self.views
         loss = self.lambda_target * (out.rgb[:V] - target).abs().sum() / V
         if self.use_ref:
@@ -88,8 +114,6 @@ class GaussianRepresentation:
 
     def step(self, loss: torch.Tensor, out: RenderOutput) -> None:
         """xyz lr schedule, backward, Adam, densification statistics and events (spec 1.8)."""
-        from gs_renderer.model import update_learning_rate
-
         self.step_count += 1
         update_learning_rate(self.optimizer, self.step_count, **self.xyz_schedule)
         loss.backward()

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from core.cameras import Cameras
 from core.types import RenderOutput
+from mesh_renderer.raster import rasterize
+from mesh_renderer.shade import shade
 
 
 class TextureRepresentation:
@@ -28,8 +30,6 @@ class TextureRepresentation:
         bg: tuple[float, float, float] = (1.0, 1.0, 1.0),
         backend: str = "auto",
     ) -> None:
-        from mesh_renderer.raster import rasterize
-
         self.mesh = mesh
         self.backend = backend
         self.bg = torch.tensor(bg, device=mesh.v.device)
@@ -47,21 +47,15 @@ class TextureRepresentation:
 
     def begin_iteration(self, cams: Cameras) -> None:
         """Rasterise the iteration's views once (geometry is fixed)."""
-        from mesh_renderer.raster import rasterize
-
         with torch.no_grad():
             self.raster = rasterize(self.mesh, cams, backend=self.backend)
 
     def render(self, cams: Cameras) -> RenderOutput:
         """Shade the cached raster with the current texture, rgb ``[V,3,H,W]`` in [0,1]."""
-        from mesh_renderer.shade import shade
-
         return shade(self.raster, self.raw, self.bg, activation="sigmoid")
 
     def loss(self, out: RenderOutput, target: torch.Tensor) -> torch.Tensor:
         """Mean MSE to the targets + the masked reference-view MSE."""
-        from mesh_renderer.shade import shade
-
         loss = F.mse_loss(out.rgb, target)
         if self.ref_raster is not None:
             ref = shade(self.ref_raster, self.raw, self.bg, activation="sigmoid").rgb

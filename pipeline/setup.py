@@ -11,8 +11,10 @@ import torch
 from omegaconf import DictConfig
 
 from core.cameras import Cameras, orbit_cameras
-from core.run import reference_view, resolve_device, seed_everything
+from core.device import resolve_device, seed_everything
+from core.errors import UserError
 from core.timing import PhaseTimer
+from guidance.denoiser import TorchNoise
 
 
 @dataclass
@@ -30,19 +32,40 @@ class StageSetup:
     nfe0: int  # the denoiser's NFE count before this stage (shared denoisers in batch runs)
 
 
+def reference_view(cfg: DictConfig, denoiser: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input photo as (rgb ``[3,H,W]`` on white, mask ``[1,H,W]``) in [0,1] at ``ref_size``.
+
+    Without ``input``, a denoiser that can render its own reference view (it has
+    ``reference_image``, as the oracle does) supplies the photo.
+    """
+    if cfg.input:
+        from core.images import load_image
+
+        return load_image(cfg.input, cfg.ref_size, border_ratio=cfg.border_ratio, recenter=cfg.recenter)
+    if denoiser is not None and hasattr(denoiser, "reference_image"):
+        return denoiser.reference_image(cfg.elevation, cfg.ref_size, azimuth=cfg.cameras.ref_azimuth)
+    raise UserError("input is not set: pass input=path/to/image.png")
+
+
+def stage_device(name: str) -> torch.device:
+    """The stage's device; on CUDA, cuDNN autotuning on and the peak-memory counter reset."""
+    device = resolve_device(name)
+    if device.type == "cuda":
+        # Fixed shapes throughout: let cuDNN pick the fastest convolution algorithms (as the authors).
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(device)
+    return device
+
+
 def setup_stage(
-    cfg: DictConfig, denoiser, load_denoiser: Callable[[DictConfig, torch.device], Any]
+    cfg: DictConfig, denoiser: Any, load_denoiser: Callable[[DictConfig, torch.device], Any]
 ) -> StageSetup:
     """Resolve the device, seed, load the input image (first, so a bad image fails before any
     model loads), load the denoiser unless one is given, and condition it on the input view."""
-    from guidance.denoiser import TorchNoise
-
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    device = stage_device(cfg.device)
     rng = seed_everything(cfg.seed)
     timer = PhaseTimer(device)
-    ref = reference_view(cfg, None) if cfg.input else None
+    ref = reference_view(cfg) if cfg.input else None
     with timer.phase("load_model"):
         if denoiser is None:
             denoiser = load_denoiser(cfg, device)

@@ -1,11 +1,11 @@
-"""Turn a stage's config into a :class:`core.sir.SirPlan` (every schedule fixed up front)."""
+"""Turn a stage's config into a :class:`pipeline.sir.SirPlan` (every schedule fixed up front)."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
 from core.schedules import reconstruct_steps, t1_for_t2, t2_for_iteration
-from core.sir import SirPlan
+from pipeline.sir import SirPlan
 
 
 def stage1_plan(cfg: DictConfig, denoiser) -> SirPlan:

@@ -1,0 +1,34 @@
+"""Both stages in one process: image -> Gaussians -> coarse mesh -> refined texture -> ``.glb``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from core.errors import UserError
+from pipeline.stage1 import stage1_with_model
+from pipeline.stage2 import run_stage2
+
+__all__ = ["image_to_3d"]
+
+log = logging.getLogger("microdreamer")
+
+
+def image_to_3d(cfg: DictConfig, denoiser: Any = None) -> dict[str, dict]:
+    """Run stage 1 then stage 2 with ONE model (loaded once, in stage 1, unless given).
+
+    Returns ``{"stage1": report, "stage2": report}``. Stage 2 reads the coarse mesh stage 1 wrote,
+    so stage 1's outputs are complete on disk before stage 2 starts, and a stage-2 failure leaves
+    them intact. The model load is timed in the stage-1 report's ``load_model`` phase.
+    """
+    r1, denoiser = stage1_with_model(cfg, denoiser)
+    if not r1["outputs"].get("mesh"):
+        raise UserError(
+            f"stage 1 found no surface above export.density_thresh={cfg.export.density_thresh}, so "
+            "there is no coarse mesh for stage 2 (lower export.density_thresh or check the input)"
+        )
+    r2 = run_stage2(cfg, denoiser)
+    log.info("image -> %s done", r2["outputs"]["glb"])
+    return {"stage1": r1, "stage2": r2}

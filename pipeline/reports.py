@@ -1,0 +1,84 @@
+"""Where a stage's files go and what its report JSON holds (config, versions, commit, figures)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from core.fileio import atomic_write_text
+
+__all__ = ["git_commit", "output_path", "peak_memory_gb", "versions", "write_report", "write_stage_report"]
+
+log = logging.getLogger("microdreamer")
+
+
+def output_path(cfg: DictConfig, suffix: str) -> Path:
+    """``<outdir>/<save_path><suffix>``."""
+    return Path(cfg.outdir) / f"{cfg.save_path}{suffix}"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that matter for reproducing a run."""
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("diffusers", "transformers", "gsplat", "nvdiffrast", "xatlas", "trimesh"):
+        try:
+            mod = __import__(name)
+            out[name] = getattr(mod, "__version__", "?")
+        except Exception:
+            pass
+    if torch.cuda.is_available():
+        out["cuda"] = torch.version.cuda or "?"
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the code that ran, or '' outside a git checkout."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=5,
+        ).stdout.strip()
+    except Exception:
+        return ""
+
+
+def write_report(path: Path, cfg: DictConfig, report: dict[str, Any]) -> None:
+    """The run report JSON: resolved config, versions, commit and the stage's figures."""
+    full = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": versions(),
+        "commit": git_commit(),
+        **report,
+    }
+    atomic_write_text(path, json.dumps(full, indent=2, default=str))
+
+
+def peak_memory_gb(device: torch.device) -> float | None:
+    """Peak allocated GPU memory in GB since the last reset, None on CPU."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
+
+
+def write_stage_report(cfg: DictConfig, suffix: str, report: dict[str, Any]) -> dict[str, Any]:
+    """Write a stage's ``report`` to ``<outdir>/<save_path><suffix>``, log its total; returns it.
+
+    The report's own path is added to ``report["outputs"]`` first, so the JSON lists itself.
+    """
+    path = output_path(cfg, suffix)
+    report["outputs"]["report"] = str(path)
+    write_report(path, cfg, report)
+    total = sum(report["seconds"].values())
+    log.info("stage %s done in %.1f s: %s", report["stage"], total, report["outputs"])
+    return report

@@ -1,0 +1,158 @@
+"""Stage 1: image -> 3D Gaussians by score-based iterative reconstruction -> coarse textured mesh.
+
+Writes ``<outdir>/<save_path>_model.ply``, ``_mesh.<mesh_format>``, ``_preview.png`` and
+``_report.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+import guidance
+from core.timing import PhaseTimer
+from gs_renderer import GaussianModel, extract_density_mesh, save_ply
+from gs_renderer import render as render_gaussians
+from mesh_renderer import Mesh, save_mesh
+from mesh_renderer.bake import bake_cameras, bake_texture
+from mesh_renderer.ops import clean_mesh, decimate
+from mesh_renderer.uv import unwrap_uv
+from pipeline.gaussians import GaussianRepresentation, GaussianSettings
+from pipeline.plans import stage1_plan
+from pipeline.previews import write_previews
+from pipeline.progress import progress
+from pipeline.reports import output_path, peak_memory_gb, write_stage_report
+from pipeline.setup import setup_stage
+from pipeline.sir import run_sir
+
+__all__ = ["export_coarse_mesh", "gaussian_settings", "run_stage1", "stage1_with_model"]
+
+log = logging.getLogger("microdreamer")
+WHITE = (1.0, 1.0, 1.0)
+
+
+def gaussian_settings(cfg: DictConfig) -> GaussianSettings:
+    """The Gaussian representation's settings from the ``gaussians``/``sir``/``render`` sections."""
+    g, s = cfg.gaussians, cfg.sir
+    return GaussianSettings(
+        position_lr_init=g.position_lr_init,
+        position_lr_final=g.position_lr_final,
+        position_lr_max_steps=g.position_lr_max_steps,
+        spatial_lr_scale=g.spatial_lr_scale,
+        feature_lr=g.feature_lr,
+        opacity_lr=g.opacity_lr,
+        scaling_lr=g.scaling_lr,
+        rotation_lr=g.rotation_lr,
+        percent_dense=g.percent_dense,
+        density_start_iter=g.density_start_iter,
+        density_end_iter=g.density_end_iter,
+        densification_interval=g.densification_interval,
+        densify_grad_threshold=g.densify_grad_threshold,
+        min_opacity=g.min_opacity,
+        extent=g.extent,
+        lambda_target=s.lambda_target,
+        ref_loss=s.ref_loss,
+        ref_mask_loss=s.ref_mask_loss,
+        backend=cfg.render.gs_backend,
+    )
+
+
+def run_stage1(cfg: DictConfig, denoiser: Any = None, export: bool = True) -> dict:
+    """Run stage 1 for one input; returns the report dict (also written as JSON).
+
+    ``denoiser``: a loaded model to reuse (else ``guidance.load_denoiser`` loads one).
+    ``export=False`` skips the coarse mesh (benchmarks of the SIR loop on random weights).
+    """
+    return stage1_with_model(cfg, denoiser, export)[0]
+
+
+def stage1_with_model(cfg: DictConfig, denoiser: Any = None, export: bool = True) -> tuple[dict, Any]:
+    """:func:`run_stage1`, also returning the denoiser it used (loaded here when ``None``)."""
+    st = setup_stage(cfg, denoiser, guidance.load_denoiser)
+    device, timer, denoiser = st.device, st.timer, st.denoiser
+    with timer.phase("prepare"):
+        model = GaussianModel.init_ball(
+            cfg.gaussians.num_pts,
+            radius=cfg.gaussians.init_radius,
+            sh_degree=cfg.gaussians.sh_degree,
+            seed=cfg.seed,
+            device=device,
+        )
+        rep = GaussianRepresentation(
+            model, gaussian_settings(cfg), st.ref_rgb, st.ref_mask, st.ref_cam, bg=WHITE
+        )
+        plan = stage1_plan(cfg, denoiser)
+
+    with progress(len(plan.t_pairs) + (plan.init_steps > 0), "stage 1 (Gaussians)", cfg.quiet) as on_iter:
+        stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
+
+    outputs = {}
+    with timer.phase("save_ply"):
+        rep.finish()
+        ply = output_path(cfg, "_model.ply")
+        save_ply(model, ply)
+        outputs["ply"] = str(ply)
+    mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs) if export else {}
+    with timer.phase("preview"):
+        write_previews(
+            cfg, "gaussians", model, cfg.render.gs_backend, outputs, "_preview.png", "_gaussians.mp4"
+        )
+
+    report = {
+        "stage": 1,
+        "seed": cfg.seed,
+        "device": str(device),
+        "seconds": timer.seconds(),
+        "nfe": denoiser.nfe - st.nfe0,
+        "optimiser_steps": stats.optimiser_steps,
+        "num_gaussians": int(model.num_points),
+        "mesh": mesh_info,
+        "peak_gpu_memory_gb": peak_memory_gb(device),
+        "outputs": outputs,
+    }
+    write_stage_report(cfg, "_report.json", report)
+    return report, denoiser
+
+
+def export_coarse_mesh(
+    cfg: DictConfig, model: GaussianModel, timer: PhaseTimer, device: torch.device, outputs: dict
+) -> dict:
+    """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (spec 3.1-3.2).
+
+    Adds ``outputs["mesh"]``; returns ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when
+    the Gaussians have no surface above ``export.density_thresh``).
+    """
+    ex = cfg.export
+    with timer.phase("extract"):
+        v, f = extract_density_mesh(model, resolution=ex.grid_resolution, density_thresh=ex.density_thresh)
+        v, f = clean_mesh(v, f)
+        if len(f) > ex.max_faces:
+            v, f = decimate(v, f, ex.max_faces)
+    if len(f) == 0:
+        log.warning("the Gaussians have no surface above density %.3g: no mesh written", ex.density_thresh)
+        return {"faces": 0}
+    mesh = Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.int64))
+    cams = bake_cameras(ex.bake_size, radius=cfg.cameras.radius, fovy=cfg.cameras.fovy, device=device)
+    # xatlas runs on the CPU while the GPU renders the bake views.
+    with ThreadPoolExecutor(1) as pool:
+        with timer.phase("uv_unwrap"):
+            fut = pool.submit(unwrap_uv, mesh, max_faces=ex.uv_max_faces, tex_size=ex.texture_size)
+        with timer.phase("bake_render"), torch.no_grad():
+            out = render_gaussians(
+                model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
+            )
+        with timer.phase("uv_unwrap_wait"):
+            mesh = fut.result().to(device)
+    with timer.phase("bake"):
+        mesh.albedo = bake_texture(
+            mesh, cams, out.rgb, out.alpha, tex_size=ex.texture_size, backend=cfg.render.mesh_backend
+        )
+    with timer.phase("save_mesh"):
+        path = output_path(cfg, f"_mesh.{cfg.mesh_format}")
+        save_mesh(mesh.to("cpu"), path)
+        outputs["mesh"] = str(path)
+    return {"vertices": int(mesh.v.shape[0]), "faces": int(mesh.f.shape[0])}
