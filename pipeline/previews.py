@@ -18,9 +18,9 @@ from core.cameras import Cameras
 from core.defaults import DEFAULT_FOVY, DEFAULT_RADIUS
 from core.device import resolve_device
 from core.errors import UserError
+from core.outputs import OutputSet
 from core.preview import preview_cameras, preview_grid, save_video, turntable_cameras
 from gs_renderer import GaussianModel
-from pipeline.reports import output_path
 
 __all__ = [
     "GS_SUFFIXES",
@@ -153,23 +153,23 @@ def render_file(
 
 
 def write_previews(
-    cfg: DictConfig, kind: str, obj, backend: str, outputs: dict, grid: str, video: str
+    cfg: DictConfig, kind: str, obj, backend: str, outputs: dict, grid: str, video: str, out: OutputSet
 ) -> None:
     """8-view preview grid (elevation 0, azimuths 0..315) and, with ``video=true``, a turntable.
 
     ``kind``: "gaussians" or "mesh"; ``obj`` the model on its device; ``grid``/``video`` are the
-    file suffixes after ``save_path``. Paths are added to ``outputs``.
+    file suffixes after ``save_path``; files are staged in ``out`` and their final paths added to
+    ``outputs``.
     """
     device = obj.device
     with torch.no_grad():
         cams = preview_cameras(8, 0.0, cfg.cameras.radius, cfg.cameras.fovy, 256, device=device)
-        path = output_path(cfg, grid)
-        preview_grid(render_views(kind, obj, cams, backend=backend), path, ncols=4)
-        outputs["preview"] = str(path)
+        preview_grid(render_views(kind, obj, cams, backend=backend), out.path(grid), ncols=4)
+        outputs["preview"] = str(out.final_path(grid))
         if cfg.video:
             tcams = turntable_cameras(
                 120, cfg.elevation, cfg.cameras.radius, cfg.cameras.fovy, 512, device=device
             )
-            vpath = output_path(cfg, video)
-            save_video(render_views(kind, obj, tcams, chunk=30, backend=backend), vpath, fps=30)
-            outputs["video"] = str(vpath)
+            frames = render_views(kind, obj, tcams, chunk=30, backend=backend)
+            save_video(frames, out.path(video), fps=30)
+            outputs["video"] = str(out.final_path(video))

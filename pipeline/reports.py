@@ -14,9 +14,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.fileio import atomic_write_text
 
-__all__ = ["git_commit", "output_path", "peak_memory_gb", "versions", "write_report", "write_stage_report"]
+__all__ = [
+    "STAGE1_REPORT",
+    "STAGE2_REPORT",
+    "git_commit",
+    "output_path",
+    "peak_memory_gb",
+    "versions",
+    "write_report",
+    "write_stage_report",
+]
 
 log = logging.getLogger("microdreamer")
+
+
+STAGE1_REPORT = "_report.json"  # the stage-1 set's report (written last: the set's completion mark)
+STAGE2_REPORT = "_final_report.json"  # the final set's report
 
 
 def output_path(cfg: DictConfig, suffix: str) -> Path:
@@ -71,12 +84,11 @@ def peak_memory_gb(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
 
 
-def write_stage_report(cfg: DictConfig, suffix: str, report: dict[str, Any]) -> dict[str, Any]:
+def write_stage_report(cfg: DictConfig, path: Path, report: dict[str, Any]) -> dict[str, Any]:
     """Write a stage's ``report`` to ``<outdir>/<save_path><suffix>``, log its total; returns it.
 
     The report's own path is added to ``report["outputs"]`` first, so the JSON lists itself.
     """
-    path = output_path(cfg, suffix)
     report["outputs"]["report"] = str(path)
     write_report(path, cfg, report)
     total = sum(report["seconds"].values())

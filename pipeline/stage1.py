@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 import guidance
+from core.outputs import OutputSet
 from core.timing import PhaseTimer
 from gs_renderer import GaussianModel, extract_density_mesh, save_ply
 from gs_renderer import render as render_gaussians
@@ -25,7 +26,7 @@ from pipeline.gaussians import GaussianRepresentation, GaussianSettings
 from pipeline.plans import stage1_plan
 from pipeline.previews import write_previews
 from pipeline.progress import progress
-from pipeline.reports import output_path, peak_memory_gb, write_stage_report
+from pipeline.reports import STAGE1_REPORT, STAGE2_REPORT, peak_memory_gb, write_stage_report
 from pipeline.setup import setup_stage
 from pipeline.sir import run_sir
 
@@ -91,18 +92,35 @@ def stage1_with_model(cfg: DictConfig, denoiser: Any = None, export: bool = True
         stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
 
     outputs = {}
-    with timer.phase("save_ply"):
-        rep.finish()
-        ply = output_path(cfg, "_model.ply")
-        save_ply(model, ply)
-        outputs["ply"] = str(ply)
-    mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs) if export else {}
-    with timer.phase("preview"):
-        write_previews(
-            cfg, "gaussians", model, cfg.render.gs_backend, outputs, "_preview.png", "_gaussians.mp4"
-        )
+    # Stage 1's files appear together; its commit also retires the final set built on an older mesh.
+    with OutputSet(cfg.outdir, cfg.save_path, STAGE1_REPORT, replaces=(STAGE2_REPORT,)) as out:
+        with timer.phase("save_ply"):
+            rep.finish()
+            save_ply(model, out.path("_model.ply"))
+            outputs["ply"] = str(out.final_path("_model.ply"))
+        mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs, out) if export else {}
+        with timer.phase("preview"):
+            write_previews(
+                cfg, "gaussians", model, cfg.render.gs_backend, outputs, "_preview.png", "_gaussians.mp4", out
+            )
+        report = stage1_report(cfg, st, timer, denoiser, stats, model, mesh_info, outputs)
+        out.commit(lambda path: write_stage_report(cfg, path, report))
+    return report, denoiser
 
-    report = {
+
+def stage1_report(
+    cfg: DictConfig,
+    st: Any,
+    timer: PhaseTimer,
+    denoiser: Any,
+    stats: Any,
+    model: GaussianModel,
+    mesh_info: dict,
+    outputs: dict,
+) -> dict:
+    """The stage-1 figures: seconds per phase, NFE, optimiser steps, Gaussians, mesh size, memory."""
+    device = st.device
+    return {
         "stage": 1,
         "seed": cfg.seed,
         "device": str(device),
@@ -114,16 +132,19 @@ def stage1_with_model(cfg: DictConfig, denoiser: Any = None, export: bool = True
         "peak_gpu_memory_gb": peak_memory_gb(device),
         "outputs": outputs,
     }
-    write_stage_report(cfg, "_report.json", report)
-    return report, denoiser
 
 
 def export_coarse_mesh(
-    cfg: DictConfig, model: GaussianModel, timer: PhaseTimer, device: torch.device, outputs: dict
+    cfg: DictConfig,
+    model: GaussianModel,
+    timer: PhaseTimer,
+    device: torch.device,
+    outputs: dict,
+    out: OutputSet,
 ) -> dict:
     """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (spec 3.1-3.2).
 
-    Adds ``outputs["mesh"]``; returns ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when
+    Stages the mesh in ``out`` and adds its final path as ``outputs["mesh"]``; returns ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when
     the Gaussians have no surface above ``export.density_thresh``).
     """
     ex = cfg.export
@@ -142,17 +163,17 @@ def export_coarse_mesh(
         with timer.phase("uv_unwrap"):
             fut = pool.submit(unwrap_uv, mesh, max_faces=ex.uv_max_faces, tex_size=ex.texture_size)
         with timer.phase("bake_render"), torch.no_grad():
-            out = render_gaussians(
+            views = render_gaussians(
                 model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
             )
         with timer.phase("uv_unwrap_wait"):
             mesh = fut.result().to(device)
     with timer.phase("bake"):
         mesh.albedo = bake_texture(
-            mesh, cams, out.rgb, out.alpha, tex_size=ex.texture_size, backend=cfg.render.mesh_backend
+            mesh, cams, views.rgb, views.alpha, tex_size=ex.texture_size, backend=cfg.render.mesh_backend
         )
     with timer.phase("save_mesh"):
-        path = output_path(cfg, f"_mesh.{cfg.mesh_format}")
-        save_mesh(mesh.to("cpu"), path)
-        outputs["mesh"] = str(path)
+        suffix = f"_mesh.{cfg.mesh_format}"
+        save_mesh(mesh.to("cpu"), out.path(suffix))
+        outputs["mesh"] = str(out.final_path(suffix))
     return {"vertices": int(mesh.v.shape[0]), "faces": int(mesh.f.shape[0])}

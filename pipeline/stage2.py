@@ -14,11 +14,12 @@ from omegaconf import DictConfig
 
 import guidance
 from core.errors import UserError
+from core.outputs import OutputSet
 from mesh_renderer import load_mesh, save_mesh
 from pipeline.plans import stage2_plan
 from pipeline.previews import write_previews
 from pipeline.progress import progress
-from pipeline.reports import output_path, peak_memory_gb, write_stage_report
+from pipeline.reports import STAGE2_REPORT, output_path, peak_memory_gb, write_stage_report
 from pipeline.setup import setup_stage
 from pipeline.sir import run_sir
 from pipeline.texture import TextureRepresentation
@@ -72,30 +73,35 @@ def run_stage2(cfg: DictConfig, denoiser: Any = None) -> dict:
         stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
 
     outputs = {}
-    with timer.phase("export"):
-        final = rep.export_mesh().to("cpu")
-        glb = output_path(cfg, ".glb")
-        save_mesh(final, glb)
-        outputs["glb"] = str(glb)
-        if cfg.mesh_format == "obj":
-            obj = output_path(cfg, ".obj")
-            save_mesh(final, obj)
-            outputs["obj"] = str(obj)
-    with timer.phase("preview"):
-        write_previews(
-            cfg, "mesh", final.to(device), cfg.render.mesh_backend, outputs, "_final_preview.png", ".mp4"
-        )
-
-    report = {
-        "stage": 2,
-        "seed": cfg.seed,
-        "device": str(device),
-        "input_mesh": str(mesh_path),
-        "seconds": timer.seconds(),
-        "nfe": denoiser.nfe - st.nfe0,
-        "optimiser_steps": stats.optimiser_steps,
-        "peak_gpu_memory_gb": peak_memory_gb(device),
-        "outputs": outputs,
-    }
-    write_stage_report(cfg, "_final_report.json", report)
+    with OutputSet(cfg.outdir, cfg.save_path, STAGE2_REPORT) as out:
+        with timer.phase("export"):
+            final = rep.export_mesh().to("cpu")
+            save_mesh(final, out.path(".glb"))
+            outputs["glb"] = str(out.final_path(".glb"))
+            if cfg.mesh_format == "obj":
+                save_mesh(final, out.path(".obj"))
+                outputs["obj"] = str(out.final_path(".obj"))
+        with timer.phase("preview"):
+            write_previews(
+                cfg,
+                "mesh",
+                final.to(device),
+                cfg.render.mesh_backend,
+                outputs,
+                "_final_preview.png",
+                ".mp4",
+                out,
+            )
+        report = {
+            "stage": 2,
+            "seed": cfg.seed,
+            "device": str(device),
+            "input_mesh": str(mesh_path),
+            "seconds": timer.seconds(),
+            "nfe": denoiser.nfe - st.nfe0,
+            "optimiser_steps": stats.optimiser_steps,
+            "peak_gpu_memory_gb": peak_memory_gb(device),
+            "outputs": outputs,
+        }
+        out.commit(lambda path: write_stage_report(cfg, path, report))
     return report
