@@ -48,7 +48,7 @@ def test_cached_snapshot_is_used_offline(tmp_path):
 
 def test_zero123_rejects_incomplete_folder(tmp_path):
     pytest.importorskip("diffusers")
-    from guidance.zero123 import Zero123Denoiser
+    from guidance.models.zero123 import Zero123Denoiser
 
     (tmp_path / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
     (tmp_path / "unet").mkdir()

@@ -1,4 +1,4 @@
-"""Shared by the random-weight models (:mod:`guidance.random_models`, :mod:`guidance.random_imagedream`).
+"""Shared by the random-weight models (:mod:`testing.random_zero123`, :mod:`testing.random_imagedream`).
 
 Config dicts both use (the SD VAE, the CLIP image processor), writing components in the Hugging Face
 Hub folder layout, and the cached tiny-model folder under the temp dir that tests reuse. Nothing here

@@ -1,7 +1,7 @@
 """Stable Zero123 with random weights, saved in the real diffusers folder layout.
 
 ``tiny``: the same classes with a few channels (CPU seconds; GroupNorm channels are multiples of 32),
-image 64 px -> latent 8x8. ``full``: the real configs of checkpoints.md 1.4-1.7 (UNet 8 in-channels,
+image 64 px -> latent 8x8. ``full``: the real configs of ``ashawkey/stable-zero123-diffusers`` (UNet 8 in-channels,
 [320,640,1280,1280], cross-attention 768, 8 heads; SD VAE; CLIP ViT-L/14 vision with projection 768),
 for speed measurements: a network's cost does not depend on its weights.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from guidance.random_layout import cached_folder, clip_processor_config, save_hub_layout, sd_vae_config
 from guidance.schedule import STABLE_DIFFUSION_DDIM_CONFIG
+from testing.random_layout import cached_folder, clip_processor_config, save_hub_layout, sd_vae_config
 
 __all__ = ["zero123_configs", "build_zero123", "save_zero123"]
 
@@ -105,7 +105,7 @@ def build_zero123(size: str = "tiny", seed: int = 0) -> dict[str, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from guidance.zero123 import CLIPCameraProjection
+    from guidance.camera_projection import CLIPCameraProjection
 
     cfg = zero123_configs(size)
     torch.manual_seed(seed)
