@@ -19,7 +19,13 @@ import torch
 
 from guidance.schedule import STABLE_DIFFUSION_DDIM_CONFIG
 from testing import random_layout
-from testing.random_layout import cached_folder, clip_processor_config, save_hub_layout, sd_vae_config
+from testing.random_layout import (
+    cached_folder,
+    clip_processor_config,
+    save_hub_layout,
+    sd_vae_config,
+    tiny_clip_config,
+)
 
 __all__ = [
     "imagedream_configs",
@@ -133,28 +139,8 @@ def imagedream_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
             resampler_dim_head=16,
             resampler_depth=2,
         )
-        text = dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            vocab_size=vocab_size,
-            projection_dim=32,
-            hidden_act="gelu",
-            layer_norm_eps=1e-5,
-        )
-        vision = dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=32,
-            hidden_act="gelu",
-            layer_norm_eps=1e-5,
-        )
+        text = tiny_clip_config("gelu", max_position_embeddings=77, vocab_size=vocab_size)
+        vision = tiny_clip_config("gelu", image_size=32, patch_size=8)
         crop = 32
     else:
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")

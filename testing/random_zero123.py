@@ -15,7 +15,13 @@ from typing import Any
 import torch
 
 from guidance.schedule import STABLE_DIFFUSION_DDIM_CONFIG
-from testing.random_layout import cached_folder, clip_processor_config, save_hub_layout, sd_vae_config
+from testing.random_layout import (
+    cached_folder,
+    clip_processor_config,
+    save_hub_layout,
+    sd_vae_config,
+    tiny_clip_config,
+)
 
 __all__ = ["zero123_configs", "build_zero123", "save_zero123"]
 
@@ -75,17 +81,7 @@ def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
             freq_shift=0,
             act_fn="silu",
         )
-        clip = dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=32,
-            hidden_act="quick_gelu",
-            layer_norm_eps=1e-5,
-        )
+        clip = tiny_clip_config("quick_gelu", image_size=32, patch_size=8)
         crop = 32
         emb = 32
     else:
