@@ -27,26 +27,31 @@ __all__ = ["zero123_configs", "build_zero123", "save_zero123"]
 
 _TINY_VERSION = "3"  # bump when build_zero123 changes the tiny weights
 
+#: UNet settings of both sizes: 8 input channels (noisy latent ++ reference latent), SD 1.x conventions.
+_UNET_COMMON: dict[str, Any] = dict(
+    in_channels=8,
+    out_channels=4,
+    attention_head_dim=8,
+    use_linear_projection=False,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    act_fn="silu",
+)
+
 
 def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
     """Config dicts of every component: unet, vae, image_encoder, feature_extractor, scheduler, projection."""
     if size == "full":
         unet = dict(
+            _UNET_COMMON,
             sample_size=32,
-            in_channels=8,
-            out_channels=4,
             down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
             up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
             block_out_channels=[320, 640, 1280, 1280],
             layers_per_block=2,
             cross_attention_dim=768,
-            attention_head_dim=8,
-            use_linear_projection=False,
-            norm_num_groups=32,
-            norm_eps=1e-5,
-            flip_sin_to_cos=True,
-            freq_shift=0,
-            act_fn="silu",
             downsample_padding=1,
             mid_block_scale_factor=1,
         )
@@ -65,21 +70,13 @@ def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
         emb = 768
     elif size == "tiny":
         unet = dict(
+            _UNET_COMMON,
             sample_size=8,
-            in_channels=8,
-            out_channels=4,
             down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
             up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
             block_out_channels=[32, 64],
             layers_per_block=1,
             cross_attention_dim=32,
-            attention_head_dim=8,
-            use_linear_projection=False,
-            norm_num_groups=32,
-            norm_eps=1e-5,
-            flip_sin_to_cos=True,
-            freq_shift=0,
-            act_fn="silu",
         )
         clip = tiny_clip_config("quick_gelu", image_size=32, patch_size=8)
         crop = 32
