@@ -25,10 +25,11 @@ import torch
 
 from core.cameras import orbit_cameras
 from core.schedules import t1_for_t2, t2_for_iteration
+from guidance.components import DTYPES
 from guidance.denoiser import TorchNoise
-from guidance.random_models import save_zero123
+from guidance.models.zero123 import Zero123Denoiser
 from guidance.sir_step import refine
-from guidance.zero123 import DTYPES, Zero123Denoiser
+from testing.random_zero123 import save_zero123
 
 
 def _sync(dev: torch.device) -> None:

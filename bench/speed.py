@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from guidance import load_denoiser
-    from guidance.random_imagedream import save_imagedream
-    from guidance.random_models import save_zero123
+    from testing.random_imagedream import save_imagedream
+    from testing.random_zero123 import save_zero123
 
     work = Path(tempfile.mkdtemp(prefix="md_speed_"))
     t0 = time.perf_counter()

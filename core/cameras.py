@@ -19,8 +19,8 @@ Converters (the only places other conventions appear):
   ``[V,3,3]``: what gsplat and our reference rasterisers take.
 * :meth:`Cameras.mvp` -> OpenGL clip matrices ``[V,4,4]`` for nvdiffrast, with y flipped so that
   nvdiffrast's row 0 is the top of the image.
-* :func:`zero123_embedding` -> Stable Zero123 / Zero123-XL camera 4-vectors.
-* :func:`imagedream_embedding` -> ImageDream's flattened 16-vectors.
+
+Each diffusion model's camera embedding lives with its model (``guidance.models``).
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from core.defaults import DEFAULT_FOVY
+
 __all__ = [
     "Cameras",
     "orbit_poses",
     "orbit_cameras",
     "focal_from_fovy",
     "sample_orbit_views",
-    "zero123_embedding",
-    "imagedream_embedding",
+    "DEFAULT_FOVY",
 ]
 
 
@@ -190,7 +191,7 @@ def orbit_cameras(
     elevation,
     azimuth,
     radius: float | torch.Tensor = 2.0,
-    fovy: float = 49.1,
+    fovy: float = DEFAULT_FOVY,
     height: int = 256,
     width: int | None = None,
     device: torch.device | str = "cpu",
@@ -242,34 +243,3 @@ def sample_orbit_views(
         offsets[i] = rng.integers(lo, hi) if hi > lo else lo
         azimuths[i] = base + step * i if even else rng.integers(-180, 180)
     return offsets, azimuths
-
-
-def zero123_embedding(cams: Cameras, ref_elevation: float, stable: bool = True) -> torch.Tensor:
-    """Camera 4-vectors ``[V,4]`` for (Stable) Zero123, relative to the reference view.
-
-    Stable Zero123: ``[rad(d_elev), sin(rad(azim)), cos(rad(azim)), rad(90 + ref_elev)]``;
-    Zero123-XL: the last entry is the radius offset (0 on our fixed-radius orbits). ``d_elev`` is
-    the view's elevation minus the reference elevation, in our (DreamGaussian) sign, which is
-    Zero123's polar-angle offset.
-    """
-    # float64 then float32, as the authors' numpy maths: the embedding matches theirs exactly.
-    d_elev = torch.deg2rad(cams.elevation.double() - ref_elevation)
-    az = torch.deg2rad(cams.azimuth.double())
-    if stable:
-        last = torch.full_like(d_elev, math.radians(90.0 + ref_elevation))
-    else:
-        last = torch.zeros_like(d_elev)
-    return torch.stack([d_elev, torch.sin(az), torch.cos(az), last], dim=-1).float()
-
-
-def imagedream_embedding(cams: Cameras) -> torch.Tensor:
-    """ImageDream camera vectors ``[V,16]``: OpenGL c2w moved to its z-up world, unit translation.
-
-    Rows (x, y, z) of the pose become (x, -z, y); the translation is scaled to unit length; the
-    4x4 matrix is flattened row-major.
-    """
-    c2w = cams.c2w[:, [0, 2, 1, 3], :].clone()
-    c2w[:, 1] *= -1
-    t = c2w[:, :3, 3]
-    c2w[:, :3, 3] = t / (t.norm(dim=-1, keepdim=True) + 1e-8)
-    return c2w.reshape(len(cams), 16)

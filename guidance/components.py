@@ -1,4 +1,4 @@
-"""Loading pieces shared by the diffusers-layout backends (:mod:`guidance.zero123`, :mod:`guidance.imagedream`).
+"""Loading pieces shared by the diffusers-layout models (:mod:`guidance.latent_diffusion` and its subclasses).
 
 No remote code: each component folder is loaded with a stock class named by the caller, in eval mode
 with gradients off. diffusers models get ``torch_dtype`` at load time; transformers models are loaded

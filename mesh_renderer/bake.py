@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from core.cameras import Cameras, orbit_cameras
+from core.defaults import DEFAULT_FOVY, DEFAULT_RADIUS
 
 from .mesh import Mesh
 from .raster import barycentrics, rasterize, zbuffer
@@ -31,7 +32,9 @@ BAKE_ELEVATIONS = [0.0] * 8 + [-45.0] * 8 + [45.0] * 8 + [-89.9, 89.9]
 BAKE_AZIMUTHS = [0.0, 45.0, -45.0, 90.0, -90.0, 135.0, -135.0, 180.0] * 3 + [0.0, 0.0]
 
 
-def bake_cameras(height: int = 512, radius: float = 2.0, fovy: float = 49.1, device="cpu") -> Cameras:
+def bake_cameras(
+    height: int = 512, radius: float = DEFAULT_RADIUS, fovy: float = DEFAULT_FOVY, device="cpu"
+) -> Cameras:
     """The authors' 26 bake views (spec 3.2): 8 azimuths at elevations 0, -45 (above), 45, then top and bottom."""
     return orbit_cameras(BAKE_ELEVATIONS, BAKE_AZIMUTHS, radius, fovy, height, device=device)
 

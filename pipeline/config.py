@@ -14,9 +14,6 @@ from core.errors import UserError
 __all__ = ["DEFAULT_CONFIG", "config_rules", "finalize_config", "load_config"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "image.yaml"
-#: Models that render their own reference view, so ``input`` may be empty (the registry's
-#: ``needs_input=False`` replaces this once guidance has one).
-SELF_REFERENCED = ("oracle",)
 
 
 def config_rules() -> dict:
@@ -27,7 +24,9 @@ def config_rules() -> dict:
             lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"),
             "be auto, cpu, cuda or cuda:N",
         ),
-        "guidance": C.choices(*guidance.GUIDANCE_KINDS),
+        "guidance": C.check(
+            lambda v: v in guidance.names(), "be a registered model: " + ", ".join(guidance.names())
+        ),
         "mesh_format": C.choices("glb", "obj"),
         "ref_size": C.positive(),
         "border_ratio": C.in_range(0.0, 0.9),
@@ -60,13 +59,16 @@ def config_rules() -> dict:
 def finalize_config(cfg: DictConfig) -> DictConfig:
     """Fill what depends on other keys; a missing ``input`` fails here, before any model loads.
 
-    A self-referenced model's demo (no input) names its outputs after its reference mesh.
+    A model that renders its own reference view (``needs_input=False``) may run without ``input``;
+    its outputs are then named after the mesh of its config section, or after the model.
     """
     if not cfg.get("input"):
-        if cfg.get("guidance") not in SELF_REFERENCED:
+        spec = guidance.registry.get(cfg.get("guidance"))
+        if spec.needs_input:
             raise UserError("input is not set: pass input=path/to/image.png")
-        if not cfg.get("save_path") and cfg.get("oracle", {}).get("mesh"):
-            cfg.save_path = Path(cfg.oracle.mesh).stem
+        if not cfg.get("save_path"):
+            mesh = (cfg.get(spec.section) or {}).get("mesh")
+            cfg.save_path = Path(mesh).stem if mesh else spec.name
     return cfg
 
 

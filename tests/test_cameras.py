@@ -12,10 +12,8 @@ from core.cameras import (
     Cameras,
     elevation_offset_range,
     focal_from_fovy,
-    imagedream_embedding,
     orbit_cameras,
     sample_orbit_views,
-    zero123_embedding,
 )
 
 ATOL = 1e-4
@@ -187,42 +185,3 @@ def test_elevation_offset_range_matches_the_spec(ref, lo, hi):
     assert elevation_offset_range(ref, -30, 30) == (lo, hi)
     # The absolute elevation of every view stays within [-80, 80].
     assert ref + lo >= -80 and ref + hi <= 80
-
-
-def test_zero123_embedding_known_values():
-    cams = orbit_cameras([10.0, -20.0, 0.0], [90.0, 0.0, -180.0])
-    emb = zero123_embedding(cams, ref_elevation=0.0)
-    expected = torch.tensor(
-        [
-            [math.radians(10), 1.0, 0.0, math.radians(90)],
-            [math.radians(-20), 0.0, 1.0, math.radians(90)],
-            [0.0, 0.0, -1.0, math.radians(90)],
-        ]
-    )
-    assert emb.shape == (3, 4)
-    assert torch.allclose(emb, expected, atol=ATOL)
-    # Relative elevation; the last entry encodes the reference elevation (Stable Zero123).
-    emb = zero123_embedding(orbit_cameras(-25.0, 30.0), ref_elevation=-15.0)
-    assert torch.allclose(
-        emb[0], torch.tensor([math.radians(-10), 0.5, math.sqrt(3) / 2, math.radians(75)]), atol=ATOL
-    )
-    # Zero123-XL: radius offset 0 in the last slot.
-    assert zero123_embedding(orbit_cameras(-25.0, 30.0), -15.0, stable=False)[0, 3] == 0.0
-
-
-def test_imagedream_embedding_known_values():
-    # Front camera (azimuth 0, elevation 0, radius 2): OpenGL pose [I | (0,0,2)] moved to a z-up
-    # world: rows (x, y, z) -> (x, -z, y), translation normalised.
-    emb = imagedream_embedding(orbit_cameras(0.0, 0.0, radius=2.0))
-    expected = torch.tensor([1, 0, 0, 0, 0, 0, -1, -1, 0, 1, 0, 0, 0, 0, 0, 1], dtype=torch.float32)
-    assert emb.shape == (1, 16)
-    assert torch.allclose(emb[0], expected, atol=ATOL)
-    # Azimuth 90 (ImageDream's reference view): camera on +x, translation (1, 0, 0) after the flip.
-    emb = imagedream_embedding(orbit_cameras(0.0, 90.0, radius=2.5)).reshape(4, 4)
-    assert torch.allclose(emb[:3, 3], torch.tensor([1.0, 0.0, 0.0]), atol=ATOL)
-    # The camera's up axis is the z-up world's +z.
-    assert torch.allclose(emb[:3, 1], torch.tensor([0.0, 0.0, 1.0]), atol=ATOL)
-    # Elevated camera (above): positive z in the z-up world, unit translation.
-    emb = imagedream_embedding(orbit_cameras(-30.0, 45.0, radius=3.0)).reshape(4, 4)
-    assert emb[2, 3] == pytest.approx(0.5, abs=ATOL)
-    assert float(emb[:3, 3].norm()) == pytest.approx(1.0, abs=ATOL)

@@ -2,7 +2,7 @@
 
 The fixtures ``tests/data/fidelity_zero123.{npz,json}`` were recorded by running the authors'
 public guidance code (MicroDreamer, paper commit 174b58d, ``guidance/zero123_utils.py``) in fp32 on
-the CPU, on the tiny random Stable Zero123 that ``guidance.random_models.build_zero123("tiny", seed)``
+the CPU, on the tiny random Stable Zero123 that ``testing.random_zero123.build_zero123("tiny", seed)``
 builds, with every ``torch.randn``/``randn_like`` draw of their code recorded in call order. The
 recording script imports their code and therefore lives outside this repository; only its outputs
 are here. What the JSON holds: the model seed and tiny configs, weight fingerprints, per case the
@@ -11,7 +11,7 @@ caller of each draw and the UNet-call log; the NPZ holds the inputs (uint8 image
 noise, the authors' reference conditioning, final latents and target images (uint16).
 
 Here the same tiny model is written in the real folder layout, loaded through OUR loader
-(:class:`guidance.zero123.Zero123Denoiser`), the recorded noise is replayed with
+(:class:`guidance.models.zero123.Zero123Denoiser`), the recorded noise is replayed with
 :class:`guidance.denoiser.ListNoise` (our documented draw order), and OUR
 :func:`guidance.sir_step.refine` must reproduce the authors' targets to < 1e-3 in [0,1] pixels for
 the init pass (pure noise), three stage-1 iterations (noise to t1, inversion to t2, eta 0.5, CFG 3)
@@ -30,12 +30,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.cameras import orbit_cameras, zero123_embedding
+from core.cameras import orbit_cameras
 from core.schedules import t1_for_t2, t2_for_iteration
+from guidance.camera_projection import CLIPCameraProjection
 from guidance.denoiser import ListNoise
+from guidance.models.zero123 import Zero123Denoiser, zero123_embedding
 from guidance.schedule import DDIMSchedule
 from guidance.sir_step import refine
-from guidance.zero123 import CLIPCameraProjection, Zero123Denoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,7 +77,7 @@ def build_tiny_from_spec(spec: dict) -> dict:
     """The recorded tiny Stable Zero123: modules built from ``spec`` (fp32, eval).
 
     ``spec``: ``seed``, ``configs`` (unet, vae, image_encoder, feature_extractor, scheduler,
-    clip_camera_projection: the tiny configs of :mod:`guidance.random_models` when the goldens were
+    clip_camera_projection: the tiny configs of :mod:`testing.random_zero123` when the goldens were
     recorded) and ``unet_conv_out_scale``. One ``torch.manual_seed(seed)`` precedes the modules,
     built in this order: UNet, VAE, CLIP vision encoder, camera projection. The fixture keeps its
     own copy of the configs so later changes of the test model do not invalidate the goldens.
@@ -137,7 +138,7 @@ def denoiser(golden, tmp_path_factory) -> Zero123Denoiser:
             f"differently from {meta['versions']}; the goldens cannot be compared"
         )
     folder = save_layout(comps, tmp_path_factory.mktemp("fid") / "stable-zero123-tiny")
-    den = Zero123Denoiser(folder, device="cpu", dtype="fp32", variant="stable", concat_latent="sample")
+    den = Zero123Denoiser(folder, device="cpu", dtype="fp32", variant="stable", ref_latent="sample")
     assert den.image_size == meta["image_size"]
     ref_noise = [torch.from_numpy(arrays[f"ref/noise{i}"]) for i in range(len(meta["reference"]["draws"]))]
     src = ListNoise(ref_noise)

@@ -47,7 +47,7 @@ def test_cached_snapshot_is_used_offline(tmp_path):
 
 
 def test_zero123_rejects_incomplete_folder(tmp_path):
-    from guidance.zero123 import Zero123Denoiser
+    from guidance.models.zero123 import Zero123Denoiser
 
     (tmp_path / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
     (tmp_path / "unet").mkdir()

@@ -170,8 +170,8 @@ def test_refine_loop_matches_authors_loop_on_tiny_unet(tiny_zero123_cpu, eta):
 
 @pytest.fixture(scope="module")
 def tiny_zero123_cpu():
-    from guidance.random_models import cached_tiny_zero123
-    from guidance.zero123 import Zero123Denoiser
+    from guidance.models.zero123 import Zero123Denoiser
+    from testing.random_zero123 import cached_tiny_zero123
 
     den = Zero123Denoiser(cached_tiny_zero123(), device="cpu", dtype="fp32")
     den.set_reference(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)), 0.0)

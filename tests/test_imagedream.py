@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.cameras import imagedream_embedding, orbit_cameras
-from guidance.imagedream import FRAMES, ImageDreamDenoiser
+from core.cameras import orbit_cameras
+from guidance.models.imagedream import FRAMES, ImageDreamDenoiser, imagedream_embedding
 from guidance.mv_unet import MultiViewUNetModel
-from guidance.random_imagedream import UNET_CONFIG, cached_tiny_imagedream
+from testing.random_imagedream import UNET_CONFIG, cached_tiny_imagedream
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -183,7 +183,7 @@ def test_unet_loading_is_strict(tiny, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from core.errors import UserError
-    from guidance.imagedream import load_mv_unet
+    from guidance.models.imagedream import load_mv_unet
 
     folder = tmp_path / "unet"
     shutil.copytree(tiny.root / "unet", folder)
@@ -214,3 +214,21 @@ def test_interleaved_groups(tiny):
         assert sub.order is None
         torch.testing.assert_close(e[idx], den.eps_cfg(x[idx], 300, sub, 2.0), atol=5e-4, rtol=1e-4)
         torch.testing.assert_close(eu[idx], den.eps_uncond(x[idx], 300, sub), atol=5e-4, rtol=1e-4)
+
+
+def test_imagedream_embedding_known_values():
+    # Front camera (azimuth 0, elevation 0, radius 2): OpenGL pose [I | (0,0,2)] moved to a z-up
+    # world: rows (x, y, z) -> (x, -z, y), translation normalised.
+    emb = imagedream_embedding(orbit_cameras(0.0, 0.0, radius=2.0))
+    expected = torch.tensor([1, 0, 0, 0, 0, 0, -1, -1, 0, 1, 0, 0, 0, 0, 0, 1], dtype=torch.float32)
+    assert emb.shape == (1, 16)
+    assert torch.allclose(emb[0], expected, atol=1e-4)
+    # Azimuth 90 (ImageDream's reference view): camera on +x, translation (1, 0, 0) after the flip.
+    emb = imagedream_embedding(orbit_cameras(0.0, 90.0, radius=2.5)).reshape(4, 4)
+    assert torch.allclose(emb[:3, 3], torch.tensor([1.0, 0.0, 0.0]), atol=1e-4)
+    # The camera's up axis is the z-up world's +z.
+    assert torch.allclose(emb[:3, 1], torch.tensor([0.0, 0.0, 1.0]), atol=1e-4)
+    # Elevated camera (above): positive z in the z-up world, unit translation.
+    emb = imagedream_embedding(orbit_cameras(-30.0, 45.0, radius=3.0)).reshape(4, 4)
+    assert emb[2, 3] == pytest.approx(0.5, abs=1e-4)
+    assert float(emb[:3, 3].norm()) == pytest.approx(1.0, abs=1e-4)

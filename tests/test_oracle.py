@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.cameras import orbit_cameras
-from guidance.oracle import OracleDenoiser, color_field
+from guidance.models.oracle import OracleDenoiser, color_field
 from guidance.sir_step import refine
 
 MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"

@@ -120,7 +120,7 @@ def test_stage2_improves_the_texture_and_writes_a_valid_glb(oracle_run):
 @pytest.mark.slow
 def test_tiny_zero123_runs_the_paper_schedule(tmp_path):
     """The tiny Stable Zero123 through stage 1 at the paper's schedule: 323 network calls."""
-    from guidance.random_models import cached_tiny_zero123
+    from testing.random_zero123 import cached_tiny_zero123
 
     folder = cached_tiny_zero123()
     img = ROOT / ".." / "shared" / "data" / "images" / "cat_rgba.png"
@@ -169,7 +169,7 @@ def test_tiny_imagedream_runs_both_stages(tmp_path):
     """configs/imagedream.yaml end to end with the tiny ImageDream: 4-view groups in stage 1, two
     groups of 4 in stage 2 (the authors' stage 2 crashes with ImageDream)."""
     from guidance import load_denoiser
-    from guidance.random_imagedream import cached_tiny_imagedream
+    from testing.random_imagedream import cached_tiny_imagedream
 
     img = ROOT / ".." / "shared" / "data" / "images" / "cat_rgba.png"
     common = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from core.cameras import orbit_cameras
 from core.schedules import t1_for_t2, t2_for_iteration
 from guidance.denoiser import Denoiser, ListNoise, TorchNoise
+from guidance.models.zero123 import zero123_embedding
 from guidance.schedule import DDIMSchedule
 from guidance.sir_step import refine
 
@@ -18,14 +20,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_folder():
-    from guidance.random_models import cached_tiny_zero123
+    from testing.random_zero123 import cached_tiny_zero123
 
     return cached_tiny_zero123()
 
 
 @pytest.fixture(scope="module")
 def den(tiny_folder):
-    from guidance.zero123 import Zero123Denoiser
+    from guidance.models.zero123 import Zero123Denoiser
 
     d = Zero123Denoiser(tiny_folder, device="cpu", dtype="fp32")
     d.set_reference(
@@ -177,7 +179,7 @@ def test_nfe_budget_of_the_paper_schedule(t_start, total, inv_calls):
 def test_xl_variant_camera(tiny_folder, tmp_path):
     import shutil
 
-    from guidance.zero123 import Zero123Denoiser
+    from guidance.models.zero123 import Zero123Denoiser
 
     xl = tmp_path / "zero123-xl-diffusers"
     shutil.copytree(tiny_folder, xl)
@@ -190,7 +192,7 @@ def test_xl_variant_camera(tiny_folder, tmp_path):
 
 def test_load_denoiser_zero123(tiny_folder):
     from guidance import load_denoiser
-    from guidance.zero123 import Zero123Denoiser
+    from guidance.models.zero123 import Zero123Denoiser
 
     cfg = {
         "guidance": "zero123",
@@ -203,5 +205,26 @@ def test_load_denoiser_zero123(tiny_folder):
         },
     }
     d = load_denoiser(cfg, "cpu")
-    assert isinstance(d, Zero123Denoiser) and d.concat_latent == "mode"
+    assert isinstance(d, Zero123Denoiser) and d.ref_latent_mode == "mode"
     assert not d._runner.enabled  # graphs only on CUDA
+
+
+def test_zero123_embedding_known_values():
+    cams = orbit_cameras([10.0, -20.0, 0.0], [90.0, 0.0, -180.0])
+    emb = zero123_embedding(cams, ref_elevation=0.0)
+    expected = torch.tensor(
+        [
+            [math.radians(10), 1.0, 0.0, math.radians(90)],
+            [math.radians(-20), 0.0, 1.0, math.radians(90)],
+            [0.0, 0.0, -1.0, math.radians(90)],
+        ]
+    )
+    assert emb.shape == (3, 4)
+    assert torch.allclose(emb, expected, atol=1e-4)
+    # Relative elevation; the last entry encodes the reference elevation (Stable Zero123).
+    emb = zero123_embedding(orbit_cameras(-25.0, 30.0), ref_elevation=-15.0)
+    assert torch.allclose(
+        emb[0], torch.tensor([math.radians(-10), 0.5, math.sqrt(3) / 2, math.radians(75)]), atol=1e-4
+    )
+    # Zero123-XL: radius offset 0 in the last slot.
+    assert zero123_embedding(orbit_cameras(-25.0, 30.0), -15.0, stable=False)[0, 3] == 0.0

@@ -8,7 +8,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def folder():
-    from guidance.random_models import cached_tiny_zero123
+    from testing.random_zero123 import cached_tiny_zero123
 
     return cached_tiny_zero123()
 
@@ -30,8 +30,8 @@ def _noise(n: int):
 
 
 def test_cuda_fp32_matches_cpu(folder, monkeypatch):
+    from guidance.models.zero123 import Zero123Denoiser
     from guidance.sir_step import refine
-    from guidance.zero123 import Zero123Denoiser
 
     # cuDNN convolutions default to TF32 (10-bit mantissa); compare true fp32 with the CPU.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -39,7 +39,7 @@ def test_cuda_fp32_matches_cpu(folder, monkeypatch):
 
     outs = []
     for dev in ("cpu", "cuda"):
-        den = Zero123Denoiser(folder, device=dev, dtype="fp32", concat_latent="mode")
+        den = Zero123Denoiser(folder, device=dev, dtype="fp32", ref_latent="mode")
         cams, img = _setup(den)
         outs.append(refine(den, img, cams.to(dev), 651, 801, 0.5, 3.0, 20, _noise(2 + 17)).images.cpu())
     assert (outs[0] - outs[1]).abs().max() < 2e-3
@@ -47,12 +47,12 @@ def test_cuda_fp32_matches_cpu(folder, monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_half_precision_refine_is_close_to_fp32(folder, dtype):
+    from guidance.models.zero123 import Zero123Denoiser
     from guidance.sir_step import refine
-    from guidance.zero123 import Zero123Denoiser
 
     outs = []
     for dt in ("fp32", dtype):
-        den = Zero123Denoiser(folder, device="cuda", dtype=dt, concat_latent="mode")
+        den = Zero123Denoiser(folder, device="cuda", dtype=dt, ref_latent="mode")
         cams, img = _setup(den)
         out = refine(den, img, cams.to("cuda"), 651, 801, 0.0, 3.0, 20, _noise(2))
         assert torch.isfinite(out.images).all()
@@ -62,12 +62,12 @@ def test_half_precision_refine_is_close_to_fp32(folder, dtype):
 
 @pytest.mark.parametrize("dtype", ["fp16", "fp32"])
 def test_cuda_graph_equals_eager(folder, dtype):
+    from guidance.models.zero123 import Zero123Denoiser
     from guidance.sir_step import refine
-    from guidance.zero123 import Zero123Denoiser
 
     res = []
     for graph in (False, True):
-        den = Zero123Denoiser(folder, device="cuda", dtype=dtype, concat_latent="mode", cuda_graph=graph)
+        den = Zero123Denoiser(folder, device="cuda", dtype=dtype, ref_latent="mode", cuda_graph=graph)
         cams, img = _setup(den)
         out = refine(den, img, cams.to("cuda"), 501, 901, 0.5, 3.0, 20, _noise(2 + 19))
         res.append(out.images)

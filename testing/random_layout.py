@@ -1,4 +1,4 @@
-"""Shared by the random-weight models (:mod:`guidance.random_models`, :mod:`guidance.random_imagedream`).
+"""Shared by the random-weight models (:mod:`testing.random_zero123`, :mod:`testing.random_imagedream`).
 
 Config dicts both use (the SD VAE, the CLIP image processor), writing components in the Hugging Face
 Hub folder layout, and the cached tiny-model folder under the temp dir that tests reuse. Nothing here
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["sd_vae_config", "clip_processor_config", "save_hub_layout", "cached_folder"]
+__all__ = ["sd_vae_config", "tiny_clip_config", "clip_processor_config", "save_hub_layout", "cached_folder"]
 
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -26,35 +26,38 @@ _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 def sd_vae_config(size: str) -> dict[str, Any]:
     """``AutoencoderKL`` config: the Stable Diffusion VAE (``full``) or a 32-channel one (``tiny``, 64 px)."""
+    full = dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=[128, 256, 512, 512],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=2,
+        sample_size=256,
+        scaling_factor=0.18215,
+        act_fn="silu",
+        norm_num_groups=32,
+    )
     if size == "full":
-        return dict(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=[128, 256, 512, 512],
-            down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=2,
-            sample_size=256,
-            scaling_factor=0.18215,
-            act_fn="silu",
-            norm_num_groups=32,
-        )
+        return full
     if size == "tiny":
-        return dict(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=[32, 32, 32, 32],
-            down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=1,
-            sample_size=64,
-            scaling_factor=0.18215,
-            act_fn="silu",
-            norm_num_groups=32,
-        )
+        return dict(full, block_out_channels=[32, 32, 32, 32], layers_per_block=1, sample_size=64)
     raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+
+
+def tiny_clip_config(hidden_act: str, **extra: Any) -> dict[str, Any]:
+    """Config of a tiny CLIP tower (width 32, 2 layers, 4 heads); ``extra``: the tower's own keys (image or text)."""
+    return dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=32,
+        hidden_act=hidden_act,
+        layer_norm_eps=1e-5,
+        **extra,
+    )
 
 
 def clip_processor_config(crop: int) -> dict[str, Any]:

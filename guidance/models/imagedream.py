@@ -1,60 +1,55 @@
-"""ImageDream (image + optional text -> 4 consistent views) behind the :class:`guidance.denoiser.Denoiser` interface.
+"""ImageDream (image + optional text -> 4 consistent views) behind the Denoiser interface (``guidance=imagedream``).
 
-Loads the diffusers folder layout of ``ashawkey/imagedream-ipmv-diffusers`` (checkpoints.md 2.1) without
-remote code: each component folder is loaded by its own class, whatever library ``model_index.json``
+Loads the diffusers folder layout of ``ashawkey/imagedream-ipmv-diffusers`` without remote code: each component folder is loaded by its own class, whatever library ``model_index.json``
 names (it says ``mv_unet`` for the UNet, a module shipped with the repo that we never import):
 ``unet`` -> our :class:`guidance.mv_unet.MultiViewUNetModel`, ``vae`` -> ``AutoencoderKL``,
 ``text_encoder``/``tokenizer`` -> ``CLIPTextModel``/``CLIPTokenizer``, ``image_encoder``/``feature_extractor``
 -> ``CLIPVisionModel``/``CLIPImageProcessor``; the scheduler config is read as JSON.
 
-Conditioning (checkpoints.md 2.4-2.6, spec 2.2):
+Conditioning:
 
 * reference (once): CLIP ``hidden_states[-2]`` ``[1,257,1280]`` through the UNet's Resampler ->
   16 image-prompt tokens (uncond: the Resampler applied to zeros, not zero tokens); ``ip_img`` = VAE
   posterior sample x 0.18215 (uncond: zeros); text tokens of the prompt and of the negative prompt
   (uncond = the negative prompt, encoded like the prompt).
 * per group of 4 views: 5 frames, the 5th a placeholder whose latent the UNet overwrites with ``ip_img``
-  and whose camera is the zero 16-vector; its prediction is dropped. The self-attention of every
-  transformer runs jointly over the 5 frames, so groups must be complete.
+  and whose camera is the zero 16-vector; its prediction is dropped. The views' cameras are the
+  16-vectors of :func:`imagedream_embedding`. The self-attention of every transformer runs jointly
+  over the 5 frames, so groups must be complete.
 * CFG batch ``[uncond; cond]`` (the authors' order); any number of groups in one network call.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from core.cameras import Cameras, imagedream_embedding
+from core.cameras import Cameras
 from core.errors import UserError
-from guidance.components import (
-    DTYPES,  # noqa: F401 - re-exported
-    clip_pixels,
-    frozen,
-    load_diffusers,
-    load_transformers,
-    open_pipeline,
-    reference_pixels,
-    resolve_dtype,
-    use_safetensors,
-)
-from guidance.cuda_graphs import GraphRunner
-from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
-from guidance.mv_unet import MultiViewUNetModel
-from guidance.schedule import DDIMSchedule
+from guidance.components import frozen, load_transformers, use_safetensors
+from guidance.denoiser import NoiseSource
+from guidance.latent_diffusion import LatentDiffusionDenoiser, pipeline_options
+from guidance.options import cfg_get, cfg_prompt
+from guidance.registry import DenoiserSpec, register
+
+if TYPE_CHECKING:
+    from guidance.mv_unet import MultiViewUNetModel
 
 __all__ = [
     "ImageDreamCond",
     "ImageDreamDenoiser",
+    "imagedream_embedding",
+    "load_mv_unet",
+    "DEFAULT_ID",
     "NEGATIVE_PROMPT",
     "REQUIRED_COMPONENTS",
     "FRAMES",
 ]
 
-log = logging.getLogger(__name__)
-
+DEFAULT_ID = "ashawkey/imagedream-ipmv-diffusers"
 #: MicroDreamer's ``configs/imagedream.yaml`` negative prompt (MD @597e373, line 6).
 NEGATIVE_PROMPT = (
     "ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear, "
@@ -75,6 +70,19 @@ VIEWS = 4
 FRAMES = VIEWS + 1
 
 
+def imagedream_embedding(cams: Cameras) -> torch.Tensor:
+    """ImageDream camera vectors ``[V,16]``: OpenGL c2w moved to its z-up world, unit translation.
+
+    Rows (x, y, z) of the pose become (x, -z, y); the translation is scaled to unit length; the
+    4x4 matrix is flattened row-major.
+    """
+    c2w = cams.c2w[:, [0, 2, 1, 3], :].clone()
+    c2w[:, 1] *= -1
+    t = c2w[:, :3, 3]
+    c2w[:, :3, 3] = t / (t.norm(dim=-1, keepdim=True) + 1e-8)
+    return c2w.reshape(len(cams), 16)
+
+
 @dataclass
 class ImageDreamCond:
     """Network inputs for G groups, all ``[uncond; cond]`` with ``N = G * 5`` rows per half.
@@ -93,6 +101,8 @@ class ImageDreamCond:
 
 def load_mv_unet(folder: Path, dtype: torch.dtype) -> MultiViewUNetModel:
     """Load ``unet/`` strictly: every checkpoint tensor must be consumed and every parameter present."""
+    from guidance.mv_unet import MultiViewUNetModel
+
     try:
         unet, info = MultiViewUNetModel.from_pretrained(
             folder, torch_dtype=dtype, use_safetensors=use_safetensors(folder), output_loading_info=True
@@ -108,76 +118,49 @@ def load_mv_unet(folder: Path, dtype: torch.dtype) -> MultiViewUNetModel:
     return unet
 
 
-class ImageDreamDenoiser(Denoiser):
+class ImageDreamDenoiser(LatentDiffusionDenoiser):
     """ImageDream as a SIR denoiser: 4 views per group (+ the reference frame), CFG ``[uncond; cond]``."""
+
+    pipeline_name = "ImageDream"
+    required_components = REQUIRED_COMPONENTS
+    latent_size_key = "image_size"
+    views_per_group = VIEWS
 
     def __init__(
         self,
-        model: str | Path = "ashawkey/imagedream-ipmv-diffusers",
-        device: str | torch.device = "cuda",
-        dtype: str | torch.dtype = "fp16",
+        model: str | Path = DEFAULT_ID,
         prompt: str = "",
         negative_prompt: str = NEGATIVE_PROMPT,
-        ref_latent: str = "sample",
-        cuda_graph: bool = False,
         grouping: str = "auto",
-        channels_last: bool = True,
-        config_key: str = "model.path",
-        cache_dir: str | Path | None = None,
-        local_files_only: bool | None = None,
+        **kwargs: Any,
     ) -> None:
-        """Load from a folder or Hub id. ``ref_latent``: ``sample`` (the authors) or ``mode`` for ``ip_img``.
+        """Load from a folder or Hub id; ``kwargs``: see :class:`LatentDiffusionDenoiser`.
 
-        ``grouping``: how views form groups of 4 (``auto`` | ``consecutive`` | ``interleaved``, see
-        :meth:`group_order`).
+        ``ref_latent`` (``sample`` | ``mode``) is ``ip_img``. ``grouping``: how views form groups of 4
+        (``auto`` | ``consecutive`` | ``interleaved``, see :meth:`group_order`).
         """
-        super().__init__()
-        from diffusers import AutoencoderKL
-        from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
-
-        self.device = torch.device(device)
-        self.dtype = dtype = resolve_dtype(dtype, self.device, key="model.dtype")
-        if ref_latent not in ("sample", "mode"):
-            raise UserError(f"model.ref_latent={ref_latent!r} must be 'sample' or 'mode'")
-        self.ref_latent_mode = ref_latent
         if grouping not in ("auto", "consecutive", "interleaved"):
             raise UserError(f"grouping={grouping!r} must be auto, consecutive or interleaved")
         self.grouping = grouping
-        root = open_pipeline(
-            model,
-            REQUIRED_COMPONENTS,
-            "ImageDream",
-            config_key=config_key,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-        )
-        self.root = root
-
-        self.unet = frozen(load_mv_unet(root / "unet", dtype), self.device)
-        if int(self.unet.config.ip_dim) <= 0:
-            raise UserError(f"{root / 'unet'} has ip_dim=0: an MVDream (text-only) UNet, not ImageDream")
-        self.vae = load_diffusers(AutoencoderKL, root / "vae", dtype, self.device)
-        self.text_encoder = load_transformers(CLIPTextModel, root / "text_encoder", dtype, self.device)
-        self.image_encoder = load_transformers(CLIPVisionModel, root / "image_encoder", dtype, self.device)
-        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-        self.feature_extractor = CLIPImageProcessor.from_pretrained(root / "feature_extractor")
-        self.schedule = DDIMSchedule.from_file(root / "scheduler" / "scheduler_config.json")
-
-        if channels_last and self.device.type == "cuda":
-            self.unet.to(memory_format=torch.channels_last)
-            self.vae.to(memory_format=torch.channels_last)
-        self.scaling_factor = float(self.vae.config.scaling_factor)
-        self.latent_size = int(self.unet.config.image_size)
-        self.latent_channels = int(self.unet.config.out_channels)
-        self.image_size = self.latent_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.views_per_group = VIEWS
-        self._runner = GraphRunner(self._unet_call, self.device, cuda_graph, name="ImageDream UNet")
-
-        self.ref_elevation = 0.0
-        self.ref_latent: torch.Tensor | None = None  # [1,C,h,w] scaled
+        super().__init__(model, **kwargs)
         self.ip_tokens: torch.Tensor | None = None  # [2,ip_dim,D]: [uncond; cond]
         self.text: torch.Tensor | None = None  # [2,77,D]: [negative; prompt]
         self.set_prompt(prompt, negative_prompt)
+
+    def _load_unet(self, folder: Path) -> Any:
+        unet = frozen(load_mv_unet(folder, self.dtype), self.device)
+        if int(unet.config.ip_dim) <= 0:
+            raise UserError(f"{folder} has ip_dim=0: an MVDream (text-only) UNet, not ImageDream")
+        return unet
+
+    def _load_encoders(self, root: Path) -> None:
+        from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+
+        self.text_encoder = load_transformers(CLIPTextModel, root / "text_encoder", self.dtype, self.device)
+        self.image_encoder = load_transformers(
+            CLIPVisionModel, root / "image_encoder", self.dtype, self.device
+        )
+        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
 
     # ------------------------------------------------------------------ text / reference
     @torch.no_grad()
@@ -211,39 +194,13 @@ class ImageDreamDenoiser(Denoiser):
         """
         if prompt is not None:
             self.set_prompt(prompt)
-        x = reference_pixels(rgb, self.image_size, self.device)
-        pix = clip_pixels(self.feature_extractor, x)
-        hidden = self.image_encoder(pix.to(self.device, self.dtype), output_hidden_states=True).hidden_states[
-            -2
-        ]
+        x, pix = self._reference_inputs(rgb)
+        hidden = self.image_encoder(pix, output_hidden_states=True).hidden_states[-2]
         feats = torch.cat([torch.zeros_like(hidden), hidden], dim=0)  # [2,T,W]: zeros are the uncond prompt
         self.ip_tokens = self.unet.embed_image(feats)  # [2,ip_dim,D]
-        post = self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist
-        lat = post.mean.float()
-        if self.ref_latent_mode == "sample":
-            lat = lat + post.std.float() * (noise or TorchNoise()).randn(lat.shape, self.device)
-        self.ref_latent = lat * self.scaling_factor  # ImageDream's ip_img IS scaled (unlike zero123)
+        # ImageDream's ip_img IS scaled (unlike zero123's concat latent)
+        self.ref_latent = self._reference_latent(x, noise) * self.scaling_factor
         self.ref_elevation = float(elevation)
-
-    # ------------------------------------------------------------------ VAE
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, noise: NoiseSource | None = None) -> torch.Tensor:
-        """Pixels float ``[B,3,S,S]`` in [0,1] -> scaled float32 latents ``[B,C,h,w]`` (sample if ``noise``)."""
-        x = (2 * images.to(self.device, torch.float32) - 1).to(self.dtype)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        post = self.vae.encode(x).latent_dist
-        lat = post.mean.float()
-        if noise is not None:
-            lat = lat + post.std.float() * noise.randn(lat.shape, self.device)
-        return lat * self.scaling_factor
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled float32 latents ``[B,C,h,w]`` -> images float32 ``[B,3,S,S]`` in [0,1]."""
-        z = (latents / self.scaling_factor).to(self.dtype)
-        img = self.vae.decode(z, return_dict=False)[0].float()
-        return (img / 2 + 0.5).clamp(0, 1)
 
     # ------------------------------------------------------------------ conditioning
     def camera_vectors(self, cams: Cameras) -> torch.Tensor:
@@ -329,10 +286,7 @@ class ImageDreamDenoiser(Denoiser):
             x = x[cond.order]
         v = x.to(self.dtype).view(G, VIEWS, *x.shape[1:])
         # The zero latent is a placeholder: the UNet writes ip_img there.
-        x5 = torch.cat([v, torch.zeros_like(v[:, :1])], dim=1).view(G * FRAMES, *x.shape[1:])
-        if self.device.type == "cuda":
-            x5 = x5.contiguous(memory_format=torch.channels_last)
-        return x5
+        return self._nhwc(torch.cat([v, torch.zeros_like(v[:, :1])], dim=1).view(G * FRAMES, *x.shape[1:]))
 
     @staticmethod
     def _drop_ref(eps: torch.Tensor, G: int) -> torch.Tensor:
@@ -352,9 +306,13 @@ class ImageDreamDenoiser(Denoiser):
         G = cond.groups
         x5 = self._frames(x, cond)
         inp = torch.cat([x5, x5], dim=0)
-        # float32 timesteps: exact for every integer t, and the sinusoidal embedding is float32 anyway.
-        tt = torch.full((inp.shape[0],), float(t), device=self.device, dtype=torch.float32)
-        eps = self._runner(x=inp, t=tt, context=cond.context, camera=cond.camera, ip_img=cond.ip_img)
+        eps = self._runner(
+            x=inp,
+            t=self._timesteps(inp.shape[0], t),
+            context=cond.context,
+            camera=cond.camera,
+            ip_img=cond.ip_img,
+        )
         self._count("cfg", inp.shape[0])
         N = G * FRAMES
         e_u, e_c = self._drop_ref(eps[:N], G), self._drop_ref(eps[N:], G)
@@ -366,9 +324,33 @@ class ImageDreamDenoiser(Denoiser):
         G = cond.groups
         N = G * FRAMES
         x5 = self._frames(x, cond)
-        tt = torch.full((N,), float(t), device=self.device, dtype=torch.float32)
         eps = self._runner(
-            x=x5, t=tt, context=cond.context[:N], camera=cond.camera[:N], ip_img=cond.ip_img[:G]
+            x=x5,
+            t=self._timesteps(N, t),
+            context=cond.context[:N],
+            camera=cond.camera[:N],
+            ip_img=cond.ip_img[:G],
         )
         self._count("uncond", N)
         return self._ungroup(self._drop_ref(eps, G), cond)
+
+
+def load(cfg: Any, device: torch.device) -> ImageDreamDenoiser:
+    """``ImageDreamDenoiser`` from ``model.*`` (+ ``model.negative_prompt``) and the prompt (``prompt`` or the caption file)."""
+    extra = {}
+    neg = cfg_get(cfg, "model.negative_prompt")
+    if neg is not None:
+        extra["negative_prompt"] = neg
+    return ImageDreamDenoiser(
+        device=device, prompt=cfg_prompt(cfg), **extra, **pipeline_options(cfg, DEFAULT_ID)
+    )
+
+
+SPEC = register(
+    DenoiserSpec(
+        name="imagedream",
+        section="model",
+        load=load,
+        description="ImageDream: 4 consistent views per call, conditioned on the input image and a prompt",
+    )
+)

@@ -1,7 +1,7 @@
 """Stable Zero123 with random weights, saved in the real diffusers folder layout.
 
 ``tiny``: the same classes with a few channels (CPU seconds; GroupNorm channels are multiples of 32),
-image 64 px -> latent 8x8. ``full``: the real configs of checkpoints.md 1.4-1.7 (UNet 8 in-channels,
+image 64 px -> latent 8x8. ``full``: the real configs of ``ashawkey/stable-zero123-diffusers`` (UNet 8 in-channels,
 [320,640,1280,1280], cross-attention 768, 8 heads; SD VAE; CLIP ViT-L/14 vision with projection 768),
 for speed measurements: a network's cost does not depend on its weights.
 """
@@ -14,33 +14,44 @@ from typing import Any
 
 import torch
 
-from guidance.random_layout import cached_folder, clip_processor_config, save_hub_layout, sd_vae_config
 from guidance.schedule import STABLE_DIFFUSION_DDIM_CONFIG
+from testing.random_layout import (
+    cached_folder,
+    clip_processor_config,
+    save_hub_layout,
+    sd_vae_config,
+    tiny_clip_config,
+)
 
 __all__ = ["zero123_configs", "build_zero123", "save_zero123"]
 
 _TINY_VERSION = "3"  # bump when build_zero123 changes the tiny weights
+
+#: UNet settings of both sizes: 8 input channels (noisy latent ++ reference latent), SD 1.x conventions.
+_UNET_COMMON: dict[str, Any] = dict(
+    in_channels=8,
+    out_channels=4,
+    attention_head_dim=8,
+    use_linear_projection=False,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    act_fn="silu",
+)
 
 
 def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
     """Config dicts of every component: unet, vae, image_encoder, feature_extractor, scheduler, projection."""
     if size == "full":
         unet = dict(
+            _UNET_COMMON,
             sample_size=32,
-            in_channels=8,
-            out_channels=4,
             down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
             up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
             block_out_channels=[320, 640, 1280, 1280],
             layers_per_block=2,
             cross_attention_dim=768,
-            attention_head_dim=8,
-            use_linear_projection=False,
-            norm_num_groups=32,
-            norm_eps=1e-5,
-            flip_sin_to_cos=True,
-            freq_shift=0,
-            act_fn="silu",
             downsample_padding=1,
             mid_block_scale_factor=1,
         )
@@ -59,33 +70,15 @@ def zero123_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
         emb = 768
     elif size == "tiny":
         unet = dict(
+            _UNET_COMMON,
             sample_size=8,
-            in_channels=8,
-            out_channels=4,
             down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
             up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
             block_out_channels=[32, 64],
             layers_per_block=1,
             cross_attention_dim=32,
-            attention_head_dim=8,
-            use_linear_projection=False,
-            norm_num_groups=32,
-            norm_eps=1e-5,
-            flip_sin_to_cos=True,
-            freq_shift=0,
-            act_fn="silu",
         )
-        clip = dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=32,
-            hidden_act="quick_gelu",
-            layer_norm_eps=1e-5,
-        )
+        clip = tiny_clip_config("quick_gelu", image_size=32, patch_size=8)
         crop = 32
         emb = 32
     else:
@@ -105,7 +98,7 @@ def build_zero123(size: str = "tiny", seed: int = 0) -> dict[str, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from guidance.zero123 import CLIPCameraProjection
+    from guidance.camera_projection import CLIPCameraProjection
 
     cfg = zero123_configs(size)
     torch.manual_seed(seed)

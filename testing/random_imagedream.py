@@ -1,8 +1,8 @@
-"""ImageDream with random weights, saved in the real diffusers folder layout (checkpoints.md 2.1).
+"""ImageDream with random weights, saved in the real diffusers folder layout of ``ashawkey/imagedream-ipmv-diffusers``.
 
 ``tiny``: the same classes with a few channels (CPU seconds): image 64 px -> latent 8x8, UNet 32/64
 channels, context width 32, 4 image-prompt tokens, CLIP towers of width 32. ``full``: the real configs
-(UNet of checkpoints.md 2.2, SD VAE, SD 2.1 text encoder, OpenCLIP ViT-H/14 vision tower) for speed
+(the Hub UNet config, SD VAE, SD 2.1 text encoder, OpenCLIP ViT-H/14 vision tower) for speed
 measurements on the device: a network's cost does not depend on its weights.
 The tokenizer is a CLIP BPE tokenizer over a small vocabulary written at run time (no download); the
 full text encoder keeps the real 49408-row embedding, of which the tiny vocabulary uses the first rows.
@@ -17,9 +17,15 @@ from typing import Any
 
 import torch
 
-from guidance import random_layout
-from guidance.random_layout import cached_folder, clip_processor_config, save_hub_layout, sd_vae_config
 from guidance.schedule import STABLE_DIFFUSION_DDIM_CONFIG
+from testing import random_layout
+from testing.random_layout import (
+    cached_folder,
+    clip_processor_config,
+    save_hub_layout,
+    sd_vae_config,
+    tiny_clip_config,
+)
 
 __all__ = [
     "imagedream_configs",
@@ -30,7 +36,7 @@ __all__ = [
     "UNET_CONFIG",
 ]
 
-#: ``unet/config.json`` of ``ashawkey/imagedream-ipmv-diffusers`` (checkpoints.md 2.2), minus metadata.
+#: ``unet/config.json`` of ``ashawkey/imagedream-ipmv-diffusers``, minus metadata.
 UNET_CONFIG: dict[str, Any] = dict(
     image_size=32,
     in_channels=4,
@@ -133,28 +139,8 @@ def imagedream_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
             resampler_dim_head=16,
             resampler_depth=2,
         )
-        text = dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            vocab_size=vocab_size,
-            projection_dim=32,
-            hidden_act="gelu",
-            layer_norm_eps=1e-5,
-        )
-        vision = dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=32,
-            hidden_act="gelu",
-            layer_norm_eps=1e-5,
-        )
+        text = tiny_clip_config("gelu", max_position_embeddings=77, vocab_size=vocab_size)
+        vision = tiny_clip_config("gelu", image_size=32, patch_size=8)
         crop = 32
     else:
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
