@@ -71,7 +71,7 @@ class MeshNotFoundError(MeshFileError, FileNotFoundError):
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
-def _confined(folder: Path, ref: str, owner: Path, what: str) -> Path:
+def _confined(folder: Path, ref: str, owner: Path | str, what: str) -> Path:
     """The file that ``ref`` (from ``owner``) names inside ``folder``; anything leaving it is refused.
 
     Referenced files (MTL libraries, textures, glTF buffers and images) may only be relative paths
@@ -336,7 +336,8 @@ def _obj_texture(path: Path, mtllibs: list[str], materials: list[str]) -> torch.
             if parts[0] == "newmtl":
                 name = " ".join(parts[1:])
             elif parts[0].lower() in _MTL_MAPS and len(parts) > 1:
-                tex = _confined(folder, _map_file(parts), mtl, parts[0])
+                owner = f"{path} (material library {mtl.name})"
+                tex = _confined(folder, _map_file(parts), owner, parts[0])
                 if parts[0].lower() == "map_kd" and name is not None:
                     textures[name] = tex
     order = [m for m in materials if m in textures] + list(textures)
