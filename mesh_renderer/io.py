@@ -158,8 +158,8 @@ def _parse_floats(path: Path, lines: list[_Line], width: int) -> np.ndarray:
         pass  # find the bad line below
     out = np.zeros((len(toks), width), np.float32)
     for i, t in enumerate(toks):
-        # 'vt u' (1D) is legal: missing columns are 0; fewer than one number is not.
-        if len(t) < min(width, 2 if width == 3 else 1):
+        # 'vt u' (1D textures) is legal, missing columns are 0; a 'v' needs all three coordinates.
+        if len(t) < (3 if width == 3 else 1):
             raise _bad_line(path, lines[i], f"'{lines[i][1].split()[0]}' (too few numbers)")
         try:
             out[i] = [float(x) for x in (t + ["0"] * width)[:width]]
@@ -367,8 +367,14 @@ def _read_texture(tex: Path, owner: Path) -> torch.Tensor:
                     arr = np.asarray(img, dtype=np.float32) / 65535.0
                     return torch.from_numpy(np.repeat(arr[..., None], 3, axis=-1))
                 arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:  # fmt: skip
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MeshFileError(f"{owner}: cannot read texture {tex}: {reason}") from None
     if arr.size == 0:

@@ -606,3 +606,15 @@ def test_process_py_with_a_model_file_anywhere(tmp_path):
     (result,) = out.iterdir()
     alpha = np.asarray(Image.open(result))[..., 3]
     assert alpha.shape == (32, 32) and alpha[16, 16] > 230 and alpha[0, 0] < 25
+
+
+def test_corrupt_or_bomb_texture_is_one_line_user_error(tmp_path, monkeypatch):
+    obj = obj_with_mtl(tmp_path, "map_Kd tex.png")
+    (tmp_path / "tex.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 16)
+    with pytest.raises(MeshFileError, match="cannot read texture") as e:
+        load_mesh(obj)
+    one_line(e.value)
+    secret_image(tmp_path / "tex.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2)  # 4 pixels: a "bomb" at this limit
+    with pytest.raises(MeshFileError, match="cannot read texture"):
+        load_mesh(obj)
