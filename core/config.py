@@ -17,6 +17,7 @@ Value checks beyond types (choices, ranges) are declarative rules, see :func:`va
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,10 +34,13 @@ from core.fileio import atomic_write_text
 __all__ = [
     "ConfigError",
     "Rule",
+    "at_least",
+    "at_most",
     "check",
+    "check_finite",
     "choices",
     "config_help",
-    "yaml_comments",
+    "existing_file",
     "in_range",
     "load_config",
     "non_negative",
@@ -44,6 +48,7 @@ __all__ = [
     "positive",
     "save_config",
     "validate",
+    "yaml_comments",
 ]
 
 
@@ -337,8 +342,14 @@ def _coerce_child(group: str, name: Any, value: Any, schema: Mapping, source: st
     return _coerce(key, value, schema[name], source, False)
 
 
-def _apply_override(data: dict, key: str, raw: str, source: str, all_keys: list[str]) -> None:
-    """Check one ``key=raw`` against the schema ``data`` and write its typed value into it."""
+def _apply_override(
+    data: dict, key: str, raw: str, source: str, all_keys: list[str], interpolated: dict[str, Any]
+) -> None:
+    """Check one ``key=raw`` against the schema ``data`` and write its typed value into it.
+
+    A value with an OmegaConf interpolation (``${...}``) cannot be typed yet: it is stored as
+    text and its key and schema go into ``interpolated``, to be checked once resolved.
+    """
     parts = key.split(".")
     node: Any = data
     for depth, part in enumerate(parts):
@@ -351,6 +362,8 @@ def _apply_override(data: dict, key: str, raw: str, source: str, all_keys: list[
         if depth == len(parts) - 1:
             schema = node[part]
             value = _coerce(here, raw, schema, source, True)
+            if isinstance(value, str) and "${" in raw:
+                interpolated[here] = schema
             if isinstance(schema, dict) and isinstance(value, dict):
                 node[part] = _deep_merge(schema, value)
             else:
@@ -469,11 +482,22 @@ def config_help(path: str | Path, prog: str = "main.py") -> str:
 
 @dataclass(frozen=True)
 class Rule:
-    """A value check: ``ok(value)`` must be true, else the error says ``must ...``."""
+    """A value check: ``ok(value, *needed)`` must be true, else the error says ``must ...``.
 
-    ok: Callable[[Any], bool]
+    ``needs`` names other config keys whose values are passed to ``ok`` after the value (cross-key
+    rules); ``must`` may use ``{0}``, ``{1}``... for those values. The rule is skipped when a needed
+    key is absent or null.
+    """
+
+    ok: Callable[..., bool]
     must: str
     options: tuple = ()  # for choices: offered as a close-match suggestion
+    needs: tuple[str, ...] = ()
+
+
+def _items(v: Any) -> list:
+    """A list value's items, or ``[v]``: numeric rules apply to every item of a list."""
+    return list(v) if isinstance(v, (list, tuple, ListConfig)) else [v]
 
 
 def choices(*values: Any) -> Rule:
@@ -483,17 +507,35 @@ def choices(*values: Any) -> Rule:
 
 def positive() -> Rule:
     """The value (or every item of a list) must be > 0."""
-    return Rule(lambda v: all(x > 0 for x in (v if isinstance(v, (list, ListConfig)) else [v])), "be > 0")
+    return Rule(lambda v: all(x > 0 for x in _items(v)), "be > 0")
 
 
 def non_negative() -> Rule:
     """The value (or every item of a list) must be >= 0."""
-    return Rule(lambda v: all(x >= 0 for x in (v if isinstance(v, (list, ListConfig)) else [v])), "be >= 0")
+    return Rule(lambda v: all(x >= 0 for x in _items(v)), "be >= 0")
 
 
 def in_range(lo: float, hi: float) -> Rule:
-    """``lo <= value <= hi``."""
-    return Rule(lambda v: lo <= v <= hi, f"be in [{lo}, {hi}]")
+    """``lo <= value <= hi`` (every item of a list); ints and floats alike, e.g. ``in_range(1, 4096)``."""
+    return Rule(lambda v: all(lo <= x <= hi for x in _items(v)), f"be in [{lo}, {hi}]")
+
+
+def _bound(bound: float | str, op: Callable[[Any, Any], bool], sign: str) -> Rule:
+    if isinstance(bound, str):  # another key: a cross-key rule
+        return Rule(
+            lambda v, b: all(op(x, b) for x in _items(v)), f"be {sign} {bound} ({{0}})", needs=(bound,)
+        )
+    return Rule(lambda v: all(op(x, bound) for x in _items(v)), f"be {sign} {bound}")
+
+
+def at_least(bound: float | str) -> Rule:
+    """``value >= bound``; ``bound`` is a number or another key (``at_least("sir.steps_min")``)."""
+    return _bound(bound, lambda x, b: x >= b, ">=")
+
+
+def at_most(bound: float | str) -> Rule:
+    """``value <= bound``; ``bound`` is a number or another key (``at_most("sir.steps_max")``)."""
+    return _bound(bound, lambda x, b: x <= b, "<=")
 
 
 def existing_file() -> Rule:
@@ -501,9 +543,14 @@ def existing_file() -> Rule:
     return Rule(lambda v: v == "" or Path(str(v)).is_file(), "name an existing file")
 
 
-def check(predicate: Callable[[Any], bool], must: str) -> Rule:
-    """Any predicate; ``must`` completes the sentence 'config key X must ...'."""
-    return Rule(predicate, must)
+def check(predicate: Callable[..., bool], must: str, needs: Sequence[str] = ()) -> Rule:
+    """Any predicate; ``must`` completes the sentence 'config key X must ...'.
+
+    With ``needs=("a.b", ...)`` the predicate is called as ``predicate(value, a_b, ...)`` and
+    ``must`` may show those values as ``{0}``, ``{1}``: e.g.
+    ``check(lambda hi, lo: hi >= lo, "be >= sir.steps_min ({0})", needs=["sir.steps_min"])``.
+    """
+    return Rule(predicate, must, needs=tuple(needs))
 
 
 RuleLike = Rule | Sequence[Rule] | tuple | set | frozenset
@@ -529,21 +576,26 @@ def validate(
     """Check values against declarative ``rules``; raise :class:`ConfigError` on the first violation.
 
     ``rules`` maps a dotted key to a :class:`Rule` (``choices(...)``, ``positive()``,
-    ``in_range(a, b)``, ``check(fn, "be ...")``), a list of Rules, a tuple/list/set of allowed
+    ``in_range(a, b)``, ``at_least(n)``, ``at_most(n)``, ``check(fn, "be ...")``; cross-key:
+    ``at_least("other.key")``, ``check(fn, "be ... {0}", needs=["other.key"])``), a list of Rules, a tuple/list/set of allowed
     values (shorthand for ``choices``) or a ``(predicate, "be ...")`` pair. Keys absent from the
     config and null values are skipped (null means "not set"), so one rule table serves all configs.
     """
+    flat = None if isinstance(cfg, DictConfig) else _flatten(cfg)
+
+    def get(key: str) -> Any:
+        return OmegaConf.select(cfg, key, default=None) if flat is None else flat.get(key)
+
     for key, spec in rules.items():
-        value = (
-            OmegaConf.select(cfg, key, default=None)
-            if isinstance(cfg, DictConfig)
-            else _flatten(cfg).get(key)
-        )
+        value = get(key)
         if value is None:
             continue
         for rule in _as_rules(spec):
+            needed = [get(k) for k in rule.needs]
+            if any(n is None for n in needed):
+                continue  # a cross-key rule whose other key is absent or unset
             try:
-                ok = bool(rule.ok(value))
+                ok = bool(rule.ok(value, *needed))
             except TypeError:
                 ok = False
             if not ok:
@@ -554,7 +606,8 @@ def validate(
                 shown = (
                     OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
                 )
-                raise ConfigError(f"config key '{key}' in {source} must {rule.must}, got {shown!r}{hint}")
+                must = rule.must.format(*needed) if rule.needs else rule.must
+                raise ConfigError(f"config key '{key}' in {source} must {must}, got {shown!r}{hint}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -598,10 +651,13 @@ def load_config(
     source = str(path)
     data = _load_schema(path)
     all_keys = list(_flatten(data))
+    interpolated: dict[str, Any] = {}
     for key, raw in args.overrides:
-        _apply_override(data, key, raw, source, all_keys)
+        _apply_override(data, key, raw, source, all_keys, interpolated)
 
     cfg = OmegaConf.create(data)
+    _resolve(cfg, interpolated, source)
+    check_finite(cfg, source)
     if "save_path" in cfg and not cfg.get("save_path") and cfg.get("input"):
         cfg.save_path = Path(str(cfg.input).rstrip("/\\")).stem
     for key in required:
@@ -611,14 +667,61 @@ def load_config(
                 f"missing required config key '{key}': pass {key}=... "
                 f"(e.g. {key}=path/to/image.png; see {prog} --config {source} --help)"
             )
-    try:
-        OmegaConf.resolve(cfg)
-    except Exception as e:
-        raise ConfigError(f"cannot resolve interpolations in {source}: {str(e).splitlines()[0]}") from None
     if rules:
         validate(cfg, rules, source)
     OmegaConf.set_struct(cfg, struct)
     return cfg
+
+
+def _resolve(cfg: DictConfig, interpolated: Mapping[str, Any], source: str) -> None:
+    """Resolve OmegaConf interpolations in place, then type-check the overrides that used them.
+
+    A resolved value that still holds ``${`` (an environment variable or escaped text that would be
+    read as a new interpolation) is refused, so text from outside cannot inject interpolations.
+    """
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as e:
+        raise ConfigError(f"cannot resolve interpolations in {source}: {str(e).splitlines()[0]}") from None
+    for key, schema in interpolated.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value)
+        where = f"{source} (after interpolation)"
+        if isinstance(value, str):
+            if "${" in value:
+                raise ConfigError(
+                    f"config key '{key}' in {source}: its interpolation resolves to text with '${{'"
+                )
+            typed = _coerce(key, value, schema, where, True)
+        else:
+            typed = _coerce(key, value, schema, where, False)
+        OmegaConf.update(cfg, key, typed, merge=False)
+    for key, value in _leaves(cfg):
+        if isinstance(value, str) and "${" in value:
+            raise ConfigError(
+                f"config key '{key}' in {source} still holds '${{' after resolving interpolations"
+            )
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf, list items as ``key[i]``."""
+    if isinstance(node, (DictConfig, Mapping)):
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
+        for k, v in items:
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, (ListConfig, list, tuple)):
+        for i, v in enumerate(node):
+            yield from _leaves(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, node
+
+
+def check_finite(cfg: DictConfig | Mapping, source: str | Path = "the config") -> None:
+    """Refuse NaN and infinite numbers in every key (and list item): :class:`ConfigError` naming it."""
+    for key, value in _leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' in {source} must be a finite number, got {value}")
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> Path:

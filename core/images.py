@@ -13,6 +13,7 @@ hidden colour cannot bleed into the edges as dark fringes.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_SUFFIXES",
     "BackgroundRemovalError",
+    "OnnxMaskModel",
     "composite_white",
     "load_image",
     "read_image",
@@ -39,6 +41,11 @@ __all__ = [
     "resize_square",
     "save_rgba",
 ]
+
+log = logging.getLogger(__name__)
+
+#: Upscaling the object by more than this to reach ``ref_size`` logs a warning (blurry reference).
+MAX_UPSCALE = 8.0
 
 #: File suffixes treated as images when scanning folders.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -67,7 +74,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
             with Image.open(path) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return _to_rgba(img)
+                rgba, has_alpha = _to_rgba(img)
     except (
         UnidentifiedImageError,
         OSError,
@@ -78,6 +85,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
     ) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot read image {path}: not an image or corrupt ({reason})") from None
+    if rgba.shape[0] == 0 or rgba.shape[1] == 0:
+        raise UserError(f"input image {path} has no pixels ({rgba.shape[1]}x{rgba.shape[0]})")
+    return rgba, has_alpha
 
 
 def _to_rgba(img: Image.Image) -> tuple[np.ndarray, bool]:
@@ -136,10 +146,64 @@ def _short_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:160]}"
 
 
+class OnnxMaskModel:
+    """A u2net-style salient-object model (``.onnx``) loaded from any path with onnxruntime.
+
+    rembg 2.0.86 refuses model files outside its own models folder, so a local file is run here
+    with u2net's pre/post-processing (as rembg does it): resize to the model's input size (320 px),
+    divide by the image maximum, ImageNet mean/std, NCHW float32 in; first output ``[1,1,h,w]``,
+    min-max normalised, resized back (Lanczos) as the alpha.
+    """
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, path: str | Path) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        providers = [p for p in ort.get_available_providers() if p in wanted] or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.path), providers=providers)
+        inp = self.session.get_inputs()[0]
+        shape = list(inp.shape)
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+            raise ValueError(f"input {inp.name} has shape {shape}, not [N,3,H,W] like u2net")
+        self.input_name = inp.name
+        # Fixed spatial sizes come from the model; dynamic ones use u2net's 320.
+        self.size = tuple(d if isinstance(d, int) and d > 0 else 320 for d in shape[2:])
+
+    def mask(self, rgb: np.ndarray) -> np.ndarray:
+        """Foreground probability float32 ``[H,W]`` in [0,1] for RGB float ``[H,W,3]`` in [0,1]."""
+        h, w = rgb.shape[:2]
+        u8 = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
+        x = np.asarray(u8.resize((self.size[1], self.size[0]), Image.Resampling.LANCZOS), np.float64)
+        x = x / max(float(x.max()), 1e-6)
+        x = (x - np.array(self.MEAN)) / np.array(self.STD)
+        x = x.transpose(2, 0, 1)[None].astype(np.float32)
+        out = np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
+        if out.ndim not in (3, 4) or (out.ndim == 4 and out.shape[1] != 1):
+            raise ValueError(f"output shape {out.shape} is not a [1,1,H,W] mask")
+        pred = out.reshape(-1, *out.shape[-2:])[0]
+        lo, hi = float(pred.min()), float(pred.max())
+        pred = (pred - lo) / (hi - lo) if hi - lo > 1e-12 else np.clip(pred, 0.0, 1.0)
+        m8 = Image.fromarray((pred * 255).astype(np.uint8), "L").resize((w, h), Image.Resampling.LANCZOS)
+        return np.asarray(m8, dtype=np.float32) / 255.0
+
+
 def _rembg_session(model: str):
-    """A cached rembg session; ``model`` is a rembg model name or a path to a .onnx file."""
+    """A cached session; ``model`` is a rembg model name or a path to a .onnx file (any folder)."""
     if model in _SESSIONS:
         return _SESSIONS[model]
+    if model.lower().endswith(".onnx"):
+        try:
+            if not Path(model).is_file():
+                raise FileNotFoundError(f"no such model file {model}")
+            session = OnnxMaskModel(model)
+        except Exception as e:  # missing file, onnxruntime errors, a model of another layout
+            raise BackgroundRemovalError(_rembg_help(Path(model).stem, _short_reason(e))) from None
+        _SESSIONS[model] = session
+        return session
     try:
         # rembg calls sys.exit() when onnxruntime is missing, hence BaseException here.
         import rembg
@@ -150,21 +214,26 @@ def _rembg_session(model: str):
             _rembg_help(model, f"cannot import rembg ({type(e).__name__}); pip install onnxruntime rembg")
         ) from None
     try:
-        if model.endswith(".onnx"):
-            if not Path(model).is_file():
-                raise FileNotFoundError(f"no such model file {model}")
-            session = rembg.new_session("u2net_custom", model_path=str(Path(model).resolve()))
-        else:
-            session = rembg.new_session(model)
+        session = rembg.new_session(model)
     except Exception as e:  # download, network and onnx errors all mean "no usable model here"
-        raise BackgroundRemovalError(_rembg_help(Path(model).stem, _short_reason(e))) from None
+        raise BackgroundRemovalError(_rembg_help(model, _short_reason(e))) from None
     _SESSIONS[model] = session
     return session
 
 
 def remove_background(rgb: np.ndarray, model: str = "u2net") -> np.ndarray:
-    """Cut the object out of ``float [H,W,3]`` RGB with rembg: float32 ``[H,W,4]`` RGBA in [0,1]."""
+    """Cut the object out of ``float [H,W,3]`` RGB: float32 ``[H,W,4]`` straight RGBA in [0,1].
+
+    ``model`` is a rembg model name (downloaded by rembg) or the path of a u2net-style ``.onnx``
+    file anywhere on disk (run by :class:`OnnxMaskModel`).
+    """
     session = _rembg_session(model)
+    if isinstance(session, OnnxMaskModel):
+        try:
+            alpha = session.mask(rgb)
+        except Exception as e:  # onnxruntime errors on a model of another layout
+            raise BackgroundRemovalError(_rembg_help(session.path.stem, _short_reason(e))) from None
+        return np.concatenate([np.clip(rgb, 0, 1), alpha[..., None]], axis=-1).astype(np.float32)
     import rembg
 
     u8 = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -180,7 +249,27 @@ def read_rgba(path: str | Path, rembg_model: str = "u2net") -> np.ndarray:
             rgba = remove_background(rgba[..., :3], rembg_model)
         except BackgroundRemovalError as e:
             raise BackgroundRemovalError(f"{path} has no alpha channel; {e}") from None
+    elif not (rgba[..., 3] < 0.5).any():
+        # Usable (the whole image is the object) but almost always a mistake: a PNG saved with an
+        # alpha channel and its background still in place.
+        log.warning(
+            "%s has an alpha channel but no transparent pixel: was its background removed? "
+            "(the whole image is taken as the object)",
+            path,
+        )
     return rgba
+
+
+def upscale_factor(rgba: np.ndarray, size: int, border_ratio: float = 0.2, recenter: bool = True) -> float:
+    """How much :func:`load_image` enlarges the object (``alpha > 0`` box, or the whole image)."""
+    if recenter:
+        mask = rgba[..., 3] > 0
+        if not mask.any():
+            return 1.0
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        side = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+        return int(size * (1 - border_ratio)) / side
+    return size / max(rgba.shape[:2])
 
 
 def _resize(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -265,6 +354,16 @@ def load_image(
     if int(ref_size) <= 0:
         raise UserError(f"ref_size must be a positive number of pixels, got {ref_size}")
     rgba = read_rgba(path, rembg_model)
+    factor = upscale_factor(rgba, int(ref_size), border_ratio, recenter)
+    if factor > MAX_UPSCALE:
+        log.warning(
+            "%s: the object is only %dx%d px, upscaled %.1fx to ref_size %d: the reference will be blurry "
+            "(use a larger image)",
+            path,
+            *_object_size(rgba, recenter),
+            factor,
+            int(ref_size),
+        )
     if recenter:
         try:
             rgba = _recenter(rgba, int(ref_size), border_ratio)
@@ -275,6 +374,15 @@ def load_image(
     rgb = torch.from_numpy(np.ascontiguousarray(composite_white(rgba))).permute(2, 0, 1).contiguous()
     mask = torch.from_numpy(np.ascontiguousarray(rgba[..., 3:])).permute(2, 0, 1).contiguous()
     return rgb.float(), mask.float()
+
+
+def _object_size(rgba: np.ndarray, recenter: bool) -> tuple[int, int]:
+    """Width and height of the object box (``alpha > 0``) or of the image."""
+    mask = rgba[..., 3] > 0
+    if not recenter or not mask.any():
+        return rgba.shape[1], rgba.shape[0]
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
 def save_rgba(rgba: np.ndarray, path: str | Path) -> Path:

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.errors import UserError
 from core.fileio import atomic_path
 
 from .model import GaussianModel
 
-__all__ = ["save_ply", "load_ply"]
+__all__ = ["PlyError", "load_ply", "save_ply"]
 
 
 def _fields(k: int) -> list[str]:
@@ -76,52 +77,100 @@ _PLY_TYPES = {
 }
 
 
-def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> GaussianModel:
-    """Read a 3DGS ``.ply`` (binary little-endian, one ``vertex`` element) -> ``GaussianModel``."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        if f.readline().strip() != b"ply":
-            raise ValueError(f"{path}: not a PLY file")
-        props: list[tuple[str, str]] = []
-        n = None
-        fmt = None
-        in_vertex = False
-        while True:
-            line = f.readline()
-            if not line:
-                raise ValueError(f"{path}: truncated PLY header")
+class PlyError(UserError, ValueError):
+    """A ``.ply`` file that is not a usable 3DGS point file (one line for the user)."""
+
+
+#: Longest header we read: real 3DGS headers are ~2 KB; a binary file without newlines must not be
+#: read whole as one "line".
+_MAX_HEADER = 1 << 16
+
+
+def _read_header(f, path: Path) -> tuple[int, list[tuple[str, str]]]:
+    """Parse a PLY header from ``f``: ``(vertex count, [(name, numpy dtype)])`` or :class:`PlyError`."""
+    if f.readline(16).strip() != b"ply":
+        raise PlyError(f"{path}: not a PLY file (it does not start with 'ply')")
+    props: list[tuple[str, str]] = []
+    n = fmt = None
+    in_vertex = False
+    read = 0
+    while True:
+        line = f.readline(_MAX_HEADER)
+        read += len(line)
+        if not line or read >= _MAX_HEADER:
+            raise PlyError(f"{path}: truncated or corrupt PLY header (no 'end_header')")
+        try:
             tok = line.decode("ascii").split()
-            if not tok or tok[0] in ("comment", "obj_info"):
-                continue
-            if tok[0] == "format":
-                fmt = tok[1]
-            elif tok[0] == "element":
-                in_vertex = tok[1] == "vertex"
-                if in_vertex:
-                    n = int(tok[2])
-                elif n is not None:
-                    raise ValueError(f"{path}: elements after 'vertex' are not supported")
-            elif tok[0] == "property" and in_vertex:
-                if tok[1] == "list":
-                    raise ValueError(f"{path}: list properties are not supported")
-                props.append((tok[2], "<" + _PLY_TYPES[tok[1]]))
-            elif tok[0] == "end_header":
-                break
-        if fmt != "binary_little_endian" or n is None:
-            raise ValueError(f"{path}: need a binary_little_endian PLY with a vertex element")
-        arr = np.frombuffer(f.read(n * np.dtype(props).itemsize), dtype=np.dtype(props), count=n)
+        except UnicodeDecodeError:
+            raise PlyError(f"{path}: corrupt PLY header (non-text bytes before 'end_header')") from None
+        if not tok or tok[0] in ("comment", "obj_info"):
+            continue
+        if tok[0] == "format":
+            fmt = tok[1] if len(tok) > 1 else ""
+        elif tok[0] == "element":
+            if len(tok) != 3 or not tok[2].isdigit():
+                raise PlyError(f"{path}: bad PLY header line {line.decode().strip()!r}")
+            in_vertex = tok[1] == "vertex"
+            if in_vertex:
+                n = int(tok[2])
+            elif n is not None and int(tok[2]) > 0:
+                raise PlyError(f"{path}: elements after 'vertex' are not supported")
+        elif tok[0] == "property" and in_vertex:
+            if len(tok) > 1 and tok[1] == "list":
+                raise PlyError(f"{path}: list properties are not supported in a Gaussian PLY")
+            if len(tok) != 3 or tok[1] not in _PLY_TYPES:
+                raise PlyError(f"{path}: bad PLY property line {line.decode().strip()!r}")
+            if any(name == tok[2] for name, _ in props):
+                raise PlyError(f"{path}: property {tok[2]!r} is declared twice")
+            props.append((tok[2], "<" + _PLY_TYPES[tok[1]]))
+        elif tok[0] == "end_header":
+            break
+    if fmt != "binary_little_endian":
+        raise PlyError(f"{path}: need a binary_little_endian PLY, this one is {fmt or 'of no format'}")
+    if n is None or not props:
+        raise PlyError(f"{path}: the PLY has no vertex element with properties")
+    return n, props
+
+
+def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> GaussianModel:
+    """Read a 3DGS ``.ply`` (binary little-endian, one ``vertex`` element) -> ``GaussianModel``.
+
+    Broken files raise :class:`PlyError` (a :class:`core.errors.UserError`) with one line: not a
+    PLY, bad or truncated header, missing 3DGS properties, truncated data, non-finite values,
+    no Gaussians.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PlyError(f"Gaussian file not found: {path}")
+    with open(path, "rb") as f:
+        n, props = _read_header(f, path)
+        dtype = np.dtype(props)
+        want = n * dtype.itemsize
+        data = f.read(want)
+    if len(data) < want:
+        raise PlyError(f"{path}: truncated PLY data ({len(data)} of {want} bytes for {n} Gaussians)")
+    if n == 0:
+        raise PlyError(f"{path}: the PLY holds no Gaussians")
+    arr = np.frombuffer(data, dtype=dtype, count=n)
     names = set(arr.dtype.names)
-
-    def col(*keys: str) -> np.ndarray:
-        return np.stack([arr[k].astype(np.float32) for k in keys], axis=1)
-
     n_rest = len([k for k in names if k.startswith("f_rest_")])
     if n_rest % 3:
-        raise ValueError(f"{path}: {n_rest} f_rest properties is not a multiple of 3")
+        raise PlyError(f"{path}: {n_rest} f_rest properties is not a multiple of 3")
     k = n_rest // 3
     deg = round((k + 1) ** 0.5) - 1
     if (deg + 1) ** 2 - 1 != k:
-        raise ValueError(f"{path}: {k} SH coefficients per channel is not a full degree")
+        raise PlyError(f"{path}: {k} SH coefficients per channel is not a full degree")
+    missing = [name for name in _fields(k) if name not in names and name not in ("nx", "ny", "nz")]
+    if missing:
+        shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
+        raise PlyError(f"{path}: not a 3D Gaussian PLY, it lacks the properties {shown}")
+
+    def col(*keys: str) -> np.ndarray:
+        return np.stack([arr[key].astype(np.float32) for key in keys], axis=1)
+
+    for name in _fields(k):
+        if name in names and not np.isfinite(arr[name].astype(np.float32)).all():
+            raise PlyError(f"{path}: property {name!r} has non-finite values (NaN or inf)")
 
     def t(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x)).to(device)
