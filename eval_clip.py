@@ -1,6 +1,6 @@
 """CLIP similarity between reference images and renders of their meshes (the paper's metric).
 
-Protocol (the authors' ``scripts/cal_sim.py`` + ``clip_sim.py``, spec 5.2):
+Protocol (the authors' ``scripts/cal_sim.py`` + ``clip_sim.py``, docs/method.md#clip-eval):
 
 * The mesh is re-centred on its bounding-box centre and scaled so that its largest side is 1.8
   (what kiui's ``Mesh.load`` does by default, ``auto_size(bound=0.9)``; our own code here).

@@ -213,7 +213,7 @@ def orbit_cameras(
 
 
 def elevation_offset_range(ref_elevation: float, min_ver: float, max_ver: float) -> tuple[int, int]:
-    """The [low, high) range of per-view elevation offsets for a reference elevation (spec 1.6)."""
+    """The [low, high) range of per-view elevation offsets for a reference elevation (docs/method.md#view-sampling)."""
     lo = max(min(min_ver, min_ver - ref_elevation), -80 - ref_elevation)
     hi = min(max(max_ver, max_ver - ref_elevation), 80 - ref_elevation)
     return int(lo), int(hi)

@@ -4,7 +4,7 @@ The pipeline's view of an input is ``rgb float [3,H,W]`` composited on **white**
 ``mask float [1,H,W]`` (the alpha), both in [0,1] at ``ref_size``. Arrays inside this module are
 ``float32 [H,W,4]`` straight (not premultiplied) RGBA in [0,1].
 
-Recentring follows the authors' ``process.py`` (spec 5.1): bounding box of ``alpha > 0``, its longer
+Recentring follows the authors' ``process.py`` (docs/method.md#input-image): bounding box of ``alpha > 0``, its longer
 side scaled to ``size * (1 - border_ratio)``, area resize, pasted centred on a transparent
 ``size x size`` canvas. Two deliberate differences: the box is inclusive (the authors' exclusive max
 drops one row and column), and resizing is done on premultiplied colour so transparent pixels'
@@ -293,7 +293,7 @@ def _resize(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def recenter(rgba: np.ndarray, size: int = 256, border_ratio: float = 0.2) -> np.ndarray:
-    """Centre the object (``alpha > 0``) on a transparent ``size x size`` canvas (spec 5.1).
+    """Centre the object (``alpha > 0``) on a transparent ``size x size`` canvas (docs/method.md#input-image).
 
     The bounding box's longer side becomes ``int(size * (1 - border_ratio))`` pixels, the aspect is
     kept, and the box is centred (integer offset ``(size - side) // 2``).
@@ -345,7 +345,7 @@ def load_image(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load an input image for the pipeline: ``(rgb float [3,S,S] on white, mask float [1,S,S])``.
 
-    ``S = ref_size``. With ``recenter`` the object is recentred with ``border_ratio`` (spec 5.1);
+    ``S = ref_size``. With ``recenter`` the object is recentred with ``border_ratio`` (docs/method.md#input-image);
     without, the image is padded to a square and resized. Raises :class:`UserError` for missing or
     unreadable files and when an RGB image needs rembg but it is unavailable.
     """

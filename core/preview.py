@@ -1,7 +1,7 @@
 """Preview image grids, turntable videos and their cameras (no renderer: pipeline/previews.py renders).
 
 The authors write 8 views at elevation 0 and a 120-frame turntable (3 degrees a frame, 30 fps) at
-512 px and radius 2 after each stage (spec 1.11, 4.3); the defaults here are the same, except that
+512 px and radius 2 after each stage (docs/method.md#outputs); the defaults here are the same, except that
 the grid's azimuths start at 0 (the input view) and step 45 degrees.
 
 All images are float ``[V,3,H,W]`` in [0,1] (row 0 at the top) or uint8 ``[V,H,W,3]``. Files are

@@ -1,4 +1,4 @@
-"""The SIR schedules of the paper (spec 1.5-1.7): t2 per iteration, t1 from t2, steps per iteration.
+"""The SIR schedules of the paper (docs/method.md#stage1-schedules): t2 per iteration, t1 from t2, steps per iteration.
 
 Everything here is pure Python on ints and floats: the results index timestep grids that the
 denoiser's :class:`guidance.schedule.DDIMSchedule` computes once, and they never touch a device.
@@ -45,7 +45,7 @@ def t2_for_iteration(k: int, total: int, timesteps: Sequence[int], t_start: floa
     """t2 (Python int) for SIR iteration ``k``: ``timesteps[denoise_index(...)]``.
 
     ``timesteps``: the descending forward DDIM grid (e.g. ``[951, 901, ..., 1]`` for 20 steps).
-    The init pass evaluates this at k=0 but then starts from pure noise (spec 1.7).
+    The init pass evaluates this at k=0 but then starts from pure noise (docs/method.md#stage1-schedules).
     """
     return int(timesteps[denoise_index(k, total, len(timesteps), t_start, t_end)])
 
@@ -70,7 +70,7 @@ def t1_for_t2(
 
 
 def reconstruct_steps(k: int, total: int, schedule: str, steps_min: int, steps_max: int) -> int:
-    """Reconstruction (optimiser) steps for SIR iteration ``k`` of ``total`` (spec 1.7).
+    """Reconstruction (optimiser) steps for SIR iteration ``k`` of ``total`` (docs/method.md#stage1-schedules).
 
     ``schedule``: ``fixed`` (always ``steps_max``), ``cosine_up``, ``cosine_down``, ``linear`` or
     ``cosine_up_then_down``, each between ``steps_min`` and ``steps_max``, truncated to int.

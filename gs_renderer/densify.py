@@ -1,7 +1,7 @@
-"""Adaptive density control (spec 1.10): screen-gradient statistics, clone, split, prune.
+"""Adaptive density control (docs/method.md#densify): screen-gradient statistics, clone, split, prune.
 
 Statistics: the authors accumulate ``||d loss / d means2D||`` only for the **last** of the B
-novel views they render one by one (spec 1.8 step 7). We render all V views in one call, so we
+novel views they render one by one (docs/method.md#densify). We render all V views in one call, so we
 accumulate every visible (view, Gaussian) pair: each view is an equally valid sample of the same
 per-view statistic, and averaging over V views reduces its noise instead of depending on which
 view happened to be last. The mean per visible view keeps the magnitude of the authors' number.
@@ -120,7 +120,7 @@ class Densifier:
         Clone: ``g >= grad_thresh`` and ``max scale <= percent_dense*extent`` (copy). Split:
         ``g >= grad_thresh`` and larger: 2 samples from the Gaussian, scales / 1.6, parent removed.
         Prune: opacity < ``min_opacity`` or max scale > ``max_scale_frac*extent``. No screen-size
-        prune (the authors' one never fires, spec 1.10). Statistics are reset.
+        prune (the authors' one never fires, docs/method.md#densify). Statistics are reset.
         """
         m = self.model
         grads = self.mean_grads()
@@ -159,7 +159,7 @@ class Densifier:
 
     @torch.no_grad()
     def final_prune(self, min_opacity: float = 0.01, max_scale: float = 0.1) -> int:
-        """After training (spec 1.10): drop opacity < 0.01 or max scale > 0.1; returns the count."""
+        """After training (docs/method.md#densify): drop opacity < 0.01 or max scale > 0.1; returns the count."""
         return final_prune(self.model, self.optimizer, min_opacity, max_scale, self)
 
 

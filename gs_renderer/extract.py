@@ -1,4 +1,4 @@
-"""Density-grid mesh extraction from Gaussians (spec 3.1): occupancy grid + marching cubes.
+"""Density-grid mesh extraction from Gaussians (docs/method.md#coarse-mesh): occupancy grid + marching cubes.
 
 ``occ(x) = sum_i alpha_i exp(-0.5 (x-mu_i)^T Sigma_i^-1 (x-mu_i))`` on a ``res^3`` grid over
 [-1,1]^3 after normalising the Gaussian centres into [-0.9,0.9]. The authors loop over 16^3 grid
@@ -89,7 +89,7 @@ def extract_density_mesh(
     density_thresh: float = 0.2,
     min_opacity: float = 0.005,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw marching-cubes mesh of the Gaussians' density at ``density_thresh`` (spec 3.1).
+    """Raw marching-cubes mesh of the Gaussians' density at ``density_thresh`` (docs/method.md#coarse-mesh).
 
     Returns ``v`` float32 ``[M,3]`` world coordinates and ``f`` int64 ``[F,3]`` on the model's
     device (empty if the density never reaches the threshold). PyMCubes' winding is kept: it

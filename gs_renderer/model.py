@@ -97,7 +97,7 @@ def knn_mean_sq_dist(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> tor
 
 
 def xyz_lr(step: int, lr_init: float = 1e-2, lr_final: float = 2e-4, max_steps: int = 500) -> float:
-    """The authors' exponential xyz schedule (spec 1.4): log-linear ``lr_init -> lr_final``."""
+    """The authors' exponential xyz schedule (docs/method.md#learning-rates): log-linear ``lr_init -> lr_final``."""
     t = min(max(step / max_steps, 0.0), 1.0)
     return math.exp(math.log(lr_init) * (1.0 - t) + math.log(lr_final) * t)
 
@@ -157,7 +157,7 @@ class GaussianModel:
         sh_degree: int = 0,
         generator: torch.Generator | None = None,
     ) -> "GaussianModel":
-        """The paper's init (spec 1.3): points uniform in the volume of a ball, grey, opacity 0.1.
+        """The paper's init (docs/method.md#gaussian-init): points uniform in the volume of a ball, grey, opacity 0.1.
 
         Draws on a CPU ``torch.Generator`` (seeded) so the init is the same on every device.
         """
@@ -235,7 +235,7 @@ class GaussianModel:
 
     # ----------------------------------------------------------------- optimiser
     def make_optimizer(self, lrs: dict[str, float] | None = None) -> torch.optim.Adam:
-        """Adam with the authors' groups (spec 1.4), eps 1e-15; fused on CUDA.
+        """Adam with the authors' groups (docs/method.md#learning-rates), eps 1e-15; fused on CUDA.
 
         An empty ``f_rest`` (sh_degree 0) gets no group: nothing to optimise, and fused kernels
         need not see zero-size tensors.

@@ -3,7 +3,7 @@
 The module tree reproduces the parameter names of the diffusers-layout checkpoints
 ``ashawkey/imagedream-ipmv-diffusers`` and ``ashawkey/mvdream-sd2.1-diffusers`` (folder ``unet/``,
 class name ``MultiViewUNetModel``) so their ``diffusion_pytorch_model.safetensors`` load with no missing
-or unexpected key. Facts used (``shared/reference/checkpoints.md`` section 2):
+or unexpected key. Facts used (docs/method.md#ckpt-imagedream):
 
 * An LDM ``openaimodel`` UNet: ``input_blocks`` / ``middle_block`` / ``output_blocks`` of residual blocks
   and spatial transformers, ``time_embed`` and ``camera_embed`` MLPs added together.

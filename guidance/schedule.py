@@ -31,7 +31,7 @@ import torch
 __all__ = ["DDIMSchedule", "STABLE_DIFFUSION_DDIM_CONFIG"]
 
 #: The scheduler config of Stable Zero123, ImageDream and MicroDreamer's scheduler_config.json
-#: (checkpoints.md 1.7 and 2.6).
+#: (docs/method.md#ckpt-scheduler).
 STABLE_DIFFUSION_DDIM_CONFIG: dict[str, Any] = {
     "_class_name": "DDIMScheduler",
     "num_train_timesteps": 1000,

@@ -1,4 +1,4 @@
-"""The SIR refine step (paper Alg. 1, spec 1.9 and 2.1): rendered views -> refined target views.
+"""The SIR refine step (paper Alg. 1, docs/method.md#refine-step, #stage2): rendered views -> refined target views.
 
 ``encode -> add noise 0->t1 -> DDIM-invert t1->t2 (unconditional eps) -> DDIM-sample t2->0 (CFG, eta)
 -> decode``, written once against :class:`guidance.denoiser.Denoiser`. Loop semantics are the
@@ -105,7 +105,7 @@ def refine(
     n0_cfg, n0_unc = denoiser.nfe_cfg, denoiser.nfe_uncond
 
     if from_noise:
-        # The authors encode the renders and add noise, then throw both away (spec 7 item 6).
+        # The authors encode the renders and add noise, then throw both away (docs/method.md#speedups).
         x = src.randn(denoiser.latent_shape(B), dev)
     else:
         S = denoiser.image_size

@@ -1,4 +1,4 @@
-"""Bake multi-view images into a UV texture (spec 3.2), all on the tensor's device.
+"""Bake multi-view images into a UV texture (docs/method.md#texture-bake), all on the tensor's device.
 
 Instead of the authors' splatting of pixels into texels (``mipmap_linear_grid_put_2d``), which
 leaves holes wherever a view has fewer pixels than the texels it covers, we gather: every texel is
@@ -35,7 +35,7 @@ BAKE_AZIMUTHS = [0.0, 45.0, -45.0, 90.0, -90.0, 135.0, -135.0, 180.0] * 3 + [0.0
 def bake_cameras(
     height: int = 512, radius: float = DEFAULT_RADIUS, fovy: float = DEFAULT_FOVY, device="cpu"
 ) -> Cameras:
-    """The authors' 26 bake views (spec 3.2): 8 azimuths at elevations 0, -45 (above), 45, then top and bottom."""
+    """The authors' 26 bake views (docs/method.md#texture-bake): 8 azimuths at elevations 0, -45 (above), 45, then top and bottom."""
     return orbit_cameras(BAKE_ELEVATIONS, BAKE_AZIMUTHS, radius, fovy, height, device=device)
 
 

@@ -1,10 +1,10 @@
-"""Geometry clean-up for marching-cubes meshes (spec 3.1) and quadric decimation.
+"""Geometry clean-up for marching-cubes meshes (docs/method.md#coarse-mesh) and quadric decimation.
 
 Everything here is vectorised numpy/scipy on the CPU (the meshes are ~1e5 faces; a round trip to
 the GPU would cost more than the work). Inputs may be numpy arrays or torch tensors; outputs are
 torch tensors on the input's device (``v`` float32 ``[N,3]``, ``f`` int64 ``[F,3]``).
 
-Differences from the authors' pymeshlab ``clean_mesh`` (spec 3.1), on purpose:
+Differences from the authors' pymeshlab ``clean_mesh`` (docs/method.md#coarse-mesh), on purpose:
 * close vertices are merged at 1e-4 of the bbox diagonal by default instead of 1 %: the authors'
   1 % only works because an isotropic remesh follows it; without remeshing it would collapse
   marching-cubes detail. The ratio is a parameter.
@@ -70,7 +70,7 @@ def clean_mesh(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean a triangle soup: merge close vertices, drop degenerate/duplicate faces and small parts.
 
-    ``v``: float ``[N,3]``, ``f``: int ``[F,3]``. Steps (spec 3.1 order): merge vertices closer than
+    ``v``: float ``[N,3]``, ``f``: int ``[F,3]``. Steps (docs/method.md#coarse-mesh order): merge vertices closer than
     ``merge_ratio`` x bbox diagonal (grid snapping); drop faces with a repeated vertex or an area
     below ``min_area_ratio`` x diagonal^2; drop duplicate faces (any vertex order); drop connected
     components whose bbox diagonal is < ``min_diameter_ratio`` x the mesh's or that have fewer

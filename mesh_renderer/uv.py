@@ -1,4 +1,4 @@
-"""UV atlas generation with xatlas (spec 3.2 ``auto_uv``), vertices split to the UV layout.
+"""UV atlas generation with xatlas (docs/method.md#texture-bake ``auto_uv``), vertices split to the UV layout.
 
 xatlas' time depends on the geometry, not only the face count: a marching-cubes mesh of a diffuse
 noise cloud (random or badly converged Gaussians) took 11.7 s on a GPU host where a clean object

@@ -42,7 +42,7 @@ class GaussianSettings:
 
 
 class GaussianRepresentation:
-    """3D Gaussians optimised by SIR (spec 1.4, 1.8, 1.10).
+    """3D Gaussians optimised by SIR (docs/method.md#learning-rates, #sir-loop, #densify).
 
     Each reconstruction step renders the V novel views AND the reference view in one batched call
     (the authors made 7 rasteriser calls). Losses keep the authors' sum reductions, which the
@@ -113,7 +113,7 @@ class GaussianRepresentation:
         return loss
 
     def step(self, loss: torch.Tensor, out: RenderOutput) -> None:
-        """xyz lr schedule, backward, Adam, densification statistics and events (spec 1.8)."""
+        """xyz lr schedule, backward, Adam, densification statistics and events (docs/method.md#sir-loop)."""
         self.step_count += 1
         update_learning_rate(self.optimizer, self.step_count, **self.xyz_schedule)
         loss.backward()

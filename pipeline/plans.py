@@ -9,7 +9,7 @@ from pipeline.sir import SirPlan
 
 
 def stage1_plan(cfg: DictConfig, denoiser) -> SirPlan:
-    """Stage 1: init pass + ``sir.iters`` hybrid-forward iterations (spec 1.5-1.7)."""
+    """Stage 1: init pass + ``sir.iters`` hybrid-forward iterations (docs/method.md#stage1-schedules)."""
     s = cfg.sir
     sched = denoiser.schedule
     fwd = sched.timesteps(s.denoise_steps)
@@ -39,7 +39,7 @@ def stage1_plan(cfg: DictConfig, denoiser) -> SirPlan:
 
 
 def stage2_plan(cfg: DictConfig, denoiser) -> SirPlan:
-    """Stage 2: ``refine.iters`` noise-adding iterations at ``grid[int(grid_steps*strength)]`` (spec 2.1, 4.2)."""
+    """Stage 2: ``refine.iters`` noise-adding iterations at ``grid[int(grid_steps*strength)]`` (docs/method.md#stage2)."""
     r = cfg.refine
     grid = denoiser.schedule.timesteps(r.grid_steps)
     t = int(grid[int(r.grid_steps * r.strength)])

@@ -82,7 +82,7 @@ def resize(images: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Ten
 
 
 def sample_cameras(plan: SirPlan, rng: np.random.Generator, device: torch.device) -> Cameras:
-    """The V cameras of one SIR iteration (spec 1.6)."""
+    """The V cameras of one SIR iteration (docs/method.md#view-sampling)."""
     offsets, azimuths = sample_orbit_views(
         rng, plan.views, plan.ref_elevation, plan.min_ver, plan.max_ver, plan.even_view
     )

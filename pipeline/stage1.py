@@ -142,7 +142,7 @@ def export_coarse_mesh(
     outputs: dict,
     out: OutputSet,
 ) -> dict:
-    """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (spec 3.1-3.2).
+    """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (docs/method.md#coarse-mesh, #texture-bake).
 
     Stages the mesh in ``out`` and adds its final path as ``outputs["mesh"]``; returns ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when
     the Gaussians have no surface above ``export.density_thresh``).

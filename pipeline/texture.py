@@ -1,4 +1,4 @@
-"""Stage 2's representation for the SIR loop: a logit UV texture on a fixed mesh (spec 4.1-4.2)."""
+"""Stage 2's representation for the SIR loop: a logit UV texture on a fixed mesh (docs/method.md#stage2)."""
 
 from __future__ import annotations
 

@@ -181,7 +181,7 @@ def test_sample_orbit_views_distribution():
     "ref, lo, hi", [(0.0, -30, 30), (-30.0, -30, 60), (30.0, -60, 30), (-70.0, -10, 100), (60.0, -90, 20)]
 )
 def test_elevation_offset_range_matches_the_spec(ref, lo, hi):
-    # spec 1.6: min = max(min(min_ver, min_ver - e), -80 - e); max = min(max(max_ver, max_ver - e), 80 - e)
+    # docs/method.md#view-sampling: min = max(min(min_ver, min_ver - e), -80 - e); max = min(max(max_ver, max_ver - e), 80 - e)
     assert elevation_offset_range(ref, -30, 30) == (lo, hi)
     # The absolute elevation of every view stays within [-80, 80].
     assert ref + lo >= -80 and ref + hi <= 80

@@ -103,7 +103,7 @@ def build_tiny_from_spec(spec: dict) -> dict:
 
 
 def save_layout(comps: dict, folder: Path) -> Path:
-    """Write ``comps`` in the Hub layout of ashawkey/stable-zero123-diffusers (checkpoints.md 1.1-1.2)."""
+    """Write ``comps`` in the Hub layout of ashawkey/stable-zero123-diffusers (docs/method.md#ckpt-zero123)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("unet", "vae", "clip_camera_projection", "image_encoder"):
         comps[name].save_pretrained(folder / name, safe_serialization=True)
@@ -292,7 +292,7 @@ def test_goldens_notice_changes(golden, denoiser, monkeypatch, case, override, p
 
 # --------------------------------------------------------------------------- stage-1 reconstruction step
 def _authors_xyz_lr(step: int) -> float:
-    """The authors' xyz schedule (spec 1.4): log-linear 1e-2 -> 2e-4 over 500 steps, no delay."""
+    """The authors' xyz schedule (docs/method.md#learning-rates): log-linear 1e-2 -> 2e-4 over 500 steps, no delay."""
     t = min(max(step / 500, 0.0), 1.0)
     return float(np.exp(np.log(1e-2) * (1 - t) + np.log(2e-4) * t))
 
@@ -301,7 +301,7 @@ def test_stage1_step_matches_authors_loss_and_adam():
     """Same Gaussians, cameras and target -> the authors' loss value and parameter updates (3 steps).
 
     Both sides rasterise with our reference backend (the authors' rasteriser is CUDA-only); what is
-    checked is everything around it, as the authors define it (spec 1.4, 1.8; their
+    checked is everything around it, as the authors define it (docs/method.md#learning-rates, #sir-loop; their
     ``Renderer.render`` returns ``rendered_image.clamp(0, 1)``): loss =
     ``L1_sum(clamp(views) - target) / V + 0.3 L1_sum(clamp(ref) - ref_rgb) + 0.01 MSE_sum(alpha_ref - mask)``,
     Adam (eps 1e-15) with lrs xyz 1e-2 (scheduled), f_dc 0.01, opacity 0.05, scaling 0.005,

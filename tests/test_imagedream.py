@@ -34,7 +34,7 @@ def test_full_size_unet_matches_checkpoint_keys():
     """The real config, built on the meta device, has exactly the 773 checkpoint keys and shapes."""
     expected = _expected_keys()
     assert len(expected) == 773
-    # The Hub config (checkpoints.md 2.2) incl. the key of its first upload that the class must tolerate.
+    # The Hub config (docs/method.md#ckpt-imagedream) incl. the key of its first upload that the class must tolerate.
     hub = dict(
         UNET_CONFIG, _class_name="MultiViewUNetModel", _diffusers_version="0.25.0", use_checkpoint=False
     )

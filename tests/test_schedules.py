@@ -1,4 +1,4 @@
-"""The paper's SIR schedules (spec 1.5-1.7) reproduced verbatim, artefacts included."""
+"""The paper's SIR schedules (docs/method.md#stage1-schedules) reproduced verbatim, artefacts included."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_grids():
     assert list(range(951, 0, -50)) == GRID20
     assert list(range(1, 952, 50)) == INV20
     assert SCHED.timesteps(10) == list(range(901, 0, -100))
-    assert SCHED.timesteps(50)[int(50 * 0.8)] == 181  # stage-2 refine start (spec 2.1)
+    assert SCHED.timesteps(50)[int(50 * 0.8)] == 181  # stage-2 refine start (docs/method.md#stage2)
 
 
 def test_float_artefact():
@@ -59,7 +59,7 @@ def test_t1_inverse_ratio_one_is_t2():
 
 
 def test_t1_v1_budget():
-    # v1 paper schedule: inversion (t2 - t1)/50 calls per iteration sums to 87 (spec 1.9).
+    # v1 paper schedule: inversion (t2 - t1)/50 calls per iteration sums to 87 (docs/method.md#nfe).
     t1 = [t1_for_t2(t2, INV20, 0.6) for t2 in V1_T2]
     assert sum((b - a) // 50 for a, b in zip(t1, V1_T2)) == 87
     assert 20 + sum(t2 // 50 + 1 for t2 in V1_T2) + 87 == 323

@@ -154,7 +154,7 @@ def test_tiny_zero123_runs_the_paper_schedule(tmp_path):
         f"refine.render_size={size}",
     )
     r1 = run_stage1(cfg, den)
-    assert r1["nfe"] == 323  # spec 1.9: 20 init + 87 inversion + 216 reverse
+    assert r1["nfe"] == 323  # docs/method.md#nfe: 20 init + 87 inversion + 216 reverse
     assert den.nfe_uncond == 87 and den.nfe_cfg == 236
     assert r1["optimiser_steps"] == 21
     for key in ("ply", "preview", "report"):

@@ -162,7 +162,7 @@ class _Counting(Denoiser):
 
 @pytest.mark.parametrize("t_start, total, inv_calls", [(0.8, 323, 87), (0.9, 352, 95)])
 def test_nfe_budget_of_the_paper_schedule(t_start, total, inv_calls):
-    """v1 (t_start 0.8): 20 + 87 + 216 = 323 UNet calls; HEAD (0.9): 352 (spec 1.9)."""
+    """v1 (t_start 0.8): 20 + 87 + 216 = 323 UNet calls; HEAD (0.9): 352 (docs/method.md#nfe)."""
     den = _Counting()
     grid, inv = den.schedule.timesteps(20), den.schedule.inverse_timesteps(20)
     B = 6
