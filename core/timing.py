@@ -20,6 +20,7 @@ class PhaseTimer:
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.cuda = torch.device(device).type == "cuda"
+        self.started_unix = time.time()  # wall clock at creation, for process-level timelines
         self._events: dict[str, list[tuple]] = defaultdict(list)
         self._cpu: dict[str, float] = defaultdict(float)
 

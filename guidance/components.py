@@ -1,9 +1,8 @@
 """Loading pieces shared by the diffusers-layout models (:mod:`guidance.latent_diffusion` and its subclasses).
 
 No remote code: each component folder is loaded with a stock class named by the caller, in eval mode
-with gradients off. diffusers models get ``torch_dtype`` at load time; transformers models are loaded
-in the file's dtype and then cast, which avoids the ``torch_dtype``/``dtype`` keyword split between
-transformers 4 and 5. Safetensors weights are preferred; without them the ``.bin`` is loaded with
+with gradients off, in the target dtype at load time (``torch_dtype`` for diffusers, ``dtype`` for
+transformers 5) and, on CUDA, straight onto the GPU. Safetensors weights are preferred; without them the ``.bin`` is loaded with
 ``weights_only=True``.
 """
 
@@ -104,16 +103,25 @@ def frozen(module: Any, device: torch.device, dtype: torch.dtype | None = None) 
     return module.eval().requires_grad_(False)
 
 
+def _device_map(device: torch.device) -> dict[str, Any] | None:
+    """On CUDA, weights go from the file straight to the GPU in the target dtype (no CPU copy, no recast)."""
+    return {"": device} if device.type == "cuda" else None
+
+
 def load_diffusers(cls: Any, folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
     """A diffusers model class from its component folder, loaded in ``dtype``, frozen on ``device``."""
-    return frozen(
-        cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=use_safetensors(folder)), device
+    model = cls.from_pretrained(
+        folder, torch_dtype=dtype, use_safetensors=use_safetensors(folder), device_map=_device_map(device)
     )
+    return frozen(model, device)
 
 
 def load_transformers(cls: Any, folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
-    """A transformers model class from its component folder, loaded in the file's dtype, then cast and frozen."""
-    return frozen(cls.from_pretrained(folder, use_safetensors=use_safetensors(folder)), device, dtype)
+    """A transformers model class from its component folder, loaded in ``dtype``, frozen on ``device``."""
+    model = cls.from_pretrained(
+        folder, dtype=dtype, use_safetensors=use_safetensors(folder), device_map=_device_map(device)
+    )
+    return frozen(model, device, dtype)
 
 
 def reference_pixels(rgb: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:

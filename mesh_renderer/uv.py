@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,8 +49,9 @@ def unwrap_uv(
         recomputed), so UV seams do not show as shading seams. The albedo is dropped (it no longer
         matches the new UVs). The elapsed time is logged.
 
-    ``time_budget``: seconds xatlas may take (None = no limit); past it the :func:`grid_atlas` of the
-    same (decimated) mesh is returned and xatlas is left to finish in a daemon thread, unused.
+    ``time_budget``: seconds xatlas may take (None = no limit). xatlas runs in a child process
+    (:mod:`mesh_renderer.xatlas_job`), killed past the budget; the :func:`grid_atlas` of the same
+    (decimated) mesh is returned instead.
     """
     t0 = time.perf_counter()
     src = mesh
@@ -55,67 +59,72 @@ def unwrap_uv(
         v, f = decimate(mesh.v, mesh.f, max_faces)
         src = Mesh(v=v, f=f)
     t1 = time.perf_counter()
-    result: list[Mesh] = []
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            result.append(
-                _xatlas_unwrap(src, mesh.device, tex_size, padding, max_iterations, max_chart_area_ratio)
-            )
-        except BaseException as e:  # re-raised in the caller's thread
-            errors.append(e)
-
-    worker = threading.Thread(target=work, name="xatlas", daemon=True)
-    worker.start()
-    worker.join(time_budget)
-    if errors:
-        raise errors[0]
-    if not result:
-        out = grid_atlas(src, tex_size=tex_size, padding=padding).to(mesh.device)
+    atlas = _xatlas_unwrap(src, tex_size, padding, max_iterations, max_chart_area_ratio, time_budget)
+    if atlas is None:
         log.warning(
             "unwrap_uv: xatlas took over %.1f s on this geometry (%d faces); using a per-face grid atlas",
             time_budget,
             len(src.f),
         )
-        return out
-    out, charts = result[0]
+        return grid_atlas(src, tex_size=tex_size, padding=padding).to(mesh.device)
+    vmap, idx, uvs, charts = atlas
+    vmap = torch.from_numpy(vmap.astype(np.int64)).to(src.device)
+    f = torch.from_numpy(idx.astype(np.int64)).to(src.device)
+    vt = torch.from_numpy(uvs.astype(np.float32)).to(src.device)
+    out = Mesh(v=src.v[vmap], f=f, vn=src.vn[vmap], vt=vt, ft=f).to(mesh.device)
     log.info(
         "unwrap_uv: %d faces (decimate %.2f s, xatlas %.2f s) -> %d vertices, %d charts",
-        len(out.f),
+        len(f),
         t1 - t0,
         time.perf_counter() - t1,
-        len(out.v),
+        len(vmap),
         charts,
     )
     return out
 
 
 def _xatlas_unwrap(
-    src: Mesh, device, tex_size: int, padding: int, max_iterations: int, max_chart_area_ratio: float
-) -> tuple[Mesh, int]:
-    """xatlas on ``src`` -> (mesh with split vertices and ``f == ft``, chart count)."""
-    import xatlas
-
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(src.v.detach().cpu().numpy().astype(np.float32), src.f.cpu().numpy().astype(np.uint32))
-    chart = xatlas.ChartOptions()
-    chart.max_iterations = max_iterations
+    src: Mesh,
+    tex_size: int,
+    padding: int,
+    max_iterations: int,
+    max_chart_area_ratio: float,
+    time_budget: float | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """xatlas on ``src`` in a child process -> (vmap, idx, uvs, charts), or None past ``time_budget``."""
+    max_area = 0.0
     if max_chart_area_ratio > 0:
         fn = torch.linalg.cross(
             src.v[src.f[:, 1]] - src.v[src.f[:, 0]], src.v[src.f[:, 2]] - src.v[src.f[:, 0]]
         )
-        chart.max_chart_area = float(fn.norm(dim=-1).sum() / 2) * max_chart_area_ratio
-    pack = xatlas.PackOptions()
-    pack.resolution = tex_size
-    pack.padding = padding
-    pack.bilinear = True
-    atlas.generate(chart, pack)
-    vmap, idx, uvs = atlas[0]
-    vmap = torch.from_numpy(vmap.astype(np.int64)).to(src.device)
-    f = torch.from_numpy(idx.astype(np.int64)).to(src.device)
-    vt = torch.from_numpy(uvs.astype(np.float32)).to(src.device)
-    return Mesh(v=src.v[vmap], f=f, vn=src.vn[vmap], vt=vt, ft=f).to(device), int(atlas.chart_count)
+        max_area = float(fn.norm(dim=-1).sum() / 2) * max_chart_area_ratio
+    with tempfile.TemporaryDirectory(prefix="xatlas-") as tmp:
+        src_path, dst_path = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(
+            src_path,
+            v=src.v.detach().cpu().numpy().astype(np.float32),
+            f=src.f.cpu().numpy().astype(np.uint32),
+            tex_size=tex_size,
+            padding=padding,
+            max_iterations=max_iterations,
+            max_chart_area=max_area,
+        )
+        job = Path(__file__).with_name("xatlas_job.py")
+        proc = subprocess.Popen(
+            [sys.executable, str(job), str(src_path), str(dst_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _, err = proc.communicate(timeout=time_budget)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return None
+        if proc.returncode != 0:
+            raise RuntimeError(f"xatlas failed: {err.decode(errors='replace').strip()[-500:]}")
+        with np.load(dst_path) as d:
+            return d["vmap"], d["idx"], d["uvs"], int(d["charts"])
 
 
 def grid_atlas(mesh: Mesh, tex_size: int = 1024, padding: int = 2) -> Mesh:

@@ -49,6 +49,7 @@ def config_rules() -> dict:
         "sir.steps_schedule": C.choices("fixed", "linear", "cosine_up", "cosine_down", "cosine_up_then_down"),
         "export.grid_resolution": C.positive(),
         "export.texture_size": C.positive(),
+        "export.uv_time_budget": C.positive(),
         "refine.iters": C.non_negative(),
         "refine.views": C.positive(),
         "refine.grid_steps": C.positive(),

@@ -6,6 +6,7 @@ import json
 import logging
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ def write_stage_report(cfg: DictConfig, path: Path, report: dict[str, Any]) -> d
     The report's own path is added to ``report["outputs"]`` first, so the JSON lists itself.
     """
     report["outputs"]["report"] = str(path)
+    report["finished_unix"] = time.time()
     write_report(path, cfg, report)
     total = sum(report["seconds"].values())
     log.info("stage %s done in %.1f s: %s", report["stage"], total, report["outputs"])

@@ -47,12 +47,12 @@ def reference_view(cfg: DictConfig, denoiser: Any = None) -> tuple[torch.Tensor,
     raise UserError("input is not set: pass input=path/to/image.png")
 
 
-def stage_device(name: str) -> torch.device:
-    """The stage's device; on CUDA, cuDNN autotuning on and the peak-memory counter reset."""
+def stage_device(name: str, cudnn_benchmark: bool = True) -> torch.device:
+    """The stage's device; on CUDA, cuDNN autotuning as asked and the peak-memory counter reset."""
     device = resolve_device(name)
     if device.type == "cuda":
-        # Fixed shapes throughout: let cuDNN pick the fastest convolution algorithms (as the authors).
-        torch.backends.cudnn.benchmark = True
+        # Fixed shapes throughout, so autotuning pays over a run; its cost lands in the first calls.
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.cuda.reset_peak_memory_stats(device)
     return device
 
@@ -62,7 +62,7 @@ def setup_stage(
 ) -> StageSetup:
     """Resolve the device, seed, load the input image (first, so a bad image fails before any
     model loads), load the denoiser unless one is given, and condition it on the input view."""
-    device = stage_device(cfg.device)
+    device = stage_device(cfg.device, bool(cfg.model.get("cudnn_benchmark", True)))
     rng = seed_everything(cfg.seed)
     timer = PhaseTimer(device)
     ref = reference_view(cfg) if cfg.input else None

@@ -125,6 +125,7 @@ def stage1_report(
         "seed": cfg.seed,
         "device": str(device),
         "seconds": timer.seconds(),
+        "started_unix": timer.started_unix,
         "nfe": denoiser.nfe - st.nfe0,
         "optimiser_steps": stats.optimiser_steps,
         "num_gaussians": int(model.num_points),
@@ -161,7 +162,13 @@ def export_coarse_mesh(
     # xatlas runs on the CPU while the GPU renders the bake views.
     with ThreadPoolExecutor(1) as pool:
         with timer.phase("uv_unwrap"):
-            fut = pool.submit(unwrap_uv, mesh, max_faces=ex.uv_max_faces, tex_size=ex.texture_size)
+            fut = pool.submit(
+                unwrap_uv,
+                mesh,
+                max_faces=ex.uv_max_faces,
+                tex_size=ex.texture_size,
+                time_budget=ex.uv_time_budget,
+            )
         with timer.phase("bake_render"), torch.no_grad():
             views = render_gaussians(
                 model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend

@@ -98,6 +98,7 @@ def run_stage2(cfg: DictConfig, denoiser: Any = None) -> dict:
             "device": str(device),
             "input_mesh": str(mesh_path),
             "seconds": timer.seconds(),
+            "started_unix": timer.started_unix,
             "nfe": denoiser.nfe - st.nfe0,
             "optimiser_steps": stats.optimiser_steps,
             "peak_gpu_memory_gb": peak_memory_gb(device),

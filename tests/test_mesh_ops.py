@@ -118,21 +118,17 @@ def test_grid_atlas_gives_every_face_its_own_texels():
     assert per_face > 10  # each face gets real texels, not a sliver
 
 
-def test_unwrap_falls_back_to_grid_atlas_past_its_time_budget(monkeypatch):
+def test_unwrap_falls_back_to_grid_atlas_past_its_time_budget():
+    """xatlas runs in a child process that is killed at the budget; the grid atlas comes back at once."""
     import time
 
     import mesh_renderer.uv as uvmod
 
-    def slow(*args, **kwargs):
-        time.sleep(2.0)
-        raise AssertionError("the slow xatlas result must not be waited for")
-
-    monkeypatch.setattr(uvmod, "_xatlas_unwrap", slow)
-    v, f = icosphere(2)
+    v, f = icosphere(4)
     t0 = time.perf_counter()
-    u = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=128, time_budget=0.2)
-    assert time.perf_counter() - t0 < 1.5
+    u = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=256, time_budget=0.01)  # less than a process start
+    assert time.perf_counter() - t0 < 2.0
     assert len(u.f) == len(f) and u.v.shape == (3 * len(f), 3)
-    monkeypatch.undo()
-    fast = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=128, time_budget=None)  # the real xatlas path
+    assert torch.equal(u.vt, uvmod.grid_atlas(Mesh(v=v, f=f), tex_size=256).vt)
+    fast = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=256, time_budget=None)  # the real xatlas path
     assert fast.vt.shape != u.vt.shape or not torch.allclose(fast.vt, u.vt)  # xatlas' layout, not the grid

@@ -1,0 +1,37 @@
+"""xatlas as a separate, killable process: ``python xatlas_job.py IN.npz OUT.npz``.
+
+Run by :func:`mesh_renderer.uv.unwrap_uv` so that a slow unwrap can be stopped at its time budget
+(xatlas holds the GIL in-process, so a thread could neither be stopped nor let the caller go on).
+Imports only numpy and xatlas (no torch), so the process starts in a fraction of a second.
+IN holds ``v`` float32 [N,3], ``f`` uint32 [F,3] and the options; OUT gets ``vmap``, ``idx``,
+``uvs`` and ``charts``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(src: str, dst: str) -> None:
+    """Unwrap the mesh in ``src`` and write the atlas to ``dst``."""
+    import numpy as np
+    import xatlas
+
+    d = np.load(src)
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(d["v"], d["f"])
+    chart = xatlas.ChartOptions()
+    chart.max_iterations = int(d["max_iterations"])
+    if float(d["max_chart_area"]) > 0:
+        chart.max_chart_area = float(d["max_chart_area"])
+    pack = xatlas.PackOptions()
+    pack.resolution = int(d["tex_size"])
+    pack.padding = int(d["padding"])
+    pack.bilinear = True
+    atlas.generate(chart, pack)
+    vmap, idx, uvs = atlas[0]
+    np.savez(dst, vmap=vmap, idx=idx, uvs=uvs, charts=np.int64(atlas.chart_count))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
