@@ -155,7 +155,9 @@ def load_clip(
         if os.path.isfile(pretrained):
             _check_checkpoint_file(pretrained, model_name)
         else:
-            _check_hub_weights(open_clip.get_pretrained_cfg(model_name, pretrained), model_name, pretrained, cache_dir)
+            _check_hub_weights(
+                open_clip.get_pretrained_cfg(model_name, pretrained), model_name, pretrained, cache_dir
+            )
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name,
@@ -210,7 +212,9 @@ def _check_hub_weights(cfg: dict, model_name: str, pretrained: str, cache_dir: s
     if any(isinstance(try_to_load_from_cache(repo, n, cache_dir=cache_dir), str) for n in names):
         return
     if not _hub_reachable():
-        raise _offline_hint(model_name, pretrained, f"not cached and the Hugging Face hub is unreachable: {repo}")
+        raise _offline_hint(
+            model_name, pretrained, f"not cached and the Hugging Face hub is unreachable: {repo}"
+        )
 
 
 def _check_checkpoint_file(path: str, model_name: str) -> None:

@@ -113,7 +113,9 @@ def check_outdir(outdir: str | os.PathLike) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"outdir {path} is not writable ({e.strerror or e}): pick another outdir=...") from None
+        raise UserError(
+            f"outdir {path} is not writable ({e.strerror or e}): pick another outdir=..."
+        ) from None
     return path
 
 
