@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -150,6 +151,13 @@ def load_clip(
                 f"--pretrained '{pretrained}' is neither a file nor a tag of {model_name} "
                 f"(tags: {', '.join(tags) or 'none'})"
             )
+    if pretrained is not None and not has_schema:
+        if os.path.isfile(pretrained):
+            _check_checkpoint_file(pretrained, model_name)
+        else:
+            _check_hub_weights(
+                open_clip.get_pretrained_cfg(model_name, pretrained), model_name, pretrained, cache_dir
+            )
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name,
@@ -158,17 +166,68 @@ def load_clip(
             precision=precision,
             cache_dir=cache_dir,
         )
-    except (RuntimeError, OSError, ValueError) as e:  # open_clip wraps download errors in RuntimeError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # open_clip wraps download errors in RuntimeError; a checkpoint of another model gives KeyError.
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         if pretrained is not None and os.path.isfile(pretrained):
             raise UserError(f"cannot load CLIP checkpoint {pretrained} into {model_name}: {first}") from e
-        raise UserError(
-            f"cannot load CLIP weights '{model_name}' / '{pretrained}' ({first}); on an offline machine "
-            f"download open_clip_pytorch_model.bin of that model elsewhere (for the default: Hugging Face "
-            f"laion/CLIP-ViT-bigG-14-laion2B-39B-b160k) and pass --pretrained /path/to/that/file"
-        ) from e
+        raise _offline_hint(model_name, str(pretrained), first) from e
     name = f"{model_name}/{pretrained}" if pretrained else model_name
     return ClipImageEncoder(model, preprocess, dev, name)
+
+
+def _offline_hint(model_name: str, pretrained: str, why: str) -> UserError:
+    return UserError(
+        f"cannot load CLIP weights '{model_name}' / '{pretrained}' ({why}); on an offline machine "
+        f"download open_clip_pytorch_model.bin of that model elsewhere (for the default: Hugging Face "
+        f"laion/CLIP-ViT-bigG-14-laion2B-39B-b160k) and pass --pretrained /path/to/that/file"
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False when ``HF_HUB_OFFLINE`` is set or the hub's host does not answer within ``timeout`` s."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _check_hub_weights(cfg: dict, model_name: str, pretrained: str, cache_dir: str | None) -> None:
+    """Fail at once (no download retries) when the tag's weights are neither cached nor reachable."""
+    hub = (cfg or {}).get("hf_hub", "")
+    if not hub:
+        return  # a plain URL download: open_clip's own cache and error apply
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, filename = os.path.split(hub)
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if any(isinstance(try_to_load_from_cache(repo, n, cache_dir=cache_dir), str) for n in names):
+        return
+    if not _hub_reachable():
+        raise _offline_hint(
+            model_name, pretrained, f"not cached and the Hugging Face hub is unreachable: {repo}"
+        )
+
+
+def _check_checkpoint_file(path: str, model_name: str) -> None:
+    """A local checkpoint must look like one (zip/pickle torch file or safetensors) before the model is built."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    is_zip = head.startswith(b"PK\x03\x04")
+    is_pickle = head[:1] == b"\x80"
+    is_safetensors = len(head) >= 9 and head[8:9] == b"{"
+    if not (is_zip or is_pickle or is_safetensors):
+        raise UserError(
+            f"cannot load CLIP checkpoint {path} into {model_name}: not a PyTorch or safetensors file"
+        )
 
 
 def load_reference(path: str | os.PathLike) -> np.ndarray:

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from core.errors import UserError
 from core.fileio import atomic_write_text
+from core.names import safe_stem
 
 __all__ = [
     "ConfigError",
@@ -659,7 +660,8 @@ def load_config(
     _resolve(cfg, interpolated, source)
     check_finite(cfg, source)
     if "save_path" in cfg and not cfg.get("save_path") and cfg.get("input"):
-        cfg.save_path = Path(str(cfg.input).rstrip("/\\")).stem
+        # A derived name is made safe (a file called '..png' or with a newline still runs).
+        cfg.save_path = safe_stem(Path(str(cfg.input).rstrip("/\\")).stem)
     for key in required:
         value = OmegaConf.select(cfg, key, default=None)
         if value is None or (isinstance(value, str) and not value.strip()):

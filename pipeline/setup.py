@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from core.device import resolve_device, seed_everything
 from core.errors import UserError
 from core.timing import PhaseTimer
 from guidance.denoiser import TorchNoise
+from pipeline.preflight import preflight
 
 
 @dataclass
@@ -57,18 +59,41 @@ def stage_device(name: str, cudnn_benchmark: bool = True) -> torch.device:
     return device
 
 
+# What a model folder with the wrong architecture, broken or refused weights raises from the loaders.
+_LOAD_ERRORS = (ValueError, RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError)
+
+
+def _load_model(
+    cfg: DictConfig, device: torch.device, load_denoiser: Callable[[DictConfig, torch.device], Any]
+) -> Any:
+    """``load_denoiser(cfg, device)``; a folder that does not load becomes one UserError line."""
+    try:
+        return load_denoiser(cfg, device)
+    except _LOAD_ERRORS as e:
+        model = cfg.get("model") or {}
+        where = model.get("path") or model.get("id") or "its default"
+        key = "model.path" if model.get("path") else "model.id"
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UserError(
+            f"cannot load the {cfg.get('guidance')} model from {where} ({key}): "
+            f"{type(e).__name__}: {first} (wrong architecture or broken weights?)"
+        ) from None
+
+
 def setup_stage(
     cfg: DictConfig, denoiser: Any, load_denoiser: Callable[[DictConfig, torch.device], Any]
 ) -> StageSetup:
-    """Resolve the device, seed, load the input image (first, so a bad image fails before any
-    model loads), load the denoiser unless one is given, and condition it on the input view."""
-    device = stage_device(cfg.device, bool(cfg.model.get("cudnn_benchmark", True)))
+    """Resolve the device, check outdir/disk/memory (:func:`pipeline.preflight.preflight`), seed,
+    load the input image (so a bad image fails before any model loads), load the denoiser unless
+    one is given, and condition it on the input view."""
+    device = stage_device(cfg.device, bool(cfg.model.get("cudnn_benchmark", False)))
+    preflight(cfg, device)
     rng = seed_everything(cfg.seed)
     timer = PhaseTimer(device)
     ref = reference_view(cfg) if cfg.input else None
     with timer.phase("load_model"):
         if denoiser is None:
-            denoiser = load_denoiser(cfg, device)
+            denoiser = _load_model(cfg, device, load_denoiser)
     with timer.phase("prepare"):
         ref_rgb, ref_mask = ref if ref is not None else reference_view(cfg, denoiser)
         ref_rgb, ref_mask = ref_rgb.to(device), ref_mask.to(device)
