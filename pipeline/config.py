@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 import guidance
 from core import config as C
 from core.errors import UserError
+from pipeline.prompts import prompt_slug
 
 __all__ = ["DEFAULT_CONFIG", "config_rules", "finalize_config", "load_config"]
 
@@ -60,15 +61,29 @@ def finalize_config(cfg: DictConfig) -> DictConfig:
     """Fill what depends on other keys; a missing ``input`` fails here, before any model loads.
 
     A model that renders its own reference view (``needs_input=False``) may run without ``input``;
-    its outputs are then named after the mesh of its config section, or after the model.
+    its outputs are then named after the mesh of its config section, or after the model. A
+    text-conditioned model needs ``prompt`` and no ``input``; its outputs are named after the prompt.
     """
+    spec = guidance.registry.get(cfg.get("guidance"))
+    if spec.conditioning == "text":
+        return _finalize_text(cfg, spec.name)
     if not cfg.get("input"):
-        spec = guidance.registry.get(cfg.get("guidance"))
         if spec.needs_input:
             raise UserError("input is not set: pass input=path/to/image.png")
         if not cfg.get("save_path"):
             mesh = (cfg.get(spec.section) or {}).get("mesh")
             cfg.save_path = Path(mesh).stem if mesh else spec.name
+    return cfg
+
+
+def _finalize_text(cfg: DictConfig, name: str) -> DictConfig:
+    """Text to 3D: ``prompt`` required, ``input`` refused, ``save_path`` defaults to the prompt's slug."""
+    if not str(cfg.get("prompt") or "").strip():
+        raise UserError(f'prompt is not set: guidance={name} makes 3D from text; pass prompt="a ..."')
+    if cfg.get("input"):
+        raise UserError(f"guidance={name} makes 3D from a prompt and takes no input image; drop input=")
+    if not cfg.get("save_path"):
+        cfg.save_path = prompt_slug(str(cfg.prompt))
     return cfg
 
 
