@@ -41,7 +41,12 @@ def mvdream_configs(size: str = "tiny") -> dict[str, dict[str, Any]]:
     """Config dicts of every component: unet (no ``ip_dim``), vae, text_encoder, scheduler."""
     cfg = imagedream_configs(size)
     unet = {k: v for k, v in cfg["unet"].items() if k not in _IMAGE_ONLY_UNET_KEYS}
-    return {"unet": unet, "vae": cfg["vae"], "text_encoder": cfg["text_encoder"], "scheduler": cfg["scheduler"]}
+    return {
+        "unet": unet,
+        "vae": cfg["vae"],
+        "text_encoder": cfg["text_encoder"],
+        "scheduler": cfg["scheduler"],
+    }
 
 
 def build_mvdream(size: str = "tiny", seed: int = 0) -> dict[str, Any]:
@@ -71,7 +76,9 @@ def save_mvdream(
     write_tiny_tokenizer(folder / "tokenizer")
     for name in ("unet", "vae", "text_encoder"):
         model = comps.pop(name)  # freed once written (the full UNet is large)
-        (model if dtype == torch.float32 else model.to(dtype)).save_pretrained(folder / name, safe_serialization=True)
+        (model if dtype == torch.float32 else model.to(dtype)).save_pretrained(
+            folder / name, safe_serialization=True
+        )
     # The Hub's unet/config.json has no image-prompt fields at all (not ip_dim=0): drop them so
     # the loader meets the real file.
     unet_json = folder / "unet" / "config.json"
@@ -92,5 +99,7 @@ def cached_tiny_mvdream(seed: int = 0) -> Path:
 
     # The key covers the configs and the code that defines the saved tensors and files.
     files = (__file__, mv_unet.__file__, random_layout.__file__, random_imagedream.__file__)
-    key_text = json.dumps(mvdream_configs("tiny"), sort_keys=True) + "".join(Path(f).read_text() for f in files)
+    key_text = json.dumps(mvdream_configs("tiny"), sort_keys=True) + "".join(
+        Path(f).read_text() for f in files
+    )
     return cached_folder("mvdream", key_text, seed, lambda folder: save_mvdream(folder, "tiny", seed))

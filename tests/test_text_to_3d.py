@@ -50,7 +50,7 @@ def test_save_path_defaults_to_the_prompt_slug():
         ("日本語", "prompt"),
         ("!!!", "prompt"),
         ("con", "con_"),
-        ("a/b\\c:d*e?f\"g<h>i|j", "a_b_c_d_e_f_g_h_i_j"),
+        ('a/b\\c:d*e?f"g<h>i|j', "a_b_c_d_e_f_g_h_i_j"),
     ],
 )
 def test_prompt_slug_is_file_safe(prompt, slug):
@@ -189,7 +189,9 @@ def oracle_text_run(tmp_path_factory, one_thread_module):
     spec = _oracle_as_text_model()
     register(spec)
     try:
-        cfg = load_config(["--config", TEXT, *ORACLE_CPU, "guidance=oracle_text", "prompt=a cow", f"outdir={out}"])
+        cfg = load_config(
+            ["--config", TEXT, *ORACLE_CPU, "guidance=oracle_text", "prompt=a cow", f"outdir={out}"]
+        )
         oracle = load_denoiser(cfg, torch.device("cpu"))
         r1 = run_stage1(cfg, oracle)
         r2 = run_stage2(cfg, oracle)
@@ -217,12 +219,16 @@ def test_oracle_text_run_reconstructs_like_the_image_config(oracle_text_run):
     cams = orbit_cameras(0.0, torch.arange(8) * 45.0, DEFAULT_RADIUS, DEFAULT_FOVY, 64)
     ref, _ = oracle.render(cams, 64)
     with torch.no_grad():
-        p1 = psnr(render_gaussians(load_ply(r1["outputs"]["ply"]), cams, torch.ones(3), backend="torch").rgb, ref)
+        p1 = psnr(
+            render_gaussians(load_ply(r1["outputs"]["ply"]), cams, torch.ones(3), backend="torch").rgb, ref
+        )
     cams = cams.resized(128)
     ref, _ = oracle.render(cams, 128)
     with torch.no_grad():
         coarse = psnr(render_mesh(load_mesh(r1["outputs"]["mesh"]), cams, 1.0, backend="torch").rgb, ref)
         final = psnr(render_mesh(load_mesh(r2["outputs"]["glb"]), cams, 1.0, backend="torch").rgb, ref)
-    print(f"oracle text run: stage-1 Gaussians {p1:.2f} dB, coarse mesh {coarse:.2f} dB, final {final:.2f} dB")
+    print(
+        f"oracle text run: stage-1 Gaussians {p1:.2f} dB, coarse mesh {coarse:.2f} dB, final {final:.2f} dB"
+    )
     assert p1 > 22.5, p1  # within 2 dB of the image config's 24.4
     assert final > 22.0 and final > coarse, (coarse, final)

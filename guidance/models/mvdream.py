@@ -180,14 +180,18 @@ class MVDreamDenoiser(LatentDiffusionDenoiser):
         context = self.text.repeat_interleave(B, dim=0)  # [2B,77,D]: negative rows first
         return MVDreamCond(camera=torch.cat([cam, cam], dim=0), context=context, order=order)
 
-    def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    def _unet_call(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, camera: torch.Tensor
+    ) -> torch.Tensor:
         """One UNet evaluation on prepared inputs (rows frame-major per group of 4)."""
         return self.unet(x, t, context, camera=camera, num_frames=VIEWS)
 
     def _grouped(self, x: torch.Tensor, cond: MVDreamCond) -> torch.Tensor:
         """Latents ``[B,C,h,w]`` (caller's order) -> group order, UNet dtype."""
         if x.shape[0] * 2 != cond.camera.shape[0]:
-            raise ValueError(f"latent batch {x.shape[0]} does not match the {cond.camera.shape[0] // 2} prepared views")
+            raise ValueError(
+                f"latent batch {x.shape[0]} does not match the {cond.camera.shape[0] // 2} prepared views"
+            )
         if cond.order is not None:
             x = x[cond.order]
         return self._nhwc(x.to(self.dtype))
@@ -216,7 +220,10 @@ class MVDreamDenoiser(LatentDiffusionDenoiser):
         """Unconditional eps float32 ``[B,C,h,w]`` (the negative prompt); one call at batch ``B``."""
         B = x.shape[0]
         eps = self._runner(
-            x=self._grouped(x, cond), t=self._timesteps(B, t), context=cond.context[:B], camera=cond.camera[:B]
+            x=self._grouped(x, cond),
+            t=self._timesteps(B, t),
+            context=cond.context[:B],
+            camera=cond.camera[:B],
         )
         self._count("uncond", B)
         return self._ungroup(eps, cond)
@@ -228,7 +235,9 @@ def load(cfg: Any, device: torch.device) -> MVDreamDenoiser:
     neg = cfg_get(cfg, "model.negative_prompt")
     if neg is not None:
         extra["negative_prompt"] = neg
-    return MVDreamDenoiser(device=device, prompt=cfg_prompt(cfg), **extra, **pipeline_options(cfg, DEFAULT_ID))
+    return MVDreamDenoiser(
+        device=device, prompt=cfg_prompt(cfg), **extra, **pipeline_options(cfg, DEFAULT_ID)
+    )
 
 
 SPEC = register(
