@@ -1,6 +1,11 @@
-"""Speed benchmark: input image -> stage 1 -> coarse mesh -> stage 2 -> .glb, on one GPU.
+"""Speed benchmark: input image (or prompt) -> stage 1 -> coarse mesh -> stage 2 -> .glb, on one GPU.
 
-    python bench/speed.py [--repeat 3] [--out bench/results/speed_<gpu>.json]
+    python bench/speed.py [--guidance zero123|imagedream|mvdream] [--repeat 3] [--out bench/results/speed_<gpu>.json]
+    python bench/speed.py --guidance mvdream --size tiny --repeat 1   # CPU smoke run of the same path
+
+``--guidance mvdream`` is text to 3D (``configs/text.yaml``, ``--prompt``): no input image.
+``--size tiny`` builds the tiny random model instead and shrinks the schedule to CPU seconds
+(works without a GPU); the figures then only show that the path runs.
 
 The networks are the FULL-SIZE Stable Zero123 architecture built from its real configs with random
 weights (the cost of a network call does not depend on its weights), run at the paper schedule of
@@ -39,6 +44,28 @@ LOOP = ("render", "refine", "optimise")
 EXPORT = ("save_ply", "extract", "uv_unwrap", "bake_render", "uv_unwrap_wait", "bake", "save_mesh")
 
 
+#: ``--size tiny``: the tiny models' 64 px, CPU renderers, a few iterations (a smoke run, not a benchmark).
+TINY_OVERRIDES = [
+    "model.dtype=fp32",
+    "model.cuda_graph=false",
+    "render.gs_backend=torch",
+    "render.mesh_backend=torch",
+    "ref_size=64",
+    "gaussians.num_pts=500",
+    "sir.render_size=64",
+    "sir.iters=2",
+    "sir.init_steps=2",
+    "sir.steps_min=2",
+    "sir.steps_max=2",
+    "export.grid_resolution=48",
+    "export.texture_size=128",
+    "export.bake_size=64",
+    "refine.iters=1",
+    "refine.steps=2",
+    "refine.render_size=64",
+]
+
+
 def timed_methods(obj, names: dict[str, str], timer: PhaseTimer) -> None:
     """Wrap ``obj``'s methods so each call is timed under a phase (CUDA events: no sync)."""
     for name, phase in names.items():
@@ -65,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--guidance",
         default="zero123",
-        choices=("zero123", "imagedream"),
+        choices=("zero123", "imagedream", "mvdream"),
         help="which full-size architecture to build with random weights",
     )
     ap.add_argument("--image", default="../shared/data/images/cat_rgba.png", help="input photo (RGBA)")
+    ap.add_argument("--prompt", default="a cute corgi", help="the prompt of --guidance mvdream")
+    ap.add_argument(
+        "--size", default="full", choices=("full", "tiny"), help="full-size architecture, or tiny on CPU"
+    )
     ap.add_argument(
         "--oracle-mesh", default="../shared/data/meshes/spot.obj", help="real geometry for export/stage 2"
     )
@@ -81,26 +112,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("error: bench/speed.py needs a CUDA GPU", file=sys.stderr)
+    cuda = torch.cuda.is_available()
+    if not cuda and args.size == "full":
+        print("error: bench/speed.py needs a CUDA GPU (or --size tiny on the CPU)", file=sys.stderr)
         return 2
+    device = torch.device("cuda" if cuda else "cpu")
 
     from guidance import load_denoiser
     from testing.random_imagedream import save_imagedream
+    from testing.random_mvdream import save_mvdream
     from testing.random_zero123 import save_zero123
 
     work = Path(tempfile.mkdtemp(prefix="md_speed_"))
     t0 = time.perf_counter()
-    args.config = args.config or f"configs/{'image' if args.guidance == 'zero123' else 'imagedream'}.yaml"
-    model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"md_full_{args.guidance}")
+    default_config = {"zero123": "image", "imagedream": "imagedream", "mvdream": "text"}[args.guidance]
+    args.config = args.config or f"configs/{default_config}.yaml"
+    model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"md_{args.size}_{args.guidance}")
     if not (model_dir / "model_index.json").is_file():
-        save = save_zero123 if args.guidance == "zero123" else save_imagedream
-        save(model_dir, "full", seed=0, dtype=torch.float16)
+        save = {"zero123": save_zero123, "imagedream": save_imagedream, "mvdream": save_mvdream}[
+            args.guidance
+        ]
+        save(model_dir, args.size, seed=0, dtype=torch.float16 if args.size == "full" else torch.float32)
     build_s = time.perf_counter() - t0
-    common = ["quiet=true", "device=cuda", *args.overrides]
+    tiny = TINY_OVERRIDES if args.size == "tiny" else []
+    common = ["quiet=true", f"device={device.type}", *tiny, *args.overrides]
+    # Text to 3D conditions on the prompt; the image models on the input photo.
+    subject = f"prompt={args.prompt}" if args.guidance == "mvdream" else f"input={args.image}"
     net_cfg = config(
         args.config,
-        [f"input={args.image}", f"model.path={model_dir}", f"outdir={work}/net", "save_path=net", *common],
+        [subject, f"model.path={model_dir}", f"outdir={work}/net", "save_path=net", *common],
     )
     orc_cfg = config(
         args.config,
@@ -113,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     t0 = time.perf_counter()
-    net = load_denoiser(net_cfg, torch.device("cuda"))
-    oracle = load_denoiser(orc_cfg, torch.device("cuda"))
-    torch.cuda.synchronize()
+    net = load_denoiser(net_cfg, device)
+    oracle = load_denoiser(orc_cfg, device)
+    if cuda:
+        torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
-    net_timer = PhaseTimer("cuda")
+    net_timer = PhaseTimer(device)
     timed_methods(
         net,
         {"encode": "vae_encode", "decode": "vae_decode", "eps_cfg": "unet_cfg", "eps_uncond": "unet_uncond"},
@@ -126,18 +167,18 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for i in range(args.repeat + 1):  # run 0 = warm-up (JIT builds, graph capture)
-        net_timer.__init__("cuda")
+        net_timer.__init__(device)
         net.reset_counters()
         t = time.perf_counter()
         s1 = run_stage1(net_cfg, net, export=False)
         t_s1 = time.perf_counter() - t
         s1_net = net_timer.seconds()
         o1 = run_stage1(orc_cfg, oracle)
-        net_timer.__init__("cuda")
+        net_timer.__init__(device)
         s2_cfg = config(
             args.config,
             [
-                f"input={args.image}",
+                subject,
                 f"model.path={model_dir}",
                 f"outdir={work}/net",
                 "save_path=net",
@@ -181,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
     timed = runs[1:] or runs
     keys = ("stage1_loop_s", "export_s", "stage2_s", "total_s", "peak_gpu_memory_gb")
     summary = {
@@ -203,12 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         s = summary[k]
         print(f"{k:<22}{s['median']:>10.3f}{s['min']:>10.3f}{s['max']:>10.3f}{targets[k]:>10.1f}")
     result = {
-        "device": torch.cuda.get_device_name(),
+        "device": device_name,
         "versions": versions(),
         "commit": git_commit(),
         "config": args.config,
         "overrides": args.overrides,
-        "model": f"full-size {args.guidance} architecture, random weights, fp16 files",
+        "model": f"{args.size}-size {args.guidance} architecture, random weights",
+        "prompt": args.prompt if args.guidance == "mvdream" else None,
         "guidance": args.guidance,
         "model_build_s": round(build_s, 2),
         "load_seconds": round(load_s, 2),
@@ -217,8 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "runs": runs,
     }
-    gpu = "".join(c for c in torch.cuda.get_device_name().lower().replace("nvidia ", "") if c.isalnum())[:12]
-    out = Path(args.out or ROOT / "bench" / "results" / f"speed_{args.guidance}_{gpu}.json")
+    gpu = "".join(c for c in device_name.lower().replace("nvidia ", "") if c.isalnum())[:12]
+    name = (
+        f"speed_{args.guidance}_{gpu}.json"
+        if args.size == "full"
+        else f"speed_{args.guidance}_tiny_{gpu}.json"
+    )
+    out = Path(args.out or (ROOT / "bench" / "results" if args.size == "full" else work) / name)
     atomic_write_text(out, json.dumps(result, indent=2))
     print(f"wrote {out}")
     return 0

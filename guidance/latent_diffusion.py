@@ -103,7 +103,12 @@ class LatentDiffusionDenoiser(Denoiser):
         self.unet = self._load_unet(root / "unet")
         self.vae = load_diffusers(AutoencoderKL, root / "vae", dtype, self.device)
         self._load_encoders(root)
-        self.feature_extractor = CLIPImageProcessor.from_pretrained(root / "feature_extractor")
+        # Text-only pipelines (MVDream) ship no image processor.
+        self.feature_extractor = (
+            CLIPImageProcessor.from_pretrained(root / "feature_extractor")
+            if "feature_extractor" in self.required_components
+            else None
+        )
         self.schedule = DDIMSchedule.from_file(root / "scheduler" / "scheduler_config.json")
 
         if channels_last and self.device.type == "cuda":

@@ -20,7 +20,10 @@ from core.errors import UserError
 from guidance.denoiser import Denoiser
 from guidance.options import cfg_get
 
-__all__ = ["DenoiserSpec", "register", "get", "names", "load_denoiser"]
+__all__ = ["DenoiserSpec", "register", "get", "names", "load_denoiser", "CONDITIONINGS"]
+
+#: What a model is conditioned on (``DenoiserSpec.conditioning``).
+CONDITIONINGS = ("image", "text")
 
 
 @dataclass(frozen=True)
@@ -28,9 +31,12 @@ class DenoiserSpec:
     """How to build one denoiser from the app config.
 
     ``name``: the value of ``cfg.guidance``. ``section``: the config section holding its options
-    (``model``, ``oracle``, ...). ``load(cfg, device)``: builds it. ``needs_input``: False when the
-    model renders its own reference view (it then has ``reference_image(elevation, size, azimuth)``
-    returning rgb ``[3,S,S]`` on white and mask ``[1,S,S]``), so a run needs no input image.
+    (``model``, ``oracle``, ...). ``load(cfg, device)``: builds it. ``needs_input``: False when a
+    run needs no input image: the model renders its own reference view (it then has
+    ``reference_image(elevation, size, azimuth)`` returning rgb ``[3,S,S]`` on white and mask
+    ``[1,S,S]``) or it is text-conditioned. ``conditioning``: ``image`` (conditioned on a reference
+    view: the input image or the model's own) or ``text`` (a prompt only: a run has no reference
+    view and no reference losses, and needs ``prompt``; the model has ``set_prompt(prompt)``).
     """
 
     name: str
@@ -38,6 +44,13 @@ class DenoiserSpec:
     load: Callable[[Any, torch.device], Denoiser]
     needs_input: bool = True
     description: str = ""
+    conditioning: str = "image"
+
+    def __post_init__(self) -> None:
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning={self.conditioning!r} must be one of {CONDITIONINGS}")
+        if self.conditioning == "text" and self.needs_input:
+            raise ValueError("a text-conditioned model takes no input image: set needs_input=False")
 
 
 _SPECS: dict[str, DenoiserSpec] = {}

@@ -15,7 +15,9 @@ from omegaconf import DictConfig
 
 import guidance
 from core import config as C
+from core.errors import UserError
 from core.names import safe_stem, stem_problem
+from pipeline.prompts import prompt_slug
 
 __all__ = ["DEFAULT_CONFIG", "config_rules", "finalize_config", "load_config"]
 
@@ -121,11 +123,14 @@ def finalize_config(cfg: DictConfig) -> DictConfig:
 
     A missing ``input`` fails here. A model that renders its own reference view
     (``needs_input=False``) may run without ``input``; its outputs are then named after the mesh of
-    its config section, or after the model. ``save_path`` must be a bare file-name stem (outputs
-    stay inside ``outdir``); a name derived from a file name is made safe instead of refused.
+    its config section, or after the model. A text-conditioned model needs ``prompt`` and no
+    ``input``; its outputs are named after the prompt. ``save_path`` must be a bare file-name stem
+    (outputs stay inside ``outdir``); a name derived from a file name is made safe instead of refused.
     """
-    if not cfg.get("input"):
-        spec = guidance.registry.get(cfg.get("guidance"))
+    spec = guidance.registry.get(cfg.get("guidance"))
+    if spec.conditioning == "text":
+        _finalize_text(cfg, spec.name)
+    elif not cfg.get("input"):
         if spec.needs_input:
             raise C.ConfigError("input is not set: pass input=path/to/image.png")
         if not cfg.get("save_path"):
@@ -137,6 +142,17 @@ def finalize_config(cfg: DictConfig) -> DictConfig:
             raise C.ConfigError(
                 f"config key 'save_path' must be a file-name stem, but {cfg.save_path!r} {problem}"
             )
+    return cfg
+
+
+def _finalize_text(cfg: DictConfig, name: str) -> DictConfig:
+    """Text to 3D: ``prompt`` required, ``input`` refused, ``save_path`` defaults to the prompt's slug."""
+    if not str(cfg.get("prompt") or "").strip():
+        raise UserError(f'prompt is not set: guidance={name} makes 3D from text; pass prompt="a ..."')
+    if cfg.get("input"):
+        raise UserError(f"guidance={name} makes 3D from a prompt and takes no input image; drop input=")
+    if not cfg.get("save_path"):
+        cfg.save_path = prompt_slug(str(cfg.prompt))
     return cfg
 
 

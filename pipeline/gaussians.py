@@ -54,9 +54,9 @@ class GaussianRepresentation:
         self,
         model,
         settings: GaussianSettings,
-        ref_rgb: torch.Tensor,
-        ref_mask: torch.Tensor,
-        ref_cam: Cameras,
+        ref_rgb: torch.Tensor | None,
+        ref_mask: torch.Tensor | None,
+        ref_cam: Cameras | None,
         bg: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> None:
         g = settings
@@ -82,7 +82,8 @@ class GaussianRepresentation:
         self.lambda_target = g.lambda_target
         self.ref_weight = g.ref_loss
         self.ref_mask_weight = g.ref_mask_loss
-        self.use_ref = self.ref_weight > 0 or self.ref_mask_weight > 0
+        # No reference view (text to 3D): no reference terms.
+        self.use_ref = ref_rgb is not None and (self.ref_weight > 0 or self.ref_mask_weight > 0)
         self.ref_rgb, self.ref_mask, self.ref_cam = ref_rgb, ref_mask, ref_cam
         self.step_count = 0
         self.cams: Cameras | None = None

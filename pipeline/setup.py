@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+import guidance
 from core.cameras import Cameras, orbit_cameras
 from core.device import resolve_device, seed_everything
 from core.errors import UserError
@@ -28,9 +29,9 @@ class StageSetup:
     noise: Any  # guidance NoiseSource for every draw of the refine step
     timer: PhaseTimer
     denoiser: Any
-    ref_rgb: torch.Tensor  # [3,H,W] in [0,1], on white
-    ref_mask: torch.Tensor  # [1,H,W] in [0,1]
-    ref_cam: Cameras  # the input view, at ref_size
+    ref_rgb: torch.Tensor | None  # [3,H,W] in [0,1], on white; None for text-conditioned models
+    ref_mask: torch.Tensor | None  # [1,H,W] in [0,1]; None for text-conditioned models
+    ref_cam: Cameras | None  # the input view, at ref_size; None for text-conditioned models
     nfe0: int  # the denoiser's NFE count before this stage (shared denoisers in batch runs)
 
 
@@ -85,11 +86,21 @@ def setup_stage(
 ) -> StageSetup:
     """Resolve the device, check outdir/disk/memory (:func:`pipeline.preflight.preflight`), seed,
     load the input image (so a bad image fails before any model loads), load the denoiser unless
-    one is given, and condition it on the input view."""
+    one is given, and condition it on the input view (a text-conditioned model: on the prompt,
+    encoded once per prompt; no reference view)."""
     device = stage_device(cfg.device, bool(cfg.model.get("cudnn_benchmark", False)))
     preflight(cfg, device)
     rng = seed_everything(cfg.seed)
     timer = PhaseTimer(device)
+    if guidance.registry.get(cfg.guidance).conditioning == "text":
+        with timer.phase("load_model"):
+            if denoiser is None:
+                denoiser = load_denoiser(cfg, device)
+        with timer.phase("prepare"):
+            if hasattr(denoiser, "set_prompt"):  # stand-ins such as the oracle ignore the prompt
+                denoiser.set_prompt(str(cfg.prompt))
+        noise = TorchNoise(torch.Generator(device=device).manual_seed(cfg.seed))
+        return StageSetup(device, rng, noise, timer, denoiser, None, None, None, denoiser.nfe)
     ref = reference_view(cfg) if cfg.input else None
     with timer.phase("load_model"):
         if denoiser is None:

@@ -23,8 +23,8 @@ class TextureRepresentation:
     def __init__(
         self,
         mesh,
-        ref_rgb: torch.Tensor,
-        ref_cam: Cameras,
+        ref_rgb: torch.Tensor | None,
+        ref_cam: Cameras | None,
         lr: float = 0.2,
         ref_weight: float = 1.0,
         bg: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -39,8 +39,10 @@ class TextureRepresentation:
         fused = mesh.v.device.type == "cuda"
         self.optimizer = torch.optim.Adam([self.raw], lr=lr, fused=fused)
         self.ref_weight = ref_weight
-        self.ref_rgb = ref_rgb[None]
-        self.ref_raster = rasterize(mesh, ref_cam, backend=backend) if ref_weight > 0 else None
+        # No reference view (text to 3D): no reference term.
+        use_ref = ref_weight > 0 and ref_rgb is not None and ref_cam is not None
+        self.ref_rgb = ref_rgb[None] if use_ref else None
+        self.ref_raster = rasterize(mesh, ref_cam, backend=backend) if use_ref else None
         if self.ref_raster is not None:
             self.ref_mask = ((self.ref_raster.alpha > 0) & (self.ref_raster.viewcos > 0.5)).float()
         self.raster = None

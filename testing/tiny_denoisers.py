@@ -34,6 +34,16 @@ def _imagedream() -> dict[str, Any]:
     }
 
 
+def _mvdream() -> dict[str, Any]:
+    from testing.random_mvdream import cached_tiny_mvdream
+
+    return {
+        "guidance": "mvdream",
+        "prompt": "a cat",
+        "model": {"path": str(cached_tiny_mvdream()), "dtype": "fp32"},
+    }
+
+
 def _oracle() -> dict[str, Any]:
     return {
         "guidance": "oracle",
@@ -49,6 +59,7 @@ def _toy() -> dict[str, Any]:
 _TINY: dict[str, Callable[[], dict[str, Any]]] = {
     "zero123": _zero123,
     "imagedream": _imagedream,
+    "mvdream": _mvdream,
     "oracle": _oracle,
     TOY_NAME: _toy,
 }
