@@ -466,10 +466,27 @@ def _ray_pool_plan(ray: Any, device: str, workers: int | None, todo: int) -> tup
     return n, {"num_cpus": max(1, cpus // n)}  # torch in each actor uses its share of the cores
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A UserError when ``host:port`` (or ``ray://host:port``) does not accept a connection.
+
+    Ray itself keeps retrying an unreachable head for minutes; a typo should fail at once.
+    """
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if m is None:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"--ray {address}: no Ray head answers there ({e.strerror or e})") from e
+
+
 def _ray_init(ray: Any, address: str) -> bool:
     """Join the cluster at ``address`` (or start a local one); True when this call started Ray."""
     if ray.is_initialized():  # a caller (a notebook, the tests) set Ray up already
         return False
+    _check_reachable(address)
     try:
         ray.init(address=None if address == LOCAL else address, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -534,10 +551,16 @@ def run_ray(
         flush()
         if not todo:
             return records
+        device = str(cfgs[todo[0]].device)
+        if address == LOCAL and not ray.is_initialized() and device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():  # say so before a local Ray starts (seconds) for nothing
+                raise UserError(f"--ray: device={device} but this machine has no CUDA GPU (pass device=cpu)")
         started_here = _ray_init(ray, address)
         actors: list[Any] = []
         try:
-            n, resources = _ray_pool_plan(ray, cfgs[todo[0]].device, workers, len(todo))
+            n, resources = _ray_pool_plan(ray, device, workers, len(todo))
             meta["ray"] = {"address": address, "workers": n, "resources": resources}
             remote_cls = ray.remote(worker_cls or BatchWorker).options(**resources)
 

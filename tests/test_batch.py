@@ -358,6 +358,32 @@ def test_ray_pool_plan():
     assert batch._ray_pool_plan(_FakeRay(CPU=2.0), "cpu", None, 10) == (1, {"num_cpus": 2})
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_ray_cuda_config_without_cuda_is_one_line_error(tmp_path, capsys):
+    """No silent CPU workers: a CUDA config on a CUDA-less machine stops before Ray starts."""
+    import sys
+
+    inp = _write_inputs(tmp_path / "in")
+    args = ["--config", ORACLE_CFG, str(inp), "--out", str(tmp_path / "out"), "--ray", "device=cuda"]
+    assert batch.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --ray: device=cuda but this machine has no CUDA GPU (pass device=cpu)"]
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_ray_address_must_answer():
+    """A head address that does not answer fails at once (Ray itself would retry for minutes)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        batch._check_reachable(f"127.0.0.1:{port}")
+        batch._check_reachable(f"ray://127.0.0.1:{port}")
+    with pytest.raises(UserError, match=f"--ray 127.0.0.1:{port}: no Ray head answers there"):
+        batch._check_reachable(f"127.0.0.1:{port}")
+    batch._check_reachable("auto")  # no host:port: Ray finds (or fails to find) the cluster itself
+
+
 def test_ray_cli_address_and_options(tmp_path, monkeypatch, capsys):
     inp, out = _write_inputs(tmp_path / "in"), tmp_path / "out"
     calls = []
