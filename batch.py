@@ -1,26 +1,34 @@
-"""Run both stages over many images in one process, with the diffusion model loaded once.
+"""Run both stages over many images, with the diffusion model loaded once per worker.
 
     python batch.py --config configs/image.yaml inputs/ more/cat.png --out logs/ [key=value ...]
     python batch.py --config configs/image.yaml inputs/ --out logs/ --shard 0/4   # machine 0 of 4
-    python batch.py --config configs/image.yaml inputs/ --out logs/ --gpus 0,1,2,3
+    python batch.py --config configs/image.yaml inputs/ --out logs/ --ray         # local Ray, one actor per GPU
+    python batch.py --config configs/image.yaml inputs/ --out logs/ --ray auto    # the cluster of `ray start`
 
 Items: every image file named on the command line, and every image (``core.images.IMAGE_SUFFIXES``:
-.png .jpg .jpeg .webp .bmp .tif .tiff) directly inside a named folder. In a folder, ``<name>.<ext>`` is skipped when ``<name>_rgba.png``
-(``process.py``'s output) is beside it, and our own outputs (``*_preview.png``, ``*_albedo.png``)
-are never inputs. An item's name is its file stem; it becomes ``save_path``, so the outputs are
-``<out>/<name>.glb``, ``<out>/<name>_model.ply``, ... Two inputs with the same stem are an error.
+.png .jpg .jpeg .webp .bmp .tif .tiff) directly inside a named folder. In a folder, ``<name>.<ext>``
+is skipped when ``<name>_rgba.png`` (``process.py``'s output) is beside it, and our own outputs
+(``*_preview.png``, ``*_albedo.png``) are never inputs. An item's name is its file stem confined to
+letters, digits, ``._-`` (:func:`item_name`); it becomes ``save_path``, so the outputs are ``<out>/<name>.glb``,
+``<out>/<name>_model.ply``, ... Two files with one name get distinct names (``<name>-<hash>``).
 
-Resume: an item whose final ``<out>/<name>.glb`` exists is skipped (``--force`` re-runs it); its
-figures are read back from its stage reports. A failing item is logged (traceback in
-``<out>/<name>_error.log``) and the batch goes on. After every item the summary is rewritten
-atomically: ``<out>/batch_summary.json`` and ``.csv`` (per item: status ok | failed | skipped,
-seconds, NFEs, output paths, error).
+Resume: an item whose final set is complete (``<out>/<name>_final_report.json`` and every file it
+lists, :func:`core.outputs.set_complete`) is skipped (``--force`` re-runs it); its figures are read
+back from its stage reports. A failing item is logged (traceback in ``<out>/<name>_error.log``)
+and the batch goes on. After every item the summary is rewritten atomically:
+``<out>/batch_summary.json`` and ``.csv`` (per item: status ok | failed | skipped, seconds, NFEs,
+output paths, error).
 
 ``--shard i/n`` (0 <= i < n) takes items i, i+n, i+2n, ... of the name-sorted list, so machines
 sharing a folder split it without talking to each other; a sharded run writes
-``batch_summary.shard-i-of-n.json/.csv`` so shards never overwrite each other. ``--gpus 0,1``
-starts one worker process per GPU (``CUDA_VISIBLE_DEVICES`` set, a sub-shard each, output in
-``<out>/batch_worker<j>_gpu<g>.log``) and merges their summaries into one.
+``batch_summary.shard-i-of-n.json/.csv`` so shards never overwrite each other.
+
+``--ray [ADDRESS]`` runs the items on a pool of Ray actors (:mod:`pipeline.batch_jobs`): one per
+GPU (``num_gpus=1``), or CPU actors for a ``device=cpu`` config (``--workers`` sets the count).
+Each actor loads the model once, runs an item in a private temporary folder and returns its
+complete output sets as bytes; this process (the driver) writes them into ``--out`` as whole sets,
+report last, so workers need no shared file system. An item whose actor dies is retried on a fresh
+actor (``--max-retries``, default 2), then failed. Without ADDRESS a local Ray instance is started.
 
 Exit status: 0 all items done, 1 some item failed, 2 a usage/config error (``error: ...``).
 """
@@ -29,15 +37,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +63,8 @@ __all__ = [
     "shard_items",
     "summary_paths",
     "run_items",
-    "run_gpus",
+    "item_done",
+    "run_ray",
     "write_summary",
     "main",
 ]
@@ -90,37 +100,46 @@ class Item:
 
 
 # ------------------------------------------------------------------------------------------ items
+def item_name(stem: str) -> str:
+    """A file stem confined to a safe output name: letters, digits, ``. _ -``; no separators, no leading dot."""
+    name = re.sub(r"[^\w.\-]", "_", stem).lstrip(".-")
+    return name or "item"
+
+
 def collect_items(inputs: list[str]) -> list[Item]:
-    """Expand files and folders into items sorted by name (rules: module docstring)."""
-    items: dict[str, Item] = {}
+    """Expand files and folders into items sorted by name (rules: module docstring).
+
+    Two different files whose names confine to the same stem get distinct names: the first by
+    resolved path keeps the stem, the others get ``<stem>-<8 hex digits of their path's hash>``.
+    """
+    files: dict[Path, Path] = {}  # resolved -> as given (the same file twice is one item)
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            names = {p.name for p in files}
-            files = [
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            names = {p.name for p in found}
+            found = [
                 p
-                for p in files
+                for p in found
                 if not p.name.endswith(OUTPUT_SUFFIXES)
                 and not (not p.stem.endswith("_rgba") and f"{p.stem}_rgba.png" in names)
             ]
         elif path.is_file():
-            files = [path]
+            found = [path]
         else:
             raise UserError(f"input {raw}: no such file or folder")
-        for f in files:
-            item = Item(f.stem, f)
-            other = items.get(item.name)
-            if other is not None and other.input.resolve() != f.resolve():
-                raise UserError(
-                    f"two inputs named '{item.name}' ({other.input} and {f}) would write the same "
-                    f"outputs; rename one"
-                )
-            items[item.name] = item
-    if not items:
+        for f in found:
+            files.setdefault(f.resolve(), f)
+    if not files:
         raise UserError(
             f"no input images found in {' '.join(inputs)} (looked for {' '.join(IMAGE_SUFFIXES)})"
         )
+    items: dict[str, Item] = {}
+    for resolved in sorted(files):
+        name = item_name(resolved.stem)
+        if name in items:
+            name = f"{name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+        items[name] = Item(name, files[resolved])
     return sorted(items.values(), key=lambda it: it.name)
 
 
@@ -248,6 +267,21 @@ def _stage_figures(rec: dict, r1: dict | None, r2: dict | None) -> None:
     )
 
 
+def item_done(out: Path, name: str) -> bool:
+    """True when the item's final set in ``out`` is complete (its report and every file it lists)."""
+    from core.outputs import set_complete
+
+    return set_complete(out / f"{name}_final_report.json")
+
+
+def _skip(rec: dict, out: Path, name: str) -> None:
+    """A finished item: its figures read back from the stage reports its run left."""
+    _stage_figures(
+        rec, _read_json(out / f"{name}_report.json"), _read_json(out / f"{name}_final_report.json")
+    )
+    rec.update(status="skipped", seconds=None, error=None)
+
+
 def run_items(
     items: list[Item],
     config: str,
@@ -285,15 +319,9 @@ def run_items(
             final = Path(cfg.outdir) / f"{cfg.save_path}.glb"
             rec["final"] = str(final)
             error_log = Path(cfg.outdir) / f"{cfg.save_path}_error.log"
-            if final.is_file() and not force:
-                # Resume: read the figures back from the stage reports the finished run left.
-                _stage_figures(
-                    rec,
-                    _read_json(Path(cfg.outdir) / f"{cfg.save_path}_report.json"),
-                    _read_json(Path(cfg.outdir) / f"{cfg.save_path}_final_report.json"),
-                )
-                rec.update(status="skipped", seconds=None, error=None)
-                log.info("[%d/%d] %s: skipped (%s exists)", idx + 1, len(items), item.name, final)
+            if item_done(out, item.name) and not force:
+                _skip(rec, out, item.name)
+                log.info("[%d/%d] %s: skipped (%s is complete)", idx + 1, len(items), item.name, final)
                 bar.advance(item.name, "skipped")
                 flush()
                 continue
@@ -414,104 +442,234 @@ class _ItemProgress:
             self._progress.__exit__(*exc)
 
 
-# -------------------------------------------------------------------------------------- multi-GPU
-def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """Start one worker with its output going to ``log_path``."""
-    fh = open(log_path, "w")  # noqa: SIM115 - closed by the child exiting; the parent keeps no reference
+# -------------------------------------------------------------------------------------------- Ray
+LOCAL = "local"  # --ray without an address: start a local Ray instance
+
+
+def _is_ray_address(text: str) -> bool:
+    """``auto``, ``local``, ``host:port`` or ``ray://host:port`` (anything else after --ray is an input)."""
+    return text in ("auto", LOCAL) or (":" in text and not Path(text).exists())
+
+
+def _ray_pool_plan(ray: Any, device: str, workers: int | None, todo: int) -> tuple[int, dict]:
+    """How many actors, with which resources: one per GPU, or CPU actors for a CPU config."""
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+    device = str(device)
+    if device.startswith("cuda") and gpus == 0:
+        raise UserError(
+            f"--ray: device={device} but the Ray cluster has no GPU (pass device=cpu for CPU workers)"
+        )
+    if gpus and device != "cpu":
+        return max(1, min(workers or gpus, todo)), {"num_gpus": 1}
+    n = max(1, min(workers or max(1, cpus // 4), todo))
+    return n, {"num_cpus": max(1, cpus // n)}  # torch in each actor uses its share of the cores
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A UserError when ``host:port`` (or ``ray://host:port``) does not accept a connection.
+
+    Ray itself keeps retrying an unreachable head for minutes; a typo should fail at once.
+    """
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if m is None:
+        return
     try:
-        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    finally:
-        fh.close()
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"--ray {address}: no Ray head answers there ({e.strerror or e})") from e
 
 
-def run_gpus(
+def _ray_init(ray: Any, address: str) -> bool:
+    """Join the cluster at ``address`` (or start a local one); True when this call started Ray."""
+    if ray.is_initialized():  # a caller (a notebook, the tests) set Ray up already
+        return False
+    _check_reachable(address)
+    try:
+        ray.init(address=None if address == LOCAL else address, include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--ray {address}: cannot start or join Ray: {first}") from e
+    return True
+
+
+def _item_failed(rec: dict, error: str, error_log: Path, text: str) -> None:
+    rec.update(status="failed", error=error, error_log=str(error_log))
+    _atomic_write(error_log, text)
+
+
+def run_ray(
     items: list[Item],
-    gpus: list[str],
     config: str,
-    inputs: list[str],
     overrides: list[str],
     out: Path,
-    shard: tuple[int, int],
-    force: bool,
-    show_progress: bool,
-    meta: dict,
+    shard: tuple[int, int] = (0, 1),
+    force: bool = False,
+    show_progress: bool = True,
+    meta: dict | None = None,
+    address: str = LOCAL,
+    workers: int | None = None,
+    max_retries: int = 2,
+    worker_cls: type | None = None,
 ) -> list[dict]:
-    """One ``batch.py`` worker per GPU on a sub-shard each; returns the merged item records.
+    """Run the items on a pool of Ray actors; the driver writes each finished set into ``out``.
 
-    Worker j of k under shard (i, n) takes shard ``(i + n*j) / (n*k)``, which is exactly the j-th
-    round-robin part of this shard's items. Items a worker did not report (it crashed) are failed.
+    An item whose actor dies is retried on a fresh actor up to ``max_retries`` times, then failed.
+    ``worker_cls``: the actor body (default ``pipeline.batch_jobs.BatchWorker``). A UserError from
+    loading the model stops the batch and is re-raised.
     """
-    index, count = shard
-    k = len(gpus)
-    workers = []
-    for j, gpu in enumerate(gpus):
-        wshard = (index + count * j, count * k)
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--config",
-            config,
-            *inputs,
-            "--out",
-            str(out),
-            "--shard",
-            f"{wshard[0]}/{wshard[1]}",
-            "--no-progress",
-            *(["--force"] if force else []),
-            *overrides,
-        ]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
-        log_path = out / f"batch_worker{j}_gpu{gpu}.log"
-        for stale in summary_paths(out, wshard):  # a previous run's file must not pass for this run's
-            stale.unlink(missing_ok=True)
-        log.info("worker %d: GPU %s, shard %d/%d, log %s", j, gpu, *wshard, log_path)
-        workers.append((wshard, _spawn(cmd, env, log_path), log_path))
+    import ray
+
+    from pipeline.batch_jobs import BatchWorker, write_sets
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
+    records = [{"name": it.name, "input": str(it.input), "status": "pending"} for it in items]
+    t_batch = time.perf_counter()
+
+    def flush() -> None:
+        meta["seconds"] = round(time.perf_counter() - t_batch, 3)
+        meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_summary(out, shard, records, meta)
 
     bar = _ItemProgress(len(items), enabled=show_progress)
-    try:
-        with bar:
-            while True:
-                running = [p for _, p, _ in workers if p.poll() is None]
-                done = 0
-                for wshard, _, _ in workers:
-                    doc = _read_json(summary_paths(out, wshard)[0]) or {}
-                    done += sum(r.get("status") != "pending" for r in doc.get("items", []))
-                bar.advance("", "", completed=done)
-                if not running:
-                    break
-                time.sleep(1.0)
-    except KeyboardInterrupt:
-        for _, p, _ in workers:
-            if p.poll() is None:
-                p.terminate()
-        raise
-
-    records: list[dict] = []
-    by_name = {it.name: it for it in items}
-    for (wshard, proc, log_path), gpu in zip(workers, gpus):
-        doc = _read_json(summary_paths(out, wshard)[0]) or {}
-        got = {r["name"]: r for r in doc.get("items", []) if r.get("status") != "pending"}
-        expected = [it.name for it in shard_items(items, *_sub_shard(wshard, shard))]
-        for name in expected:
-            if name in got:
-                records.append({**got[name], "gpu": gpu})
+    todo: deque[int] = deque()
+    cfgs: dict[int, Any] = {}
+    with bar:
+        for idx, (item, rec) in enumerate(zip(items, records)):
+            cfg = item_config(config, overrides, out, item)
+            rec["final"] = str(out / f"{item.name}.glb")
+            if item_done(out, item.name) and not force:
+                _skip(rec, out, item.name)
+                bar.advance(item.name, "skipped")
             else:
-                records.append(
-                    {
-                        "name": name,
-                        "input": str(by_name[name].input),
-                        "status": "failed",
-                        "gpu": gpu,
-                        "error": f"worker on GPU {gpu} exited with code {proc.returncode} before this "
-                        f"item finished; see {log_path}",
-                    }
-                )
+                cfgs[idx] = cfg
+                todo.append(idx)
+        flush()
+        if not todo:
+            return records
+        device = str(cfgs[todo[0]].device)
+        if address == LOCAL and not ray.is_initialized() and device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():  # say so before a local Ray starts (seconds) for nothing
+                raise UserError(f"--ray: device={device} but this machine has no CUDA GPU (pass device=cpu)")
+        started_here = _ray_init(ray, address)
+        actors: list[Any] = []
+        try:
+            n, resources = _ray_pool_plan(ray, device, workers, len(todo))
+            meta["ray"] = {"address": address, "workers": n, "resources": resources}
+            remote_cls = ray.remote(worker_cls or BatchWorker).options(**resources)
+
+            def new_actor() -> Any:
+                actors.append(remote_cls.remote())
+                return actors[-1]
+
+            idle = [new_actor() for _ in range(n)]
+            inflight: dict[Any, tuple[Any, int]] = {}
+            attempts = dict.fromkeys(todo, 0)
+            log.info("ray: %d items on %d workers (%s)", len(todo), n, resources)
+            while todo or inflight:
+                while todo and idle:
+                    idx = todo.popleft()
+                    item, actor = items[idx], idle.pop()
+                    attempts[idx] += 1
+                    try:
+                        image = item.input.read_bytes()
+                    except OSError as e:
+                        _item_failed(records[idx], f"cannot read input: {e}", _error_log(out, item), str(e))
+                        idle.append(actor)
+                        continue
+                    ref = actor.run.remote(cfgs[idx], image, item.input.name, os.getcwd())
+                    inflight[ref] = (actor, idx)
+                if not inflight:
+                    break
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                actor, idx = inflight.pop(ready[0])
+                item, rec = items[idx], records[idx]
+                rec["attempts"] = attempts[idx]
+                try:
+                    result = ray.get(ready[0])
+                except ray.exceptions.RayActorError as e:  # the worker process died (killed, GPU error)
+                    ray.kill(actor)
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    if attempts[idx] <= max_retries:
+                        log.warning("%s: worker died (%s); retrying on another worker", item.name, reason)
+                        todo.appendleft(idx)
+                        idle.append(new_actor())
+                        continue
+                    _item_failed(
+                        rec,
+                        f"worker died {attempts[idx]} times: {reason}",
+                        _error_log(out, item),
+                        traceback.format_exc(),
+                    )
+                    if todo:
+                        idle.append(new_actor())
+                except (
+                    ray.exceptions.RayError
+                ) as e:  # the call itself failed (e.g. a result that cannot unpickle)
+                    _item_failed(
+                        rec, f"{type(e).__name__}: {e}", _error_log(out, item), traceback.format_exc()
+                    )
+                    idle.append(actor)
+                else:
+                    idle.append(actor)
+                    if result.fatal:  # the model cannot load: every item would fail alike
+                        rec.update(status="failed", error=result.error)
+                        flush()
+                        raise UserError(result.error)
+                    _finish(rec, out, item, result, write_sets)
+                _log_item(rec, idx, len(items), item)
+                bar.advance(item.name, rec["status"])
+                flush()
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            if started_here:
+                ray.shutdown()
     return records
 
 
-def _sub_shard(wshard: tuple[int, int], shard: tuple[int, int]) -> tuple[int, int]:
-    """The worker's part as a shard of this process's (already sharded) item list."""
-    return (wshard[0] - shard[0]) // shard[1], wshard[1] // shard[1]
+def _error_log(out: Path, item: Item) -> Path:
+    return out / f"{item.name}_error.log"
+
+
+def _finish(rec: dict, out: Path, item: Item, result: Any, write_sets: Callable) -> None:
+    """Write a worker's sets into ``out`` and fill the item's record from them."""
+    written = write_sets(out, item.name, result.sets, str(item.input))
+    rec.update(status=result.status, error=result.error, seconds=result.seconds)
+    _stage_figures(rec, written.get("stage1"), written.get("stage2"))
+    if result.status == "failed":
+        rec["error_log"] = str(_error_log(out, item))
+        _atomic_write(_error_log(out, item), result.traceback or result.error or "")
+    else:
+        _error_log(out, item).unlink(missing_ok=True)
+
+
+def _log_item(rec: dict, idx: int, total: int, item: Item) -> None:
+    if rec["status"] == "failed":
+        log.error(
+            "[%d/%d] %s: FAILED: %s (traceback: %s)",
+            idx + 1,
+            total,
+            item.name,
+            rec["error"],
+            rec.get("error_log"),
+        )
+    else:
+        log.info(
+            "[%d/%d] %s: ok in %.1f s, %s NFEs -> %s",
+            idx + 1,
+            total,
+            item.name,
+            rec["seconds"],
+            rec["nfe"],
+            rec["final"],
+        )
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -526,7 +684,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files and/or folders of images")
     p.add_argument("--out", default=None, help="output folder (default: the config's outdir)")
     p.add_argument("--shard", default=None, help="i/n: run only items i, i+n, ... (0 <= i < n)")
-    p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one worker process per GPU")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL,
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray actors, one per GPU (CPU actors for a CPU config); ADDRESS: auto (the "
+        "cluster of `ray start`), host:port or ray://host:port; none: a local Ray instance",
+    )
+    p.add_argument("--workers", type=int, default=None, help="with --ray: actors (default: one per GPU)")
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=2,
+        help="with --ray: re-runs of an item whose worker died, before it is failed (default 2)",
+    )
     p.add_argument("--force", action="store_true", help="re-run items whose final .glb exists")
     p.add_argument(
         "--dry-run", action="store_true", help="list the items and whether they would run, then stop"
@@ -556,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The batch behind :func:`main`; raises UserError on a usage/config error."""
+    if args.ray is not None and not _is_ray_address(args.ray):
+        # `--ray in/`: the word after a bare --ray is an input, not an address
+        args.inputs, args.ray = [args.ray, *args.inputs], LOCAL
     inputs, overrides = split_args(args.inputs)
     if not inputs:
         raise UserError("no inputs: pass image files and/or folders")
@@ -567,13 +743,14 @@ def _run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     base = item_config(args.config, overrides, Path("."), None)  # validates the config and overrides once
     out = Path(args.out) if args.out else Path(base.outdir)
+    if args.ray is None and args.workers is not None:
+        raise UserError("--workers needs --ray")
+    if (args.workers is not None and args.workers < 1) or args.max_retries < 0:
+        raise UserError("--workers must be >= 1 and --max-retries >= 0")
     items = shard_items(collect_items(inputs), *shard)
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
-    if args.gpus is not None and not gpus:
-        raise UserError("--gpus needs ids, e.g. --gpus 0,1")
     if args.dry_run:
         for it in items:
-            done = (out / f"{it.name}.glb").is_file() and not args.force
+            done = item_done(out, it.name) and not args.force
             print(f"{it.name}\t{it.input}\t{'done' if done else 'todo'}")
         return 0
     meta = {
@@ -582,29 +759,24 @@ def _run(args: argparse.Namespace) -> int:
         "inputs": inputs,
         "out": str(out),
         "shard": f"{shard[0]}/{shard[1]}",
-        "gpus": gpus or None,
+        "ray": args.ray,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    if gpus:
-        records = run_gpus(
+    if args.ray is not None:
+        records = run_ray(
             items,
-            gpus,
             args.config,
-            inputs,
             overrides,
             out,
             shard,
             args.force,
             not args.no_progress,
             meta,
+            address=args.ray,
+            workers=args.workers,
+            max_retries=args.max_retries,
         )
-        meta.update(
-            seconds=round(time.perf_counter() - t0, 3),
-            finished=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        write_summary(out, shard, records, meta)
     else:
         records = run_items(items, args.config, overrides, out, shard, args.force, not args.no_progress, meta)
     counts = _counts(records)

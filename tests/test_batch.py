@@ -1,4 +1,4 @@
-"""batch.py: item collection, sharding, resume, failure isolation, summaries, multi-GPU merge.
+"""batch.py: item collection, sharding, resume, failure isolation, summaries, the Ray pieces without Ray.
 
 The batch logic is tested with fake stage functions (fast); the real end-to-end run over the
 oracle CPU config is marked ``slow``; a stage that fails to import fails it.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from PIL import Image
 
 import batch
 from core.errors import UserError
+from pipeline.batch_jobs import BatchWorker, SetBytes, run_item, write_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 ORACLE_CFG = str(ROOT / "configs" / "oracle_cpu.yaml")
@@ -120,13 +123,29 @@ def test_collect_items_rules(tmp_path):
     assert [(it.name, it.input.name) for it in items] == [("a_rgba", "a_rgba.png"), ("b", "b.jpg")]
     # the same file twice is one item; two files with one stem are an error
     assert len(batch.collect_items([str(d), str(d / "b.jpg")])) == 2
+    # two files with one stem get distinct names (stable: the first by path keeps the stem)
     other = tmp_path / "other"
     other.mkdir()
     (other / "b.png").write_bytes(b"x")
-    with pytest.raises(UserError, match="two inputs named 'b'"):
-        batch.collect_items([str(d), str(other)])
+    both = batch.collect_items([str(other), str(d)])
+    names = [it.name for it in both]
+    assert names[:2] == ["a_rgba", "b"] and re.fullmatch(r"b-[0-9a-f]{8}", names[2])
+    assert {it.name: it.input.parent.name for it in both}["b"] == "in"
+    assert [it.name for it in batch.collect_items([str(d), str(other)])] == names
     with pytest.raises(UserError, match="no such file"):
         batch.collect_items([str(tmp_path / "missing.png")])
+
+
+def test_item_names_are_confined(tmp_path):
+    """Names become file names in --out: no separators, no leading dots, nothing outside [\\w.-]."""
+    assert batch.item_name("cat photo (1)") == "cat_photo__1_"
+    assert batch.item_name("..\\..\\evil") == "_.._evil"
+    assert batch.item_name("...") == "item" and batch.item_name("-x") == "x"
+    assert batch.item_name("ünï.v2") == "ünï.v2"
+    (tmp_path / "a b.png").write_bytes(b"x")
+    (tmp_path / "a_b.png").write_bytes(b"x")
+    names = [it.name for it in batch.collect_items([str(tmp_path)])]
+    assert names[0] == "a_b" and re.fullmatch(r"a_b-[0-9a-f]{8}", names[1])
 
 
 def test_shards_partition_sorted_items():
@@ -235,6 +254,8 @@ def test_dry_run_lists_items(tmp_path, fake, capsys):
     inp, out = _write_inputs(tmp_path / "in"), tmp_path / "out"
     out.mkdir()
     (out / "a_rgba.glb").write_text("glb")
+    (out / "c_rgba.glb").write_text("glb")  # a .glb alone is not a finished item
+    (out / "a_rgba_final_report.json").write_text(json.dumps({"outputs": {"glb": str(out / "a_rgba.glb")}}))
     assert batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [ln.split("\t")[::2] for ln in lines] == [
@@ -245,96 +266,148 @@ def test_dry_run_lists_items(tmp_path, fake, capsys):
     assert not fake.calls
 
 
-class _DoneProcess:
-    """What _spawn returns in the multi-GPU test: a worker that already ran in-process."""
+# ------------------------------------------------------------------- Ray pieces, without Ray
+class _Cfg(SimpleNamespace):
+    """The few config keys the fake stages and run_item use (an OmegaConf copy/open_dict stand-in)."""
 
-    def __init__(self, returncode: int) -> None:
-        self.returncode = returncode
+    def copy(self):
+        return _Cfg(**vars(self))
 
-    def poll(self) -> int:
-        return self.returncode
-
-    def terminate(self) -> None:
-        pass
+    def get(self, key, default=None):
+        return getattr(self, key, default)
 
 
-def test_gpus_one_worker_per_gpu_and_merge(tmp_path, fake, monkeypatch):
-    inp, out = _write_inputs(tmp_path / "in"), tmp_path / "out"
-    spawned = []
-
-    def fake_spawn(cmd, env, log_path):
-        spawned.append((env["CUDA_VISIBLE_DEVICES"], cmd[cmd.index("--shard") + 1]))
-        assert cmd[1].endswith("batch.py") and "--no-progress" in cmd and "seed=1" in cmd
-        if env["CUDA_VISIBLE_DEVICES"] == "7":
-            return _DoneProcess(137)  # this worker dies before writing anything
-        return _DoneProcess(batch.main(cmd[2:]))
-
-    monkeypatch.setattr(batch, "_spawn", fake_spawn)
-    rc = batch.main(
-        ["--config", ORACLE_CFG, str(inp), "--out", str(out), "--gpus", "3,7", "--no-progress", "seed=1"]
-    )
-    assert rc == 1
-    assert spawned == [("3", "0/2"), ("7", "1/2")]
-    doc, rows = _summary(out)
-    by = {r["name"]: r for r in doc["items"]}
-    assert set(by) == {"a_rgba", "b_rgba", "c_rgba"} and len(rows) == 3
-    assert by["a_rgba"]["status"] == by["c_rgba"]["status"] == "ok" and by["a_rgba"]["gpu"] == "3"
-    assert by["b_rgba"]["status"] == "failed" and "exited with code 137" in by["b_rgba"]["error"]
-    assert doc["gpus"] == ["3", "7"] and doc["counts"]["ok"] == 2
+def _fake_worker(fake: FakeStages) -> BatchWorker:
+    worker = BatchWorker()
+    worker.stages = lambda cfg: fake.image_to_3d(cfg, None)
+    return worker
 
 
-def test_gpus_under_a_shard_split_that_shard(tmp_path, fake, monkeypatch):
-    inp, out = tmp_path / "in", tmp_path / "out"
-    inp.mkdir()
-    for i in range(6):
-        Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(inp / f"x{i}_rgba.png")
-    shards = []
+@pytest.fixture
+def no_open_dict(monkeypatch):
+    import contextlib
 
-    def fake_spawn(cmd, env, log_path):
-        shards.append(cmd[cmd.index("--shard") + 1])
-        return _DoneProcess(batch.main(cmd[2:]))
+    import omegaconf
 
-    monkeypatch.setattr(batch, "_spawn", fake_spawn)
-    assert (
-        batch.main(
-            [
-                "--config",
-                ORACLE_CFG,
-                str(inp),
-                "--out",
-                str(out),
-                "--shard",
-                "1/2",
-                "--gpus",
-                "0,1",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert shards == ["1/4", "3/4"]
-    doc, _ = _summary(out, "batch_summary.shard-1-of-2")
-    assert [r["name"] for r in doc["items"]] == ["x1_rgba", "x3_rgba", "x5_rgba"]
+    monkeypatch.setattr(omegaconf, "open_dict", lambda cfg: contextlib.nullcontext())
 
 
-@pytest.mark.slow
-def test_gpus_real_worker_processes(tmp_path):
-    """Real worker subprocesses (finished items only, so no model is needed): env, shards, merge."""
-    inp, out = _write_inputs(tmp_path / "in"), tmp_path / "out"
+def test_run_item_returns_sets_and_driver_writes_them_whole(tmp_path, no_open_dict):
+    fake = FakeStages()
+    png = tmp_path / "cat.png"
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(png)
+    cfg = _Cfg(save_path="cat", input="/nowhere/cat.png", outdir="/nowhere", quiet=False)
+    result = run_item(cfg, png.read_bytes(), "cat.png", _fake_worker(fake))
+    assert result.status == "ok" and result.error is None and set(result.sets) == {"stage1", "stage2"}
+    s1 = result.sets["stage1"]
+    assert s1.files == {"cat_model.ply": b"ply", "cat_mesh.glb": b"mesh"}
+    assert s1.report["outputs"] == {"ply": "cat_model.ply", "mesh": "cat_mesh.glb"}  # bare names
+
+    out = tmp_path / "out"
     out.mkdir()
-    for name in ("a_rgba", "b_rgba", "c_rgba"):
-        (out / f"{name}.glb").write_text("glb")
-        (out / f"{name}_report.json").write_text(json.dumps({"seconds": {"x": 1.0}, "nfe": 7, "outputs": {}}))
-    rc = batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(out), "--gpus", "0,1", "--no-progress"])
-    assert rc == 0
-    doc, rows = _summary(out)
-    assert {r["name"]: (r["status"], r["gpu"], r["nfe"]) for r in doc["items"]} == {
-        "a_rgba": ("skipped", "0", 7),
-        "b_rgba": ("skipped", "1", 7),
-        "c_rgba": ("skipped", "0", 7),
+    (out / "cat_final_report.json").write_text(json.dumps({"outputs": {"glb": str(out / "cat.glb")}}))
+    (out / "cat.glb").write_text("old")
+    written = write_sets(out, "cat", result.sets, "/data/cat.png")
+    assert (out / "cat.glb").read_text() == "glb" and (out / "cat_model.ply").read_text() == "ply"
+    assert written["stage2"]["outputs"] == {
+        "glb": str(out / "cat.glb"),
+        "report": str(out / "cat_final_report.json"),
     }
-    assert len(rows) == 3
-    assert "b_rgba" in (out / "batch_worker1_gpu1.log").read_text()
+    assert json.loads((out / "cat_report.json").read_text())["outputs"]["ply"] == str(out / "cat_model.ply")
+    assert batch.item_done(out, "cat") and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    # stage 2 fails: the worker sends stage 1's set only; writing it retires the old final set
+    fake.fail_stage2 = {"cat"}
+    failed = run_item(cfg, png.read_bytes(), "cat.png", _fake_worker(fake))
+    assert failed.status == "failed" and failed.error == "RuntimeError: stage 2 broke"
+    assert "Traceback" in failed.traceback and set(failed.sets) == {"stage1"} and not failed.fatal
+    write_sets(out, "cat", failed.sets)
+    assert not batch.item_done(out, "cat") and not (out / "cat.glb").exists()
+    with pytest.raises(ValueError, match="not a file name"):
+        write_sets(out, "cat", {"stage1": SetBytes({"../cat.ply": b"x"}, {"outputs": {}})})
+
+
+def test_run_item_model_load_error_is_fatal(tmp_path, no_open_dict):
+    worker = BatchWorker()
+
+    def broken(cfg):
+        worker.tried_load = True
+        raise UserError("cannot load model x")
+
+    worker.stages = broken
+    cfg = _Cfg(save_path="cat", input="", outdir="", quiet=False)
+    result = run_item(cfg, b"png", "cat.png", worker)
+    assert result.status == "failed" and result.fatal and result.error == "cannot load model x"
+
+
+class _FakeRay:
+    def __init__(self, **res) -> None:
+        self.res = res
+
+    def cluster_resources(self) -> dict:
+        return self.res
+
+
+def test_ray_pool_plan():
+    with pytest.raises(UserError, match="device=cuda but the Ray cluster has no GPU"):
+        batch._ray_pool_plan(_FakeRay(CPU=16.0), "cuda", None, 10)
+    assert batch._ray_pool_plan(_FakeRay(CPU=16.0, GPU=2.0), "auto", None, 10) == (2, {"num_gpus": 1})
+    assert batch._ray_pool_plan(_FakeRay(CPU=16.0, GPU=8.0), "cuda:0", None, 3) == (3, {"num_gpus": 1})
+    assert batch._ray_pool_plan(_FakeRay(CPU=16.0, GPU=2.0), "cpu", None, 10) == (4, {"num_cpus": 4})
+    assert batch._ray_pool_plan(_FakeRay(CPU=2.0), "auto", 2, 10) == (2, {"num_cpus": 1})
+    assert batch._ray_pool_plan(_FakeRay(CPU=2.0), "cpu", None, 10) == (1, {"num_cpus": 2})
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_ray_cuda_config_without_cuda_is_one_line_error(tmp_path, capsys):
+    """No silent CPU workers: a CUDA config on a CUDA-less machine stops before Ray starts."""
+    import sys
+
+    inp = _write_inputs(tmp_path / "in")
+    args = ["--config", ORACLE_CFG, str(inp), "--out", str(tmp_path / "out"), "--ray", "device=cuda"]
+    assert batch.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --ray: device=cuda but this machine has no CUDA GPU (pass device=cpu)"]
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_ray_address_must_answer():
+    """A head address that does not answer fails at once (Ray itself would retry for minutes)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        batch._check_reachable(f"127.0.0.1:{port}")
+        batch._check_reachable(f"ray://127.0.0.1:{port}")
+    with pytest.raises(UserError, match=f"--ray 127.0.0.1:{port}: no Ray head answers there"):
+        batch._check_reachable(f"127.0.0.1:{port}")
+    batch._check_reachable("auto")  # no host:port: Ray finds (or fails to find) the cluster itself
+
+
+def test_ray_cli_address_and_options(tmp_path, monkeypatch, capsys):
+    inp, out = _write_inputs(tmp_path / "in"), tmp_path / "out"
+    calls = []
+
+    def fake_run_ray(items, config, overrides, out, shard, force, show_progress, meta, **kw):
+        calls.append(([it.name for it in items], kw))
+        return [{"name": it.name, "status": "ok"} for it in items]
+
+    monkeypatch.setattr(batch, "run_ray", fake_run_ray)
+    # a bare --ray followed by an input: the input stays an input, Ray starts locally
+    assert batch.main(["--config", ORACLE_CFG, "--ray", str(inp), "--out", str(out)]) == 0
+    assert calls[-1] == (
+        ["a_rgba", "b_rgba", "c_rgba"],
+        {"address": "local", "workers": None, "max_retries": 2},
+    )
+    args = ["--config", ORACLE_CFG, str(inp), "--out", str(out), "--ray", "auto", "--workers", "3"]
+    assert batch.main([*args, "--max-retries", "0", "--shard", "1/2"]) == 0
+    assert calls[-1] == (["b_rgba"], {"address": "auto", "workers": 3, "max_retries": 0})
+    assert batch.main(["--config", ORACLE_CFG, str(inp), "--ray", "ray://head:10001"]) == 0
+    assert calls[-1][1]["address"] == "ray://head:10001"
+    assert batch.main(["--config", ORACLE_CFG, str(inp), "--workers", "2"]) == 2
+    assert "--workers needs --ray" in capsys.readouterr().err
+    assert batch.main(["--config", ORACLE_CFG, str(inp), "--ray", "--workers", "0"]) == 2
+    assert len(calls) == 3
 
 
 # --------------------------------------------------------------------------------- real stages
