@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,10 @@ from tests.app_server import IMAGE, SPOT, app_server
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("gradio")
 trimesh = pytest.importorskip("trimesh")
-pytestmark = pytest.mark.skipif(not (SPOT.is_file() and IMAGE.is_file()), reason="needs ../shared/data")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (SPOT.is_file() and IMAGE.is_file()), reason="needs ../shared/data"),
+]
 
 #: Every HTTP wait is bounded (a tiny job takes ~5 s on the 2-core CPU).
 TIMEOUT = 120.0
@@ -63,6 +67,7 @@ def test_bad_requests_get_a_4xx_with_a_message(server):
         assert r.status_code == status, (r.status_code, r.text)
         if words:
             assert words in r.json()["error"], r.text
+            assert str(workdir) not in r.text  # messages name the upload, never the server's folders
     # Refused uploads leave no folders behind, and the server still answers.
     assert not [p for p in workdir.iterdir() if p.is_dir()]
     assert httpx.get(f"{base}/api/health", timeout=TIMEOUT).json() == {"status": "ok", "models": ["oracle"]}
@@ -124,3 +129,17 @@ def test_concurrent_requests_run_in_separate_folders(server):
         (r.json()["summary"]["started"], r.json()["summary"]["finished"]) for r in results.values()
     )
     assert spans[0][1] <= spans[1][0]
+
+
+def test_gradio_client_works_too(server):
+    from gradio_client import Client, handle_file
+
+    base, _ = server
+    client = Client(base + "/", verbose=False)
+    glb, preview, _video, files, report, status = client.predict(
+        handle_file(str(IMAGE)), "oracle", 0, 0.0, 0, "", False, api_name="/generate"
+    )
+    textured_glb(Path(glb).read_bytes())
+    assert preview.endswith("_final_preview.png")
+    assert {n.rsplit("/", 1)[-1] for n in files} >= {"alarm_rgba.glb", "alarm_rgba_model.ply"}
+    assert report["stage1"]["nfe"] > 0 and "diffusion calls" in status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import sys
@@ -260,6 +261,9 @@ class Generator:
         path.write_bytes(data)
         try:
             _check_image(path)
+        except UserError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise _without_folder(e, folder) from None
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -290,7 +294,8 @@ class Generator:
                     f"input={image}",
                     f"outdir={folder / 'out'}",
                     f"save_path={image.stem}",
-                    "quiet=false",
+                    # the page's progress comes from the stages' per-iteration log lines
+                    *(["quiet=false"] if on_progress is not None else []),
                 ]
             )
             with self.lock:
@@ -301,6 +306,9 @@ class Generator:
                 with _progress_reports(on_progress):
                     reports = image_to_3d(cfg, model.denoiser)
                 seconds, finished = time.perf_counter() - t0, time.time()
+        except UserError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise _without_folder(e, folder) from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -318,6 +326,11 @@ class Generator:
         )
         for old in jobs[: max(0, len(jobs) - self.keep)]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _without_folder(e: UserError, folder: Path) -> UserError:
+    """The same error with the server's job folder cut from its message (users see file names only)."""
+    return type(e)(str(e).replace(f"{folder}{os.sep}", "").replace(str(folder), "<job>"))
 
 
 def _check_image(path: Path) -> None:

@@ -71,9 +71,9 @@ def build_ui(gen: Generator) -> gr.Blocks:
         return (
             str(out["glb"]),
             str(out["final_preview"]) if "final_preview" in out else None,
-            str(out["video"]) if "video" in out else None,
+            gr.Video(value=str(out["video"]) if "video" in out else None, visible="video" in out),
             files,
-            result.summary,
+            {k: v for k, v in result.summary.items() if k not in ("started", "finished")},
             _describe(result.summary),
         )
 
@@ -95,15 +95,15 @@ def build_ui(gen: Generator) -> gr.Blocks:
                 video = gr.Checkbox(value=d["video"], label="Turntable video")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
-                status = gr.Markdown(elem_id="status")
+                status = gr.Markdown(elem_id="status", label="Status")
                 viewer = gr.Model3D(label="Textured mesh (.glb)", elem_id="viewer", height=420)
                 with gr.Row():
                     preview = gr.Image(label="Preview", type="filepath", interactive=False)
-                    turntable = gr.Video(label="Turntable", interactive=False)
+                    turntable = gr.Video(label="Turntable", interactive=False, visible=False)
                 downloads = gr.File(
                     label="Downloads", file_count="multiple", interactive=False, elem_id="downloads"
                 )
-                report = gr.JSON(label="Report: seconds per phase, diffusion calls (nfe)")
+                report = gr.JSON(label="Report")  # seconds per phase; nfe = diffusion calls
         run.click(
             generate,
             inputs=[image, model, seed, elevation, iters, prompt, video],
