@@ -143,3 +143,20 @@ def test_gradio_client_works_too(server):
     assert preview.endswith("_final_preview.png")
     assert {n.rsplit("/", 1)[-1] for n in files} >= {"alarm_rgba.glb", "alarm_rgba_model.ply"}
     assert report["stage1"]["nfe"] > 0 and "diffusion calls" in status
+
+
+def test_progress_reaches_the_callback_per_stage_iteration(tmp_path):
+    """In-process: the stages' iteration lines become ``on_progress(stage, i, n)`` calls (the page's bar)."""
+    import sys
+
+    from tests.app_server import TINY
+    from webapp import Generator, Settings
+
+    gen = Generator([str(TINY)], [f"oracle.mesh={SPOT.resolve()}"], workdir=tmp_path / "work")
+    calls: list[tuple[str, int, int]] = []
+    stderr = sys.stderr
+    result = gen.run(IMAGE.read_bytes(), "alarm.png", Settings(iters=1), lambda *a: calls.append(a))
+    assert sys.stderr is stderr  # restored after the job
+    # oracle_tiny: stage 1 = init pass + 1 iteration; stage 2 = 1 iteration.
+    assert calls == [("stage 1 (Gaussians)", 1, 2), ("stage 1 (Gaussians)", 2, 2), ("stage 2 (texture)", 1, 1)]
+    assert result.outputs["glb"].is_file() and result.folder.parent == (tmp_path / "work").resolve()
