@@ -158,5 +158,9 @@ def test_progress_reaches_the_callback_per_stage_iteration(tmp_path):
     result = gen.run(IMAGE.read_bytes(), "alarm.png", Settings(iters=1), lambda *a: calls.append(a))
     assert sys.stderr is stderr  # restored after the job
     # oracle_tiny: stage 1 = init pass + 1 iteration; stage 2 = 1 iteration.
-    assert calls == [("stage 1 (Gaussians)", 1, 2), ("stage 1 (Gaussians)", 2, 2), ("stage 2 (texture)", 1, 1)]
+    assert calls == [
+        ("stage 1 (Gaussians)", 1, 2),
+        ("stage 1 (Gaussians)", 2, 2),
+        ("stage 2 (texture)", 1, 1),
+    ]
     assert result.outputs["glb"].is_file() and result.folder.parent == (tmp_path / "work").resolve()

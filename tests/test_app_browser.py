@@ -74,6 +74,8 @@ def test_upload_bad_then_good_shows_the_model(server, page, tmp_path):
     message.wait_for(timeout=MSG_MS)
     assert str(workdir) not in message.inner_text()  # server paths stay private
     assert page.locator("#downloads a[href*='.glb']").count() == 0
+    page.locator(".toast-close").first.click()  # dismiss it, as a user would
+    message.wait_for(state="detached", timeout=MSG_MS)
 
     # A real image: the viewer fetches the .glb, the download links serve the files.
     good = tmp_path / "alarm.png"

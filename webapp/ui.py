@@ -65,7 +65,7 @@ def build_ui(gen: Generator) -> gr.Blocks:
         try:
             result = gen.run(path.read_bytes(), path.name, settings, on_progress)
         except UserError as e:
-            raise gr.Error(str(e), duration=None) from None
+            raise gr.Error(str(e)) from None
         out = result.outputs
         files = [str(p) for p in out.values()]
         return (
