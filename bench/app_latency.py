@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.random_weights:
         import torch
 
-        from guidance.random_imagedream import save_imagedream
-        from guidance.random_models import save_zero123
+        from testing.random_imagedream import save_imagedream
+        from testing.random_zero123 import save_zero123
 
         model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"md_full_{args.random_weights}")
         if not (model_dir / "model_index.json").is_file():

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="configs/image.yaml")
     ap.add_argument(
         "--model-dir",
-        default=str(Path(tempfile.gettempdir()) / "md_zero123_full"),
+        default=str(Path(tempfile.gettempdir()) / "md_full_zero123"),
         help="'none': no model.path",
     )
     ap.add_argument("--set", action="append", default=[], help="key=value passed to every command")

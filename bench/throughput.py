@@ -9,7 +9,7 @@ the schedule of ``configs/image.yaml``. A local Ray instance is given exactly G 
 warm-up batch first compiles the gsplat/nvdiffrast kernels (cached on disk), so the timed batch
 measures steady work plus each actor's model load, as a user's batch would.
 
-objects/minute = items finished ok / wall minutes of the timed ``batch.main`` call; scaling
+objects/minute = items finished ok / wall minutes of the timed ``batch.py`` run; scaling
 efficiency = objects/minute on G GPUs / (G x objects/minute on 1 GPU), read from the 1-GPU result.
 """
 
@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,11 +27,15 @@ from pathlib import Path
 
 import torch
 
-import batch
 from core.fileio import atomic_write_text
 from pipeline.reports import git_commit, versions
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_batch(argv: list[str]) -> int:
+    """``python batch.py ARGV`` from the repository root; its exit code."""
+    return subprocess.run([sys.executable, str(ROOT / "batch.py"), *argv], cwd=ROOT).returncode
 
 
 def _gpu_tag() -> str:
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     inp.mkdir()
     for p in images:
         shutil.copy(p, inp / p.name)
-    common = ["--config", args.config, "--no-progress", "--ray"]
+    # batch.py as users run it, joining the Ray instance started below ("auto").
+    common = ["--config", args.config, "--no-progress", "--ray", "auto"]
     overrides = [f"model.path={model_dir}", "device=cuda", "quiet=true", *args.overrides]
 
     ray.init(num_gpus=args.gpus, include_dashboard=False)
@@ -77,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             warm = work / "warm"
             warm.mkdir()
             shutil.copy(images[0], warm / images[0].name)
-            batch.main([*common, str(warm), "--out", str(work / "warm_out"), "--workers", "1", *overrides])
+            run_batch([*common, str(warm), "--out", str(work / "warm_out"), "--workers", "1", *overrides])
         out = work / "out"
         t0 = time.perf_counter()
-        rc = batch.main([*common, str(inp), "--out", str(out), "--workers", str(args.gpus), *overrides])
+        rc = run_batch([*common, str(inp), "--out", str(out), "--workers", str(args.gpus), *overrides])
         wall = time.perf_counter() - t0
     finally:
         ray.shutdown()
