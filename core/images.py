@@ -13,9 +13,11 @@ hidden colour cannot bleed into the edges as dark fringes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +57,32 @@ class BackgroundRemovalError(UserError):
     """rembg or its model is unavailable: a setup problem that affects every RGB input."""
 
 
+#: What reading a broken, truncated, non-image or decompression-bomb file can raise.
+IMAGE_READ_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+@contextlib.contextmanager
+def opened_image(path: str | Path) -> Iterator[Image.Image]:
+    """``Image.open`` with the pixels loaded and decompression bombs refused (raises IMAGE_READ_ERRORS)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            yield img
+
+
+def error_reason(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
     """Decode an image file: ``(float32 [H,W,4] RGBA in [0,1], has_alpha)``.
 
@@ -69,22 +97,10 @@ def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
     if path.stat().st_size == 0:
         raise UserError(f"input image is an empty file: {path}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                rgba, has_alpha = _to_rgba(img)
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"cannot read image {path}: not an image or corrupt ({reason})") from None
+        with opened_image(path) as img:
+            rgba, has_alpha = _to_rgba(ImageOps.exif_transpose(img))
+    except IMAGE_READ_ERRORS as e:
+        raise UserError(f"cannot read image {path}: not an image or corrupt ({error_reason(e)})") from None
     if rgba.shape[0] == 0 or rgba.shape[1] == 0:
         raise UserError(f"input image {path} has no pixels ({rgba.shape[1]}x{rgba.shape[0]})")
     return rgba, has_alpha

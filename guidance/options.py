@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cfg_get", "cfg_prompt"]
+__all__ = ["cfg_get", "cfg_prompt", "prompt_options"]
 
 
 def cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:
@@ -33,3 +33,12 @@ def cfg_prompt(cfg: Any) -> str:
             if c.is_file():
                 return c.read_text().strip()
     return ""
+
+
+def prompt_options(cfg: Any) -> dict[str, str]:
+    """``prompt`` (see :func:`cfg_prompt`) and, when set, ``model.negative_prompt``: text-model arguments."""
+    out = {"prompt": cfg_prompt(cfg)}
+    neg = cfg_get(cfg, "model.negative_prompt")
+    if neg is not None:
+        out["negative_prompt"] = neg
+    return out

@@ -354,29 +354,16 @@ def _obj_texture(path: Path, mtllibs: list[str], materials: list[str]) -> torch.
 
 def _read_texture(tex: Path, owner: Path) -> torch.Tensor:
     """A texture file as float ``[H,W,3]``; unreadable or decompression-bomb images are refused."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
+    from core.images import IMAGE_READ_ERRORS, error_reason, opened_image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(tex) as img:
-                img.load()
-                if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    arr = np.asarray(img, dtype=np.float32) / 65535.0
-                    return torch.from_numpy(np.repeat(arr[..., None], 3, axis=-1))
-                arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MeshFileError(f"{owner}: cannot read texture {tex}: {reason}") from None
+        with opened_image(tex) as img:
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float32) / 65535.0
+                return torch.from_numpy(np.repeat(arr[..., None], 3, axis=-1))
+            arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    except IMAGE_READ_ERRORS as e:
+        raise MeshFileError(f"{owner}: cannot read texture {tex}: {error_reason(e)}") from None
     if arr.size == 0:
         raise MeshFileError(f"{owner}: texture {tex} is empty")
     return torch.from_numpy(arr)

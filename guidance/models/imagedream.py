@@ -32,7 +32,7 @@ from core.errors import UserError
 from guidance.components import frozen, load_transformers, use_safetensors
 from guidance.denoiser import NoiseSource
 from guidance.latent_diffusion import LatentDiffusionDenoiser, pipeline_options
-from guidance.options import cfg_get, cfg_prompt
+from guidance.options import prompt_options
 from guidance.registry import DenoiserSpec, register
 
 if TYPE_CHECKING:
@@ -337,13 +337,7 @@ class ImageDreamDenoiser(LatentDiffusionDenoiser):
 
 def load(cfg: Any, device: torch.device) -> ImageDreamDenoiser:
     """``ImageDreamDenoiser`` from ``model.*`` (+ ``model.negative_prompt``) and the prompt (``prompt`` or the caption file)."""
-    extra = {}
-    neg = cfg_get(cfg, "model.negative_prompt")
-    if neg is not None:
-        extra["negative_prompt"] = neg
-    return ImageDreamDenoiser(
-        device=device, prompt=cfg_prompt(cfg), **extra, **pipeline_options(cfg, DEFAULT_ID)
-    )
+    return ImageDreamDenoiser(device=device, **prompt_options(cfg), **pipeline_options(cfg, DEFAULT_ID))
 
 
 SPEC = register(

@@ -32,7 +32,7 @@ from guidance.components import frozen, load_transformers
 from guidance.denoiser import NoiseSource
 from guidance.latent_diffusion import LatentDiffusionDenoiser, pipeline_options
 from guidance.models.imagedream import NEGATIVE_PROMPT, imagedream_embedding, load_mv_unet
-from guidance.options import cfg_get, cfg_prompt
+from guidance.options import prompt_options
 from guidance.registry import DenoiserSpec, register
 
 __all__ = [
@@ -231,13 +231,7 @@ class MVDreamDenoiser(LatentDiffusionDenoiser):
 
 def load(cfg: Any, device: torch.device) -> MVDreamDenoiser:
     """``MVDreamDenoiser`` from ``model.*`` (+ ``model.negative_prompt``) and ``prompt``."""
-    extra = {}
-    neg = cfg_get(cfg, "model.negative_prompt")
-    if neg is not None:
-        extra["negative_prompt"] = neg
-    return MVDreamDenoiser(
-        device=device, prompt=cfg_prompt(cfg), **extra, **pipeline_options(cfg, DEFAULT_ID)
-    )
+    return MVDreamDenoiser(device=device, **prompt_options(cfg), **pipeline_options(cfg, DEFAULT_ID))
 
 
 SPEC = register(
