@@ -35,6 +35,7 @@ class GaussianSettings:
     densify_grad_threshold: float = 0.01
     min_opacity: float = 0.005
     extent: float = 4.0
+    densify_stats: str = "all"  # screen-gradient statistics from: all | last (novel view; the authors')
     lambda_target: float = 1.0  # weight of the L1 (sum) to the refined views
     ref_loss: float = 0.3  # weight of the L1 (sum) to the input image at the reference view
     ref_mask_loss: float = 0.01  # weight of the MSE (sum) to the input mask at the reference view
@@ -121,7 +122,7 @@ class GaussianRepresentation:
         in_window = g.density_start_iter <= self.step_count <= g.density_end_iter
         if in_window:
             # Statistics from the V novel views only (the reference row is not a sampled view).
-            self.densifier.add_stats(out, views=self.views)
+            self.densifier.add_stats(out, views=self.views, last_view_only=g.densify_stats == "last")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if in_window and self.step_count % g.densification_interval == 0:
