@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from core.cameras import Cameras
+from core.errors import UserError
 from core.types import RenderOutput
 from gs_renderer.densify import Densifier
 from gs_renderer.model import update_learning_rate
@@ -61,6 +62,8 @@ class GaussianRepresentation:
         bg: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> None:
         g = settings
+        if g.densify_stats not in ("all", "last"):
+            raise UserError(f"gaussians.densify_stats must be all or last, got {g.densify_stats!r}")
         self.model = model
         self.backend = g.backend
         self.bg = torch.tensor(bg, device=model.device)

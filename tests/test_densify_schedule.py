@@ -154,3 +154,17 @@ def test_xyz_learning_rate_schedule(all_views):
 def test_xyz_learning_rate_end_of_range():
     assert xyz_lr(500) == pytest.approx(2e-4) and xyz_lr(700) == pytest.approx(2e-4)
     assert xyz_lr(250) == pytest.approx(math.sqrt(1e-2 * 2e-4))
+
+
+def test_densify_stats_value_is_checked():
+    from core.errors import UserError
+
+    cfg = load_config(["guidance=oracle", "device=cpu"])
+    with pytest.raises(UserError, match="densify_stats"):
+        GaussianRepresentation(
+            _model(),
+            replace(gaussian_settings(cfg), densify_stats="first"),
+            torch.ones(3, S, S),
+            torch.ones(1, S, S),
+            orbit_cameras(0.0, 0.0, height=S),
+        )

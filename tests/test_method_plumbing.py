@@ -308,3 +308,53 @@ def test_stage2_paper_supersampling_draws_per_view_and_per_reference_render(toy)
     state = rng.bit_generator.state
     rep.loss(out, out.rgb.detach())
     assert rng.bit_generator.state != state  # the reference render drew a fresh scale
+
+
+# --------------------------------------------------------------------------------------- paper mode
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+@pytest.mark.parametrize(
+    ("paper", "base", "extra"),
+    [
+        ("configs/image_paper.yaml", "configs/image.yaml", {}),
+        ("configs/imagedream_paper.yaml", "configs/imagedream.yaml", {"sir.inv_ratio": 0.6}),
+    ],
+)
+def test_paper_configs_differ_only_on_the_listed_points(toy, paper, base, extra):
+    from omegaconf import OmegaConf
+
+    p, b = (_flat(OmegaConf.to_container(_cfg(config=c))) for c in (paper, base))
+    diff = {k: p[k] for k in p if p[k] != b.get(k)}
+    assert diff == {
+        "gaussians.densify_stats": "last",
+        "export.merge_ratio": 0.01,
+        "export.remesh_size": 0.015,
+        "refine.ssaa_min": 0.125,
+        "refine.ssaa_max": 2.0,
+        **extra,
+    }
+
+
+def test_isotropic_remesh_is_optional(monkeypatch):
+    import sys
+
+    from mesh_renderer.ops import isotropic_remesh
+
+    m = _cube()
+    v, f = isotropic_remesh(m.v, m.f, 0.2)
+    if "pymeshlab" in sys.modules or _has_pymeshlab():
+        assert len(f) > 12 and v.shape[1] == 3  # remeshed at edge 0.2: more, smaller triangles
+    monkeypatch.setitem(sys.modules, "pymeshlab", None)  # import fails: the mesh comes back unchanged
+    v2, f2 = isotropic_remesh(m.v, m.f, 0.2)
+    assert torch.equal(v2, m.v.float()) and torch.equal(f2, m.f)
+
+
+def _has_pymeshlab() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pymeshlab") is not None

@@ -203,6 +203,29 @@ MUTATIONS: list[Mutation] = [
         "paper mode: first view instead of last",
         DENSIFY,
     ),
+    # -- added: only the loop golden against the authors' code sees these
+    _m("gs_renderer/model.py", "lr=0.0, eps=1e-15,", "lr=0.0, eps=1e-8,", "Adam eps 1e-15 -> 1e-8", LOOP),
+    _m(
+        "gs_renderer/densify.py",
+        "torch.cat([params[name].detach()[clone], new_split[name]])",
+        "torch.cat([new_split[name], params[name].detach()[clone]])",
+        "split children before clones",
+        LOOP,
+    ),
+    _m(
+        "pipeline/sir.py",
+        "target = resize(refined.images.float(), plan.render_size, plan.resize_mode)",
+        'target = resize(refined.images.float(), plan.render_size, "bilinear")',
+        "target resized bilinear",
+        LOOP,
+    ),
+    _m(
+        "configs/image_paper.yaml",
+        "  densify_stats: last ",
+        "  densify_stats: all ",
+        "paper mode: all-view stats",
+        LOOP,
+    ),
     _m(
         "pipeline/texture.py",
         "max(self.ssaa[0], 2 * float(self.rng.random()))",
