@@ -93,7 +93,8 @@ def _run(stats: str, steps: int = 320) -> tuple[dict[int, dict], list[float], Ga
 
     def record(**kw):
         counts = real(**kw)
-        events[rep.step_count] = dict(counts, args=kw)
+        tags = rep.model.sh0.detach()[:, 0, 0].round().long().tolist()
+        events[rep.step_count] = dict(counts, args=kw, tags=tags)
         return counts
 
     rep.densifier.densify_and_prune = record
@@ -121,6 +122,9 @@ def test_densify_counts_all_views(all_views):
         200: (14, 8, 2, 0, 24),  # clone A4 F4, split B2 (scale 0.0625 > 0.04)
         300: (24, 20, 0, 0, 44),  # clone A8 F8 B4 (scale 0.039)
     }
+    # Row order as the authors' (densify_and_clone appends, then densify_and_split appends the
+    # children and drops the parents, then prune): kept A A F F G C C R, clones A A F F, children B B.
+    assert events[100]["tags"] == [0, 0, 1, 1, 2, 4, 4, 5, 0, 0, 1, 1, 3, 3]
     assert events[100]["args"] == dict(grad_thresh=0.01, min_opacity=0.005, extent=4.0, percent_dense=0.01)
     tags = rep.model.sh0.detach()[:, 0, 0].round().long()
     assert torch.bincount(tags, minlength=len(TAGS)).tolist() == [16, 16, 1, 8, 2, 1, 0, 0]

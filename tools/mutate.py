@@ -210,7 +210,7 @@ MUTATIONS: list[Mutation] = [
         "torch.cat([params[name].detach()[clone], new_split[name]])",
         "torch.cat([new_split[name], params[name].detach()[clone]])",
         "split children before clones",
-        LOOP,
+        DENSIFY,
     ),
     _m(
         "pipeline/sir.py",
