@@ -122,6 +122,22 @@ def test_imagedream_plan(toy):
     assert (plan.eta, plan.cfg, plan.views, plan.init_steps) == (1.0, 2.0, 4, 50)
 
 
+@pytest.mark.parametrize(
+    ("config", "calls"), [("configs/imagedream.yaml", 208), ("configs/imagedream_paper.yaml", 285)]
+)
+def test_imagedream_network_calls(toy, config, calls):
+    """ImageDream calls of stage 1: 208 with the paper's inv_ratio 1.0, 285 with the code's 0.6 (issue 21)."""
+    from guidance.sir_step import plan_refine
+
+    den = SphereDenoiser(8)
+    plan = stage1_plan(_cfg(config=config), den)
+    n = len(plan_refine(den.schedule, 0, 0, plan.grid_steps, from_noise=True).reverse)
+    for t1, t2 in plan.t_pairs:
+        p = plan_refine(den.schedule, t1, t2, plan.grid_steps)
+        n += len(p.inversion) + len(p.reverse)
+    assert n == calls
+
+
 # ------------------------------------------------------------------------- what refine receives
 def test_stage1_hands_refine_the_plan(toy, monkeypatch, tmp_path):
     spy = RefineSpy(monkeypatch)
