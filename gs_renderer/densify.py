@@ -79,12 +79,18 @@ class Densifier:
 
     @torch.no_grad()
     def add_stats(
-        self, out, width: int | None = None, height: int | None = None, views: int | None = None
+        self,
+        out,
+        width: int | None = None,
+        height: int | None = None,
+        views: int | None = None,
+        last_view_only: bool = False,
     ) -> None:
         """Accumulate from a ``RenderOutput`` after ``backward`` (``means2d.grad`` ``[V,N,2]``).
 
         ``width``/``height`` default to the rendered image size; ``views``: use only the first
-        ``views`` rows (e.g. leave out a reference view rendered in the same batch).
+        ``views`` rows (e.g. leave out a reference view rendered in the same batch);
+        ``last_view_only``: only the last of those rows (the authors' statistic, paper mode).
         """
         g = out.means2d.grad
         if g is None:
@@ -92,6 +98,8 @@ class Densifier:
         radii = out.radii
         if views is not None:
             g, radii = g[:views], radii[:views]
+        if last_view_only:
+            g, radii = g[-1:], radii[-1:]
         H, W = out.rgb.shape[-2:]
         width = W if width is None else width
         height = H if height is None else height

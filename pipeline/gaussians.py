@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from core.cameras import Cameras
+from core.errors import UserError
 from core.types import RenderOutput
 from gs_renderer.densify import Densifier
 from gs_renderer.model import update_learning_rate
@@ -35,6 +36,7 @@ class GaussianSettings:
     densify_grad_threshold: float = 0.01
     min_opacity: float = 0.005
     extent: float = 4.0
+    densify_stats: str = "all"  # screen-gradient statistics from: all | last (novel view; the authors')
     lambda_target: float = 1.0  # weight of the L1 (sum) to the refined views
     ref_loss: float = 0.3  # weight of the L1 (sum) to the input image at the reference view
     ref_mask_loss: float = 0.01  # weight of the MSE (sum) to the input mask at the reference view
@@ -60,6 +62,8 @@ class GaussianRepresentation:
         bg: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> None:
         g = settings
+        if g.densify_stats not in ("all", "last"):
+            raise UserError(f"gaussians.densify_stats must be all or last, got {g.densify_stats!r}")
         self.model = model
         self.backend = g.backend
         self.bg = torch.tensor(bg, device=model.device)
@@ -122,7 +126,7 @@ class GaussianRepresentation:
         in_window = g.density_start_iter <= self.step_count <= g.density_end_iter
         if in_window:
             # Statistics from the V novel views only (the reference row is not a sampled view).
-            self.densifier.add_stats(out, views=self.views)
+            self.densifier.add_stats(out, views=self.views, last_view_only=g.densify_stats == "last")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if in_window and self.step_count % g.densification_interval == 0:

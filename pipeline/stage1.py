@@ -20,7 +20,7 @@ from gs_renderer import GaussianModel, extract_density_mesh, save_ply
 from gs_renderer import render as render_gaussians
 from mesh_renderer import Mesh, save_mesh
 from mesh_renderer.bake import bake_cameras, bake_texture
-from mesh_renderer.ops import clean_mesh, decimate
+from mesh_renderer.ops import clean_mesh, decimate, isotropic_remesh
 from mesh_renderer.uv import unwrap_uv
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
 from pipeline.plans import stage1_plan
@@ -55,6 +55,7 @@ def gaussian_settings(cfg: DictConfig) -> GaussianSettings:
         densify_grad_threshold=g.densify_grad_threshold,
         min_opacity=g.min_opacity,
         extent=g.extent,
+        densify_stats=g.densify_stats,
         lambda_target=s.lambda_target,
         ref_loss=s.ref_loss,
         ref_mask_loss=s.ref_mask_loss,
@@ -151,7 +152,9 @@ def export_coarse_mesh(
     ex = cfg.export
     with timer.phase("extract"):
         v, f = extract_density_mesh(model, resolution=ex.grid_resolution, density_thresh=ex.density_thresh)
-        v, f = clean_mesh(v, f)
+        v, f = clean_mesh(v, f, merge_ratio=ex.merge_ratio)
+        if ex.remesh_size > 0:  # paper mode (needs pymeshlab)
+            v, f = isotropic_remesh(v, f, ex.remesh_size, ex.remesh_iters)
         if len(f) > ex.max_faces:
             v, f = decimate(v, f, ex.max_faces)
     if len(f) == 0:

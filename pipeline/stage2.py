@@ -66,6 +66,10 @@ def run_stage2(cfg: DictConfig, denoiser: Any = None) -> dict:
             ref_weight=cfg.refine.ref_loss,
             bg=WHITE,
             backend=cfg.render.mesh_backend,
+            ssaa=None
+            if cfg.refine.ssaa_max == cfg.refine.ssaa_min == 1
+            else (cfg.refine.ssaa_min, cfg.refine.ssaa_max),
+            rng=st.rng,
         )
         plan = stage2_plan(cfg, denoiser)
 

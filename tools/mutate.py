@@ -1,0 +1,310 @@
+"""Mutation check: break the method one edit at a time in a copy of the repo and see a test fail.
+
+Usage: ``python -m tools.mutate [--only NAME ...] [--list] [--out table.md]``
+
+Each mutation is (file, old text, new text, name, tests). The repository's tracked and untracked
+non-ignored files are copied once into a temporary folder (beside a link to ``../shared``, which
+tests read); then, for each mutation, the old text (which must occur exactly once) is replaced,
+``python -m pytest -x -q <tests>`` runs in the copy, and the file is restored. A mutation is
+*killed* when the tests fail, *survived* when they pass. Prints a markdown table; exits 1 if any
+mutation survived or did not apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUMBING = "tests/test_method_plumbing.py"
+DENSIFY = "tests/test_densify_schedule.py"
+LOOP = "tests/test_loop_golden.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """Replace ``old`` (exactly one occurrence) by ``new`` in ``file``; ``tests`` must then fail."""
+
+    file: str
+    old: str
+    new: str
+    name: str
+    tests: tuple[str, ...] = (PLUMBING,)
+
+
+def _m(file: str, old: str, new: str, name: str, *tests: str) -> Mutation:
+    return Mutation(file, old, new, name, tests or (PLUMBING,))
+
+
+IMAGE = "configs/image.yaml"
+MUTATIONS: list[Mutation] = [
+    # -- issue 21: stage plans (config values and the code that reads them)
+    _m(IMAGE, "  eta: 0.5 ", "  eta: 0.0 ", "stage-1 eta 0.5 -> 0 (config)"),
+    _m("pipeline/plans.py", "eta=s.eta,", "eta=0.0,", "stage-1 eta 0.5 -> 0 (plan)"),
+    _m(IMAGE, "  cfg: 3.0 ", "  cfg: 1.0 ", "stage-1 CFG 3 -> 1 (config)"),
+    _m("pipeline/plans.py", "cfg=s.cfg,", "cfg=1.0,", "stage-1 CFG 3 -> 1 (plan)"),
+    _m(IMAGE, "  eta: 0.0               # DDIM eta", "  eta: 1.0  # DDIM eta", "stage-2 eta 0 -> 1 (config)"),
+    _m("pipeline/plans.py", "eta=r.eta,", "eta=1.0,", "stage-2 eta 0 -> 1 (plan)"),
+    _m(IMAGE, "  cfg: 2.0 ", "  cfg: 7.5 ", "stage-2 CFG 2 -> 7.5 (config)"),
+    _m("pipeline/plans.py", "cfg=r.cfg,", "cfg=7.5,", "stage-2 CFG 2 -> 7.5 (plan)"),
+    # -- issue 21: representations
+    _m(
+        "pipeline/gaussians.py",
+        "if in_window and self.step_count % g.densification_interval == 0:",
+        "if False:",
+        "no densification",
+        DENSIFY,
+    ),
+    _m("pipeline/stage1.py", "            rep.finish()\n", "            pass\n", "no final prune (stage)"),
+    _m(
+        "pipeline/gaussians.py",
+        "self.densifier.final_prune()",
+        "pass",
+        "no final prune (representation)",
+        DENSIFY,
+    ),
+    _m(
+        "pipeline/texture.py",
+        "loss = F.mse_loss(out.rgb, target)",
+        "loss = F.l1_loss(out.rgb, target)",
+        "stage-2 L1 instead of MSE",
+    ),
+    _m(
+        "pipeline/texture.py",
+        "loss = loss + self.ref_weight * F.mse_loss(ref * m, self.ref_rgb * m)",
+        "loss = loss",
+        "no stage-2 reference loss (loss)",
+    ),
+    _m(
+        "pipeline/stage2.py",
+        "ref_weight=cfg.refine.ref_loss,",
+        "ref_weight=0.0,",
+        "no stage-2 reference loss (stage)",
+    ),
+    _m(IMAGE, "  ref_loss: 1.0 ", "  ref_loss: 0.0 ", "no stage-2 reference loss (config)"),
+    _m(
+        "pipeline/setup.py",
+        "            cfg.cameras.ref_azimuth,\n",
+        "            cfg.cameras.ref_azimuth + 180,\n",
+        "reference camera rotated 180 degrees",
+    ),
+    # -- added: schedules
+    _m(
+        "pipeline/plans.py",
+        "t2_for_iteration(k, s.iters, fwd, s.t_start, s.t_end)",
+        "t2_for_iteration(k, s.iters, fwd, s.t_end, s.t_start)",
+        "t2 annealed upwards",
+    ),
+    _m(IMAGE, "  inv_ratio: 0.6 ", "  inv_ratio: 1.0 ", "inv_ratio 0.6 -> 1 (noise-adding only)"),
+    _m("pipeline/plans.py", "s.inv_ratio, sched", "1.0, sched", "inv_ratio ignored by the plan"),
+    _m(
+        "configs/imagedream.yaml",
+        "  inv_ratio: 1.0 ",
+        "  inv_ratio: 0.6 ",
+        "ImageDream inv_ratio 1 -> 0.6",
+    ),
+    _m(IMAGE, "  steps_max: 15 ", "  steps_max: 10 ", "reconstruction steps 15 -> 10"),
+    _m(IMAGE, "  init_steps: 15 ", "  init_steps: 0 ", "no init pass"),
+    _m(
+        "pipeline/sir.py",
+        "passes.append((True, 0, 0,",
+        "passes.append((False, 0, 0,",
+        "init pass not from noise",
+    ),
+    _m(IMAGE, "  strength: 0.8 ", "  strength: 0.9 ", "stage-2 strength 0.8 -> 0.9"),
+    _m(IMAGE, "  t_start: 0.8 ", "  t_start: 0.9 ", "t_start 0.8 -> 0.9 (the authors' later code)"),
+    _m(IMAGE, "  even_view: true ", "  even_view: false ", "random azimuths instead of even"),
+    _m(IMAGE, "  min_ver: -30 ", "  min_ver: -10 ", "elevation range -30 -> -10"),
+    _m(
+        "pipeline/plans.py",
+        'resize_mode="bicubic"',
+        'resize_mode="bilinear"',
+        "stage-1 resize bicubic -> bilinear",
+    ),
+    _m(
+        "pipeline/plans.py",
+        'resize_mode="bilinear"',
+        'resize_mode="bicubic"',
+        "stage-2 resize bilinear -> bicubic",
+    ),
+    _m(
+        "pipeline/stage1.py", "WHITE = (1.0, 1.0, 1.0)", "WHITE = (0.0, 0.0, 0.0)", "stage-1 black background"
+    ),
+    _m(
+        "pipeline/stage2.py", "WHITE = (1.0, 1.0, 1.0)", "WHITE = (0.0, 0.0, 0.0)", "stage-2 black background"
+    ),
+    _m(
+        "configs/imagedream.yaml",
+        "  ref_azimuth: 90.0 ",
+        "  ref_azimuth: 0.0 ",
+        "ImageDream reference azimuth 90 -> 0",
+    ),
+    # -- added: losses and learning rates
+    _m(
+        "pipeline/gaussians.py",
+        "(out.rgb[:V] - target).abs().sum() / V",
+        "(out.rgb[:V] - target).abs().mean()",
+        "stage-1 L1 mean instead of sum",
+    ),
+    _m(IMAGE, "  ref_loss: 0.3 ", "  ref_loss: 0.03 ", "stage-1 reference weight 0.3 -> 0.03"),
+    _m(IMAGE, "  ref_mask_loss: 0.01 ", "  ref_mask_loss: 0.0 ", "no stage-1 mask loss"),
+    _m(IMAGE, "  texture_lr: 0.2 ", "  texture_lr: 0.02 ", "stage-2 LR 0.2 -> 0.02"),
+    _m(
+        "pipeline/gaussians.py",
+        "lr_final=g.position_lr_final * g.spatial_lr_scale,",
+        "lr_final=g.position_lr_final,",
+        "xyz LR final value unscaled",
+        DENSIFY,
+    ),
+    _m(
+        IMAGE,
+        "  position_lr_max_steps: 500 ",
+        "  position_lr_max_steps: 300 ",
+        "xyz LR over 300 steps",
+        DENSIFY,
+    ),
+    _m(IMAGE, "  feature_lr: 0.01 ", "  feature_lr: 0.001 ", "colour LR 0.01 -> 0.001", DENSIFY),
+    # -- added: densification
+    _m(IMAGE, "  densification_interval: 100 ", "  densification_interval: 50 ", "densify every 50", DENSIFY),
+    _m(IMAGE, "  density_end_iter: 300 ", "  density_end_iter: 299 ", "no densify at step 300", DENSIFY),
+    _m(
+        IMAGE,
+        "  densify_grad_threshold: 0.01 ",
+        "  densify_grad_threshold: 0.02 ",
+        "grad threshold x2",
+        DENSIFY,
+    ),
+    _m(IMAGE, "  percent_dense: 0.01 ", "  percent_dense: 0.02 ", "clone/split boundary x2", DENSIFY),
+    _m(
+        "gs_renderer/densify.py",
+        "torch.log(s / (0.8 * k))",
+        "torch.log(s / k)",
+        "split scale / 2 not / 1.6",
+        DENSIFY,
+    ),
+    _m(
+        "pipeline/gaussians.py",
+        "add_stats(out, views=self.views,",
+        "add_stats(out, views=None,",
+        "reference row in the densify statistics",
+        DENSIFY,
+    ),
+    _m(
+        "gs_renderer/densify.py",
+        "g, radii = g[-1:], radii[-1:]",
+        "g, radii = g[:1], radii[:1]",
+        "paper mode: first view instead of last",
+        DENSIFY,
+    ),
+    # -- added: only the loop golden against the authors' code sees these
+    _m("gs_renderer/model.py", "lr=0.0, eps=1e-15,", "lr=0.0, eps=1e-8,", "Adam eps 1e-15 -> 1e-8", LOOP),
+    _m(
+        "gs_renderer/densify.py",
+        "torch.cat([params[name].detach()[clone], new_split[name]])",
+        "torch.cat([new_split[name], params[name].detach()[clone]])",
+        "split children before clones",
+        DENSIFY,
+    ),
+    _m(
+        "pipeline/sir.py",
+        "target = resize(refined.images.float(), plan.render_size, plan.resize_mode)",
+        'target = resize(refined.images.float(), plan.render_size, "bilinear")',
+        "target resized bilinear",
+        LOOP,
+    ),
+    _m(
+        "configs/image_paper.yaml",
+        "  densify_stats: last ",
+        "  densify_stats: all ",
+        "paper mode: all-view stats",
+        LOOP,
+    ),
+    _m(
+        "pipeline/texture.py",
+        "max(self.ssaa[0], 2 * float(self.rng.random()))",
+        "max(self.ssaa[0], float(self.rng.random()))",
+        "paper mode: supersampling scale in [0, 1]",
+    ),
+]
+
+
+def _copy_repo(dst: Path) -> None:
+    """Copy tracked + untracked non-ignored files of the repo into ``dst``."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for rel in filter(None, (f.decode() for f in files)):
+        src = ROOT / rel
+        if src.is_file() and not src.is_symlink():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def run_one(repo: Path, m: Mutation) -> tuple[str, float, str]:
+    """Apply ``m`` in ``repo``, run its tests, restore; returns (status, seconds, first failure line)."""
+    path = repo / m.file
+    text = path.read_text()
+    n = text.count(m.old)
+    if n != 1:
+        return f"not applied ({n} matches)", 0.0, ""
+    path.write_text(text.replace(m.old, m.new))
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+    finally:
+        path.write_text(text)
+    failed = [ln for ln in r.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    status = "killed" if r.returncode != 0 else "SURVIVED"
+    return status, time.perf_counter() - t0, (failed[0] if failed else "")[:90]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the mutations (all, or ``--only`` names containing the given texts); print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--only", nargs="*", default=None, help="run the mutations whose name contains any of these"
+    )
+    ap.add_argument("--list", action="store_true", help="list the mutations and exit")
+    ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    args = ap.parse_args(argv)
+    muts = [m for m in MUTATIONS if not args.only or any(s in m.name for s in args.only)]
+    if args.list:
+        for m in muts:
+            print(f"{m.name}  ({m.file}; {' '.join(m.tests)})")
+        return 0
+    rows = ["| # | mutation | file | result | s | first failing test |", "|---|---|---|---|---|---|"]
+    bad = 0
+    with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
+        repo = Path(tmp) / "repo"
+        _copy_repo(repo)
+        shared = (ROOT / ".." / "shared").resolve()
+        if shared.exists():  # tests read ../shared relative to the repo root
+            (Path(tmp) / "shared").symlink_to(shared)
+        for i, m in enumerate(muts, 1):
+            status, secs, why = run_one(repo, m)
+            bad += status != "killed"
+            rows.append(f"| {i} | {m.name} | `{m.file}` | {status} | {secs:.0f} | {why.replace('|', '/')} |")
+            print(rows[-1], flush=True)
+    table = "\n".join(rows)
+    print("\n" + table)
+    print(f"\n{len(muts) - bad}/{len(muts)} killed")
+    if args.out:
+        args.out.write_text(table + "\n")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
