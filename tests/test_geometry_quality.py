@@ -158,5 +158,6 @@ def _ghost_iou(tmp_path: Path, extra: list[str]) -> dict[str, float]:
 @pytest.mark.slow
 def test_ghost_case_thin_flat_object_has_no_shell(tmp_path):
     iou = _ghost_iou(tmp_path, [])
-    # Measured: IoU_GHOST_MEASURED; the paper's settings: PAPER_MEASURED.
-    assert iou["e0"] >= 0.6 and iou["e30"] >= 0.6, iou
+    # Measured: e0 0.679, e30 0.622; the paper's settings (PAPER_KEYS): e0 0.214, e30 0.292
+    # (a ball-shaped shell of transparent Gaussians around the body's middle).
+    assert iou["e0"] >= 0.55 and iou["e30"] >= 0.5, iou
