@@ -115,6 +115,13 @@ def test_calibrated_level_matches_the_true_silhouette():
 
 # ---------------------------------------------------------------------------------- ghost case
 GHOST_OVERRIDES = ["sir.iters=6", "export.grid_resolution=48", "gaussians.num_pts=1500"]
+#: Issue 15's settings (image.yaml keeps the paper's until the full-size GPU run decides).
+GEOMETRY_KEYS = [
+    "gaussians.max_scale=0.02",
+    "gaussians.max_screen_frac=0.15",
+    "sir.bg_alpha_loss=1.0",
+    "export.iso_levels=[0.05,0.1,0.15,0.2]",
+]
 PAPER_KEYS = [
     "gaussians.max_scale=0",
     "gaussians.max_screen_frac=0",
@@ -157,7 +164,7 @@ def _ghost_iou(tmp_path: Path, extra: list[str]) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_ghost_case_thin_flat_object_has_no_shell(tmp_path):
-    iou = _ghost_iou(tmp_path, [])
-    # Measured: e0 0.679, e30 0.622; the paper's settings (PAPER_KEYS): e0 0.214, e30 0.292
+    iou = _ghost_iou(tmp_path, GEOMETRY_KEYS)
+    # Measured: e0 0.594, e30 0.567 (max_scale 0.015: 0.679, 0.622); the paper's settings (PAPER_KEYS): e0 0.214, e30 0.292
     # (a ball-shaped shell of transparent Gaussians around the body's middle).
     assert iou["e0"] >= 0.55 and iou["e30"] >= 0.5, iou
