@@ -28,6 +28,10 @@ means over the meshes that succeeded) to ``--out`` (default
     python bench/quality.py                                        # full sizes (configs/image.yaml), GPU
     python bench/quality.py --config configs/oracle_cpu.yaml --out bench/results/quality_cpu.json
     python bench/quality.py ../shared/data/meshes/spot.obj sir.iters=5 --workdir /tmp/q   # keep outputs
+    python bench/stress_meshes.py /tmp/stress && python bench/quality.py /tmp/stress ../shared/data/meshes
+
+The means also give issue 15's criteria: ``stage1_max_over_median`` (render cost independent of
+the object), ``min_iou`` (worst silhouette IoU at either elevation), ``min_fscore@0.01``.
 """
 
 from __future__ import annotations
@@ -284,6 +288,12 @@ def means(records: list[dict]) -> dict:
     }
     for k in ("seconds_stage1", "seconds_stage2", "seconds"):
         out[k] = float(np.mean([r[k] for r in ok])) if ok else None
+    # Issue 15's render-cost criterion: no object's stage 1 longer than 1.5x the median object's.
+    s1 = [r["seconds_stage1"] for r in ok]
+    out["seconds_stage1_median"] = float(np.median(s1)) if ok else None
+    out["stage1_max_over_median"] = float(max(s1) / max(np.median(s1), 1e-9)) if ok else None
+    out["min_iou"] = min((min(r["final"]["iou_e0"], r["final"]["iou_e30"]) for r in ok), default=None)
+    out["min_fscore@0.01"] = min((r["coarse"]["fscore@0.01"] for r in ok), default=None)
     return out
 
 
@@ -327,6 +337,7 @@ def format_table(records: list[dict], summary: dict) -> str:
         ("PSNR30 f", 9),
         ("SSIM30 f", 9),
         ("IoU0 f", 7),
+        ("IoU30 f", 8),
         ("CD-L1 c", 8),
         ("F@1% c", 7),
         ("F@2% c", 7),
@@ -348,6 +359,7 @@ def format_table(records: list[dict], summary: dict) -> str:
             _fmt(f.get("psnr_e30"), 2),
             _fmt(f.get("ssim_e30"), 3),
             _fmt(f.get("iou_e0"), 3),
+            _fmt(f.get("iou_e30"), 3),
             _fmt(c.get("chamfer_l1"), 4),
             _fmt(c.get("fscore@0.01"), 3),
             _fmt(c.get("fscore@0.02"), 3),

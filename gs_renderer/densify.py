@@ -67,6 +67,7 @@ class Densifier:
         self.grad_accum = torch.zeros(n, device=dev)
         self.denom = torch.zeros(n, device=dev)
         self.max_radii2d = torch.zeros(n, device=dev)
+        self.image_height = 0.0  # height of the views the statistics came from (pixels)
         # Split samples draw from this generator, so a seeded run densifies identically.
         self.generator = torch.Generator(device=dev).manual_seed(seed)
 
@@ -109,6 +110,7 @@ class Densifier:
         self.grad_accum += (norms * vis).sum(0)
         self.denom += vis.sum(0)
         self.max_radii2d = torch.maximum(self.max_radii2d, radii.float().max(0).values)
+        self.image_height = float(height)
 
     def mean_grads(self) -> torch.Tensor:
         """Mean accumulated gradient norm per Gaussian ``[N]`` (0 where never visible)."""
@@ -122,13 +124,19 @@ class Densifier:
         extent: float = 4.0,
         percent_dense: float = 0.01,
         max_scale_frac: float = 0.1,
+        max_screen_frac: float = 0.0,
+        max_scale: float = 0.0,
     ) -> dict[str, int]:
         """Clone small / split large high-gradient Gaussians, then prune; returns counts.
 
         Clone: ``g >= grad_thresh`` and ``max scale <= percent_dense*extent`` (copy). Split:
         ``g >= grad_thresh`` and larger: 2 samples from the Gaussian, scales / 1.6, parent removed.
-        Prune: opacity < ``min_opacity`` or max scale > ``max_scale_frac*extent``. No screen-size
-        prune (the authors' one never fires, docs/method.md#densify). Statistics are reset.
+        Prune: opacity < ``min_opacity`` or max scale > ``max_scale_frac*extent``; with
+        ``max_screen_frac > 0`` also a largest screen radius above ``max_screen_frac`` x the view
+        height (3DGS's screen-size prune; the authors' one never fires, docs/method.md#densify, so 0 = off).
+        With ``max_scale > 0`` every Gaussian at or above that scale cap is split whatever its
+        gradient (it was capped because it wanted to grow: finer Gaussians cover it instead).
+        Statistics are reset.
         """
         m = self.model
         grads = self.mean_grads()
@@ -137,6 +145,9 @@ class Densifier:
         hot = grads >= grad_thresh
         clone = hot & ~big
         split = hot & big
+        if max_scale > 0:
+            split = split | (m.get_scales().max(dim=1).values >= 0.999 * max_scale)
+        clone = clone & ~split
         n_clone, n_split = int(clone.sum()), int(split.sum())
 
         # Split samples: x = mu + R diag(s) z, z ~ N(0, I), 2 per parent, from the parents'
@@ -153,17 +164,42 @@ class Densifier:
             "f_rest": m.shN.detach()[split].repeat(k, 1, 1),
             "opacity": m.opacities.detach()[split].repeat(k),
         }
+        screen_big = torch.zeros(n0, dtype=torch.bool, device=grads.device)
+        if max_screen_frac > 0 and self.image_height > 0:
+            screen_big = self.max_radii2d > max_screen_frac * self.image_height
         params = m.parameters()
         new = {name: torch.cat([params[name].detach()[clone], new_split[name]]) for name in params}
         replace_points(m, self.optimizer, ~split, new)
 
-        prune = (m.get_opacities() < min_opacity) | (
-            m.get_scales().max(dim=1).values > max_scale_frac * extent
+        # Children (clones, split samples) start unseen: only kept parents can be screen-pruned.
+        kept_big = screen_big[~split]
+        screen_big = torch.cat(
+            [kept_big, torch.zeros(m.num_points - len(kept_big), dtype=torch.bool, device=grads.device)]
+        )
+        prune = (
+            (m.get_opacities() < min_opacity)
+            | (m.get_scales().max(dim=1).values > max_scale_frac * extent)
+            | screen_big
         )
         n_prune = int(prune.sum())
         replace_points(m, self.optimizer, ~prune)
         self.reset_stats()
         return {"before": n0, "cloned": n_clone, "split": n_split, "pruned": n_prune, "after": m.num_points}
+
+    @torch.no_grad()
+    def clamp_scales(self, max_scale: float) -> int:
+        """Cap every Gaussian's scales at ``max_scale`` (world units) in place; returns how many.
+
+        The log-scale parameter is clamped, so the Adam state stays valid and the Gaussian can
+        shrink again; the split step then refines capped Gaussians where the gradient asks.
+        """
+        m = self.model
+        limit = float(torch.log(torch.tensor(max_scale)))
+        over = m.scales.detach() > limit  # scales hold log-scales (get_scales = exp)
+        n = int(over.any(dim=1).sum())
+        if n:
+            m.scales.data.clamp_(max=limit)
+        return n
 
     @torch.no_grad()
     def final_prune(self, min_opacity: float = 0.01, max_scale: float = 0.1) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from .model import GaussianModel
 
-__all__ = ["density_grid", "extract_density_mesh", "extract_mesh"]
+__all__ = ["density_grid", "extract_density_mesh", "extract_mesh", "grid_marching_cubes"]
 
 
 @torch.no_grad()
@@ -96,15 +96,27 @@ def extract_density_mesh(
     is counter-clockwise seen from outside (normals point out of the dense region; tested). No cleaning or decimation
     (mesh_renderer owns those).
     """
+    occ, center, scale = density_grid(model, resolution, min_opacity)
+    return grid_marching_cubes(occ, center, scale, density_thresh)
+
+
+def grid_marching_cubes(
+    occ: torch.Tensor, center: torch.Tensor, scale: float, level: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Marching cubes of a :func:`density_grid` at ``level``, in world coordinates.
+
+    Returns ``v`` float32 ``[M,3]`` and ``f`` int64 ``[F,3]`` on ``occ``'s device, so one grid
+    can be contoured at several levels (iso-level calibration).
+    """
     import mcubes  # PyMCubes, lazily: only extraction needs it
 
-    occ, center, scale = density_grid(model, resolution, min_opacity)
-    v, f = mcubes.marching_cubes(occ.cpu().numpy().astype("float64"), float(density_thresh))
-    dev = model.device
+    res = occ.shape[0]
+    v, f = mcubes.marching_cubes(occ.cpu().numpy().astype("float64"), float(level))
+    dev = occ.device
     v = torch.as_tensor(v, dtype=torch.float32, device=dev)
     f = torch.as_tensor(f.astype("int64"), device=dev)
-    v = v / (resolution - 1) * 2.0 - 1.0
-    v = v / scale + center
+    v = v / (res - 1) * 2.0 - 1.0
+    v = v / scale + center.to(dev)
     return v, f
 
 

@@ -81,6 +81,15 @@ def config_rules() -> dict:
         "gaussians.min_opacity": C.in_range(0.0, 0.999),
         "gaussians.extent": C.in_range(1e-4, 1000.0),
         "gaussians.densify_stats": C.choices("all", "last"),
+        "gaussians.max_scale": C.in_range(0.0, 10.0),
+        "gaussians.max_screen_frac": C.in_range(0.0, 10.0),
+        "sir.bg_alpha_loss": C.in_range(0.0, MAX_WEIGHT),
+        "sir.bg_threshold": C.in_range(0.0, 1.0),
+        "export.iso_levels": C.check(
+            lambda v: all(0 < x <= 100 for x in v), "be a list of levels in (0, 100]"
+        ),
+        "export.iso_target": C.choices("input", "gaussians"),
+        "export.iso_size": C.in_range(8, MAX_SIZE),
         "export.merge_ratio": C.in_range(0.0, 0.1),
         "export.remesh_size": C.in_range(0.0, 1.0),
         "export.remesh_iters": C.in_range(0, 100),

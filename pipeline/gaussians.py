@@ -41,6 +41,11 @@ class GaussianSettings:
     ref_loss: float = 0.3  # weight of the L1 (sum) to the input image at the reference view
     ref_mask_loss: float = 0.01  # weight of the MSE (sum) to the input mask at the reference view
     backend: str = "auto"  # Gaussian rasteriser: auto | gsplat | torch
+    # Issue 15 (each 0 = off, the paper's behaviour):
+    bg_alpha_loss: float = 0.0  # weight of sum(alpha where the refined view is background) / V
+    bg_threshold: float = 0.02  # a target pixel is background when every channel is >= 1 - this
+    max_scale: float = 0.0  # cap on every Gaussian's scale (world units), applied after each step
+    max_screen_frac: float = 0.0  # at densification prune Gaussians wider than this x image height
 
 
 class GaussianRepresentation:
@@ -107,6 +112,12 @@ class GaussianRepresentation:
         """The paper's stage-1 loss (sum reductions, see the class docstring)."""
         V = self.views
         loss = self.lambda_target * (out.rgb[:V] - target).abs().sum() / V
+        if self.g.bg_alpha_loss > 0:
+            # White Gaussians on the white background cost nothing in the RGB loss (invisible
+            # ghosts that marching cubes turns into surface): penalise any coverage where the
+            # refined view shows background.
+            bg = (target.amin(1, keepdim=True) >= 1.0 - self.g.bg_threshold).float()
+            loss = loss + self.g.bg_alpha_loss * (out.alpha[:V] * bg).sum() / V
         if self.use_ref:
             if self.batched_ref:
                 ref_rgb, ref_alpha = out.rgb[V], out.alpha[V]
@@ -129,12 +140,17 @@ class GaussianRepresentation:
             self.densifier.add_stats(out, views=self.views, last_view_only=g.densify_stats == "last")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if g.max_scale > 0:
+            # No Gaussian may grow to cover the screen: render cost stays independent of the object.
+            self.densifier.clamp_scales(g.max_scale)
         if in_window and self.step_count % g.densification_interval == 0:
             self.densifier.densify_and_prune(
                 grad_thresh=g.densify_grad_threshold,
                 min_opacity=g.min_opacity,
                 extent=g.extent,
                 percent_dense=g.percent_dense,
+                max_screen_frac=g.max_screen_frac,
+                max_scale=g.max_scale,
             )
 
     def finish(self) -> None:

@@ -16,13 +16,15 @@ from omegaconf import DictConfig
 import guidance
 from core.outputs import OutputSet
 from core.timing import PhaseTimer
-from gs_renderer import GaussianModel, extract_density_mesh, save_ply
+from gs_renderer import GaussianModel, save_ply
 from gs_renderer import render as render_gaussians
+from gs_renderer.extract import density_grid, grid_marching_cubes
 from mesh_renderer import Mesh, save_mesh
 from mesh_renderer.bake import bake_cameras, bake_texture
 from mesh_renderer.ops import clean_mesh, decimate, isotropic_remesh
 from mesh_renderer.uv import unwrap_uv
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
+from pipeline.isolevel import calibrated_level
 from pipeline.plans import stage1_plan
 from pipeline.previews import write_previews
 from pipeline.progress import progress
@@ -60,6 +62,10 @@ def gaussian_settings(cfg: DictConfig) -> GaussianSettings:
         ref_loss=s.ref_loss,
         ref_mask_loss=s.ref_mask_loss,
         backend=cfg.render.gs_backend,
+        bg_alpha_loss=s.bg_alpha_loss,
+        bg_threshold=s.bg_threshold,
+        max_scale=g.max_scale,
+        max_screen_frac=g.max_screen_frac,
     )
 
 
@@ -99,7 +105,8 @@ def stage1_with_model(cfg: DictConfig, denoiser: Any = None, export: bool = True
             rep.finish()
             save_ply(model, out.path("_model.ply"))
             outputs["ply"] = str(out.final_path("_model.ply"))
-        mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs, out) if export else {}
+        ref = (st.ref_cam, st.ref_mask) if st.ref_cam is not None else None
+        mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs, out, ref) if export else {}
         with timer.phase("preview"):
             write_previews(
                 cfg, "gaussians", model, cfg.render.gs_backend, outputs, "_preview.png", "_gaussians.mp4", out
@@ -143,22 +150,33 @@ def export_coarse_mesh(
     device: torch.device,
     outputs: dict,
     out: OutputSet,
+    ref: tuple | None = None,
 ) -> dict:
     """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (docs/method.md#coarse-mesh, #texture-bake).
 
-    Stages the mesh in ``out`` and adds its final path as ``outputs["mesh"]``; returns ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when
-    the Gaussians have no surface above ``export.density_thresh``).
+    Stages the mesh in ``out`` and adds its final path as ``outputs["mesh"]``; returns
+    ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when the Gaussians have no surface above
+    ``export.density_thresh``). With ``export.iso_levels`` the level is calibrated per object
+    (:mod:`pipeline.isolevel`) and reported as ``iso_level``; ``ref = (ref_cam, ref_mask [1,H,W])``
+    is the input view, the calibration's ground truth.
     """
     ex = cfg.export
+    info: dict = {}
     with timer.phase("extract"):
-        v, f = extract_density_mesh(model, resolution=ex.grid_resolution, density_thresh=ex.density_thresh)
+        occ, center, scale = density_grid(model, ex.grid_resolution)
+        level = float(ex.density_thresh)
+        if ex.iso_levels:
+            level, scores = _calibrate(cfg, model, occ, center, scale, device, ref)
+            info["iso_level"] = level
+            info["iso_scores"] = {f"{k:g}": round(s, 4) for k, s in scores.items()}
+        v, f = grid_marching_cubes(occ, center, scale, level)
         v, f = clean_mesh(v, f, merge_ratio=ex.merge_ratio)
         if ex.remesh_size > 0:  # paper mode (needs pymeshlab)
             v, f = isotropic_remesh(v, f, ex.remesh_size, ex.remesh_iters)
         if len(f) > ex.max_faces:
             v, f = decimate(v, f, ex.max_faces)
     if len(f) == 0:
-        log.warning("the Gaussians have no surface above density %.3g: no mesh written", ex.density_thresh)
+        log.warning("the Gaussians have no surface above density %.3g: no mesh written", level)
         return {"faces": 0}
     mesh = Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.int64))
     cams = bake_cameras(ex.bake_size, radius=cfg.cameras.radius, fovy=cfg.cameras.fovy, device=device)
@@ -186,4 +204,21 @@ def export_coarse_mesh(
         suffix = f"_mesh.{cfg.mesh_format}"
         save_mesh(mesh.to("cpu"), out.path(suffix))
         outputs["mesh"] = str(out.final_path(suffix))
-    return {"vertices": int(mesh.v.shape[0]), "faces": int(mesh.f.shape[0])}
+    return {"vertices": int(mesh.v.shape[0]), "faces": int(mesh.f.shape[0]), **info}
+
+
+def _calibrate(cfg: DictConfig, model: GaussianModel, occ, center, scale, device, ref) -> tuple[float, dict]:
+    """Pick ``export.iso_levels``' best level against ``export.iso_target`` silhouettes."""
+    ex = cfg.export
+    if ex.iso_target == "input" and ref is not None:
+        # The input mask is the one true silhouette we have (the Gaussians' own alpha is blurred
+        # and under-opaque on thin parts, so matching it picks too high a level).
+        cams, alpha = ref[0], ref[1][None].to(device)
+    else:
+        cams = bake_cameras(ex.iso_size, radius=cfg.cameras.radius, fovy=cfg.cameras.fovy, device=device)
+        with torch.no_grad():
+            alpha = render_gaussians(
+                model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
+            ).alpha
+    levels = [float(x) for x in ex.iso_levels]
+    return calibrated_level(occ, center, scale, levels, cams, alpha, backend=cfg.render.mesh_backend)

@@ -125,7 +125,14 @@ def test_densify_counts_all_views(all_views):
     # Row order as the authors' (densify_and_clone appends, then densify_and_split appends the
     # children and drops the parents, then prune): kept A A F F G C C R, clones A A F F, children B B.
     assert events[100]["tags"] == [0, 0, 1, 1, 2, 4, 4, 5, 0, 0, 1, 1, 3, 3]
-    assert events[100]["args"] == dict(grad_thresh=0.01, min_opacity=0.005, extent=4.0, percent_dense=0.01)
+    assert events[100]["args"] == dict(
+        grad_thresh=0.01,
+        min_opacity=0.005,
+        extent=4.0,
+        percent_dense=0.01,
+        max_screen_frac=0.0,
+        max_scale=0.0,
+    )
     tags = rep.model.sh0.detach()[:, 0, 0].round().long()
     assert torch.bincount(tags, minlength=len(TAGS)).tolist() == [16, 16, 1, 8, 2, 1, 0, 0]
     b = tags == TAGS.index("B")

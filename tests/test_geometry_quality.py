@@ -1,0 +1,170 @@
+"""Issue 15: stage 1 on unseen shapes: scale cap, screen-size prune, background-alpha loss,
+calibrated iso-level, and the ghost case end to end (a long thin flat object with the oracle).
+
+The ghost-case thresholds were measured (quoted beside them): the paper's settings (every new key
+off) give a shell around the body and fail them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.cameras import orbit_cameras
+from core.types import RenderOutput
+from gs_renderer import GaussianModel
+from gs_renderer.densify import Densifier
+from gs_renderer.extract import grid_marching_cubes
+from pipeline.gaussians import GaussianRepresentation, GaussianSettings
+from pipeline.isolevel import calibrated_level, silhouette_iou
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model(scales: list[float], opacity: float = 0.5) -> GaussianModel:
+    n = len(scales)
+    means = torch.zeros(n, 3)
+    means[:, 0] = torch.linspace(-0.3, 0.3, n)
+    quats = torch.zeros(n, 4)
+    quats[:, 0] = 1.0
+    log_s = torch.log(torch.tensor(scales))[:, None].repeat(1, 3)
+    op = torch.logit(torch.full((n,), opacity))
+    return GaussianModel(means, log_s, quats, op, torch.zeros(n, 1, 3), None, 0)
+
+
+def _rep(model: GaussianModel, **kw) -> GaussianRepresentation:
+    cam = orbit_cameras(0.0, 0.0, 2.0, 49.1, 16)
+    s = GaussianSettings(backend="torch", ref_loss=0.0, ref_mask_loss=0.0, **kw)
+    return GaussianRepresentation(model, s, torch.ones(3, 16, 16), torch.zeros(1, 16, 16), cam)
+
+
+def test_gaussian_grown_past_cap_is_clamped_then_split():
+    m = _model([0.01, 0.2])  # the second one has grown far past the cap
+    rep = _rep(m, max_scale=0.05, density_end_iter=-1)
+    loss = (m.scales.sum() + m.means.sum()) * 0.0 + m.opacities.sum()
+    rep.step(loss, RenderOutput(rgb=torch.zeros(1, 3, 4, 4), alpha=torch.zeros(1, 1, 4, 4)))
+    s = m.get_scales().detach()
+    assert torch.allclose(s[1], torch.full((3,), 0.05), rtol=1e-5)  # clamped to the cap
+    assert torch.allclose(s[0], torch.full((3,), 0.01), rtol=1e-3)  # below the cap: untouched
+    d = Densifier(m, rep.optimizer)
+    counts = d.densify_and_prune(grad_thresh=1e9, max_scale=0.05, min_opacity=0.0)
+    assert counts["split"] == 1 and counts["cloned"] == 0 and m.num_points == 3
+    assert float(m.get_scales().max()) == pytest.approx(0.05 / 1.6, rel=1e-4)
+    # Off (0, the paper): no clamp, no forced split.
+    m2 = _model([0.01, 0.2])
+    assert Densifier(m2, None).densify_and_prune(grad_thresh=1e9, min_opacity=0.0)["split"] == 0
+
+
+def test_screen_size_prune():
+    m = _model([0.01, 0.01, 0.01])
+    d = Densifier(m, None)
+    d.max_radii2d = torch.tensor([2.0, 30.0, 5.0])
+    d.image_height = 64.0
+    counts = d.densify_and_prune(grad_thresh=1e9, min_opacity=0.0, max_screen_frac=0.15)  # 9.6 px
+    assert counts["pruned"] == 1 and m.num_points == 2
+    assert torch.allclose(m.means[:, 0].detach(), torch.tensor([-0.3, 0.3]))
+    d.max_radii2d = torch.tensor([2.0, 30.0])
+    d.image_height = 64.0
+    assert d.densify_and_prune(grad_thresh=1e9, min_opacity=0.0)["pruned"] == 0  # 0 = off
+
+
+def test_background_alpha_loss_pushes_ghost_opacity_down():
+    m = _model([0.05])
+    cams = orbit_cameras(0.0, 0.0, 2.0, 49.1, 16)
+    rep = _rep(m, bg_alpha_loss=1.0)
+    rep.begin_iteration(cams)
+    out = rep.render(cams)
+    target = torch.ones_like(out.rgb)  # the refined view is all background
+    rep_off = _rep(m, bg_alpha_loss=0.0)
+    rep_off.begin_iteration(cams)
+    l_on, l_off = rep.loss(out, target), rep_off.loss(out, target)
+    assert float(l_on - l_off) == pytest.approx(float(out.alpha.sum()), rel=1e-5)
+    (g,) = torch.autograd.grad(l_on - l_off, m.opacities)
+    assert float(g[0]) > 0  # descent lowers the ghost's opacity
+    # A target that covers the Gaussian (not background) adds nothing.
+    dark = torch.zeros_like(out.rgb)
+    assert float(rep.loss(out, dark) - rep_off.loss(out, dark)) == 0.0
+
+
+def _sphere_grid(res: int = 48) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A radial density 1 at the centre falling linearly to 0 at normalised radius 1."""
+    ax = torch.linspace(-1, 1, res)
+    x, y, z = torch.meshgrid(ax, ax, ax, indexing="ij")
+    occ = (1.0 - torch.sqrt(x**2 + y**2 + z**2)).clamp_min(0)
+    return occ, torch.zeros(3), 1.0
+
+
+def test_calibrated_level_matches_the_true_silhouette():
+    occ, c, s = _sphere_grid()
+    cams = orbit_cameras(torch.tensor([0.0, -30.0]), torch.tensor([0.0, 90.0]), 3.0, 49.1, 48)
+    # The truth: the level-0.6 surface, i.e. a sphere of radius 0.4.
+    v, f = grid_marching_cubes(occ, c, s, 0.6)
+    from mesh_renderer import Mesh
+    from mesh_renderer.raster import rasterize
+
+    alpha = rasterize(Mesh(v=v, f=f), cams, backend="torch").alpha
+    level, scores = calibrated_level(occ, c, s, [0.2, 0.4, 0.6, 0.8], cams, alpha, backend="torch")
+    assert level == 0.6 and scores[0.6] > 0.97
+    assert scores[0.2] < scores[0.4] < scores[0.6] and scores[0.8] < scores[0.6]
+    assert math.isclose(float(v.norm(dim=1).mean()), 0.4, abs_tol=0.02)
+    assert silhouette_iou(v[:0], f[:0], cams, alpha > 0.5, "torch") == 0.0
+
+
+# ---------------------------------------------------------------------------------- ghost case
+GHOST_OVERRIDES = ["sir.iters=6", "export.grid_resolution=48", "gaussians.num_pts=1500"]
+#: Issue 15's settings (image.yaml keeps the paper's until the full-size GPU run decides).
+GEOMETRY_KEYS = [
+    "gaussians.max_scale=0.02",
+    "gaussians.max_screen_frac=0.15",
+    "sir.bg_alpha_loss=1.0",
+    "export.iso_levels=[0.05,0.1,0.15,0.2]",
+]
+PAPER_KEYS = [
+    "gaussians.max_scale=0",
+    "gaussians.max_screen_frac=0",
+    "sir.bg_alpha_loss=0",
+    "export.iso_levels=[]",
+]
+
+
+def _ghost_iou(tmp_path: Path, extra: list[str]) -> dict[str, float]:
+    """Stage 1 on the procedural lizard with the oracle (small); silhouette IoU of its mesh."""
+    from bench.stress_meshes import write_stress_set
+    from guidance import load_denoiser
+    from mesh_renderer import load_mesh, render
+    from pipeline import load_config, run_stage1
+
+    (obj,) = write_stress_set(tmp_path / "meshes", ["lizard"])
+    cfg = load_config(
+        [
+            "--config",
+            str(ROOT / "configs" / "oracle_cpu.yaml"),
+            f"oracle.mesh={obj}",
+            f"outdir={tmp_path / 'out'}",
+            "quiet=true",
+            *GHOST_OVERRIDES,
+            *extra,
+        ]
+    )
+    oracle = load_denoiser(cfg, torch.device("cpu"))
+    r1 = run_stage1(cfg, oracle)
+    mesh = load_mesh(r1["outputs"]["mesh"])
+    az = torch.arange(8) * 45.0
+    out = {}
+    for name, elev in (("e0", 0.0), ("e30", -30.0)):
+        cams = orbit_cameras(torch.full_like(az, elev), az, 2.0, 49.1, 96)
+        a = render(mesh, cams, torch.ones(3), backend="torch").alpha > 0.5
+        b = oracle.render(cams, 96)[1] > 0.5
+        out[name] = float((a & b).sum() / (a | b).sum())
+    return out
+
+
+@pytest.mark.slow
+def test_ghost_case_thin_flat_object_has_no_shell(tmp_path):
+    iou = _ghost_iou(tmp_path, GEOMETRY_KEYS)
+    # Measured: e0 0.594, e30 0.567 (max_scale 0.015: 0.679, 0.622); the paper's settings (PAPER_KEYS): e0 0.214, e30 0.292
+    # (a ball-shaped shell of transparent Gaussians around the body's middle).
+    assert iou["e0"] >= 0.55 and iou["e30"] >= 0.5, iou
