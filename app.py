@@ -7,6 +7,7 @@ The models load once, before the server answers. Then open http://HOST:PORT/ in 
 
     curl -F image=@cat.png -o cat.glb http://HOST:PORT/api/generate          # the textured .glb
     curl -F image=@cat.png -F format=json http://HOST:PORT/api/generate     # links + report
+    curl -F prompt="a cute corgi" -o corgi.glb http://HOST:PORT/api/generate   # a text model (configs/text.yaml)
 
 ``--config`` may be given more than once (e.g. image.yaml and imagedream.yaml): each loads its model
 and the page offers them; ``key=value`` overrides apply to every config. The library is :mod:`webapp`.

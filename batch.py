@@ -4,6 +4,7 @@
     python batch.py --config configs/image.yaml inputs/ --out logs/ --shard 0/4   # machine 0 of 4
     python batch.py --config configs/image.yaml inputs/ --out logs/ --ray         # local Ray, one actor per GPU
     python batch.py --config configs/image.yaml inputs/ --out logs/ --ray auto    # the cluster of `ray start`
+    python batch.py --config configs/text.yaml prompts.txt --out logs/           # text to 3D: one prompt a line
 
 Items: every image file named on the command line, and every image (``core.images.IMAGE_SUFFIXES``:
 .png .jpg .jpeg .webp .bmp .tif .tiff) directly inside a named folder. In a folder, ``<name>.<ext>``
@@ -29,6 +30,13 @@ Each actor loads the model once, runs an item in a private temporary folder and 
 complete output sets as bytes; this process (the driver) writes them into ``--out`` as whole sets,
 report last, so workers need no shared file system. An item whose actor dies is retried on a fresh
 actor (``--max-retries``, default 2), then failed. Without ADDRESS a local Ray instance is started.
+
+Prompt files (text to 3D, a text-conditioned config such as ``configs/text.yaml``): a ``.txt``
+input is a UTF-8 file of prompts, one per line (blank and ``#`` lines skipped,
+:func:`pipeline.prompts.prompt_items`); each line is an item named by its slug, run with
+``prompt=<line>`` and no input, through the same path (plain and ``--ray``), resume and summary
+(each record has its ``prompt``). A text config with images, or an image config with a prompt file,
+is a usage error before any model loads.
 
 Exit status: 0 all items done, 1 some item failed, 2 a usage/config error (``error: ...``).
 """
@@ -59,6 +67,8 @@ from core.images import IMAGE_SUFFIXES
 __all__ = [
     "Item",
     "collect_items",
+    "collect_prompt_items",
+    "check_input_kinds",
     "parse_shard",
     "shard_items",
     "summary_paths",
@@ -77,6 +87,7 @@ RESERVED_KEYS = ("input", "save_path")  # set per item by the batch
 CSV_FIELDS = [
     "name",
     "input",
+    "prompt",
     "status",
     "seconds",
     "seconds_stage1",
@@ -93,10 +104,22 @@ CSV_FIELDS = [
 
 @dataclass(frozen=True)
 class Item:
-    """One input image; ``name`` (the file stem) is its ``save_path``."""
+    """One input: an image (``name``: its file stem) or a prompt (``input`` None, ``name``: its slug).
+
+    ``name`` is the item's ``save_path``.
+    """
 
     name: str
-    input: Path
+    input: Path | None
+    prompt: str | None = None
+
+
+def _record(item: Item) -> dict:
+    """A pending summary record of ``item`` (``prompt`` only for a prompt item)."""
+    rec = {"name": item.name, "input": "" if item.input is None else str(item.input), "status": "pending"}
+    if item.prompt is not None:
+        rec["prompt"] = item.prompt
+    return rec
 
 
 # ------------------------------------------------------------------------------------------ items
@@ -143,6 +166,33 @@ def collect_items(inputs: list[str]) -> list[Item]:
     return sorted(items.values(), key=lambda it: it.name)
 
 
+def is_prompt_file(path: str | Path) -> bool:
+    """Whether an input names a prompt file (a ``.txt`` file, any case)."""
+    return Path(path).suffix.lower() == ".txt"
+
+
+def collect_prompt_items(files: list[str]) -> list[Item]:
+    """The prompts of one or more prompt files as items, in file then line order.
+
+    Names are the prompts' slugs; a slug already taken (in the same or an earlier file) gets
+    ``_2``, ``_3``, ..., so no two items share outputs.
+    """
+    from pipeline.prompts import prompt_items
+
+    items: list[Item] = []
+    used: set[str] = set()
+    for f in dict.fromkeys(files):  # the same file twice is read once
+        for p in prompt_items(f):
+            base = p.save_path
+            name, k = base, 1
+            while name in used:
+                k += 1
+                name = f"{base}_{k}"
+            used.add(name)
+            items.append(Item(name, None, p.prompt))
+    return items
+
+
 def parse_shard(text: str | None) -> tuple[int, int]:
     """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; None -> ``(0, 1)``."""
     if text is None:
@@ -154,7 +204,10 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def shard_items(items: list[Item], index: int, count: int) -> list[Item]:
-    """Items ``index, index+count, ...`` of the name-sorted list (round robin balances folders of mixed sizes)."""
+    """Items ``index, index+count, ...`` of the name-sorted list (round robin balances folders of mixed sizes).
+
+    The result is sorted by name (prompt items too).
+    """
     return sorted(items, key=lambda it: it.name)[index::count]
 
 
@@ -244,9 +297,42 @@ def item_config(config: str, overrides: list[str], out: Path, item: Item | None)
 
     argv = ["--config", config, *overrides, f"outdir={out}"]
     if item is not None:
-        argv += [f"input={item.input}", f"save_path={item.name}"]
+        argv += [f"save_path={item.name}"]
+        if item.input is not None:
+            argv += [f"input={item.input}"]
     cfg = load_config(argv, defaults_path=DEFAULT_CONFIG, rules=config_rules())
+    if item is not None and item.prompt is not None:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):  # set as is: a key=value word would unquote or parse the text
+            cfg.prompt = item.prompt
     return finalize_config(cfg) if item is not None else cfg
+
+
+def is_text_config(cfg: Any) -> bool:
+    """Whether the config's model is text-conditioned (its items are prompts, not images)."""
+    import guidance
+
+    return guidance.registry.get(cfg.get("guidance")).conditioning == "text"
+
+
+def check_input_kinds(cfg: Any, config: str, inputs: list[str]) -> None:
+    """A UserError when the inputs do not fit the config: prompt files for a text model, images otherwise."""
+    name = cfg.get("guidance")
+    if is_text_config(cfg):
+        wrong = [i for i in inputs if not (is_prompt_file(i) and not Path(i).is_dir())]
+        if wrong:
+            raise UserError(
+                f"{config} makes 3D from text (guidance={name}): pass prompt files (.txt, one prompt "
+                f"per line), not {wrong[0]}"
+            )
+    else:
+        wrong = [i for i in inputs if is_prompt_file(i) and not Path(i).is_dir()]
+        if wrong:
+            raise UserError(
+                f"{wrong[0]} is a prompt file, but {config} makes 3D from images (guidance={name}); "
+                "use a text config such as configs/text.yaml"
+            )
 
 
 def _stage_figures(rec: dict, r1: dict | None, r2: dict | None) -> None:
@@ -302,7 +388,7 @@ def run_items(
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
-    records = [{"name": it.name, "input": str(it.input), "status": "pending"} for it in items]
+    records = [_record(it) for it in items]
     stages: tuple[Callable, Callable] | None = None
     denoiser = None
     t_batch = time.perf_counter()
@@ -527,7 +613,7 @@ def run_ray(
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
-    records = [{"name": it.name, "input": str(it.input), "status": "pending"} for it in items]
+    records = [_record(it) for it in items]
     t_batch = time.perf_counter()
 
     def flush() -> None:
@@ -577,13 +663,17 @@ def run_ray(
                     idx = todo.popleft()
                     item, actor = items[idx], idle.pop()
                     attempts[idx] += 1
-                    try:
-                        image = item.input.read_bytes()
-                    except OSError as e:
-                        _item_failed(records[idx], f"cannot read input: {e}", _error_log(out, item), str(e))
-                        idle.append(actor)
-                        continue
-                    ref = actor.run.remote(cfgs[idx], image, item.input.name, os.getcwd())
+                    image, input_name = None, None  # a prompt item has no input file
+                    if item.input is not None:
+                        try:
+                            image, input_name = item.input.read_bytes(), item.input.name
+                        except OSError as e:
+                            _item_failed(
+                                records[idx], f"cannot read input: {e}", _error_log(out, item), str(e)
+                            )
+                            idle.append(actor)
+                            continue
+                    ref = actor.run.remote(cfgs[idx], image, input_name, os.getcwd())
                     inflight[ref] = (actor, idx)
                 if not inflight:
                     break
@@ -640,7 +730,7 @@ def _error_log(out: Path, item: Item) -> Path:
 
 def _finish(rec: dict, out: Path, item: Item, result: Any, write_sets: Callable) -> None:
     """Write a worker's sets into ``out`` and fill the item's record from them."""
-    written = write_sets(out, item.name, result.sets, str(item.input))
+    written = write_sets(out, item.name, result.sets, None if item.input is None else str(item.input))
     rec.update(status=result.status, error=result.error, seconds=result.seconds)
     _stage_figures(rec, written.get("stage1"), written.get("stage2"))
     if result.status == "failed":
@@ -677,11 +767,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (``key=value`` words among the inputs are config overrides)."""
     p = argparse.ArgumentParser(
         prog="batch.py",
-        description="Both stages over many images, models loaded once.",
+        description="Both stages over many images (or prompts), models loaded once.",
         epilog="Config overrides (key=value) may be mixed with the inputs, e.g. sir.iters=10.",
     )
     p.add_argument("--config", required=True, help="stage config, e.g. configs/image.yaml")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files and/or folders of images")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="image files and/or folders of images; for a text config, prompt files (.txt, one prompt a line)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: the config's outdir)")
     p.add_argument("--shard", default=None, help="i/n: run only items i, i+n, ... (0 <= i < n)")
     p.add_argument(
@@ -734,7 +829,7 @@ def _run(args: argparse.Namespace) -> int:
         args.inputs, args.ray = [args.ray, *args.inputs], LOCAL
     inputs, overrides = split_args(args.inputs)
     if not inputs:
-        raise UserError("no inputs: pass image files and/or folders")
+        raise UserError("no inputs: pass image files and/or folders (or prompt files for a text config)")
     for o in overrides:
         if o.split("=", 1)[0] in RESERVED_KEYS:
             raise UserError(
@@ -742,16 +837,22 @@ def _run(args: argparse.Namespace) -> int:
             )
     shard = parse_shard(args.shard)
     base = item_config(args.config, overrides, Path("."), None)  # validates the config and overrides once
+    check_input_kinds(base, args.config, inputs)
+    text = is_text_config(base)
+    if text:
+        for o in overrides:
+            if o.split("=", 1)[0] == "prompt":
+                raise UserError(f"{o}: batch.py sets 'prompt' per item from the prompt files")
     out = Path(args.out) if args.out else Path(base.outdir)
     if args.ray is None and args.workers is not None:
         raise UserError("--workers needs --ray")
     if (args.workers is not None and args.workers < 1) or args.max_retries < 0:
         raise UserError("--workers must be >= 1 and --max-retries >= 0")
-    items = shard_items(collect_items(inputs), *shard)
+    items = shard_items(collect_prompt_items(inputs) if text else collect_items(inputs), *shard)
     if args.dry_run:
         for it in items:
             done = item_done(out, it.name) and not args.force
-            print(f"{it.name}\t{it.input}\t{'done' if done else 'todo'}")
+            print(f"{it.name}\t{it.input if it.prompt is None else it.prompt}\t{'done' if done else 'todo'}")
         return 0
     meta = {
         "config": args.config,

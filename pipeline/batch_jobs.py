@@ -78,11 +78,12 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def run_item(cfg: Any, image: bytes, input_name: str, worker: BatchWorker) -> ItemResult:
+def run_item(cfg: Any, image: bytes | None, input_name: str | None, worker: BatchWorker) -> ItemResult:
     """Run both stages on one item in a temporary folder; returns its complete sets as bytes.
 
     ``cfg``: the item's finished config (``save_path`` is the item name); ``image``: the input
-    file's bytes, written as ``input_name`` in the temporary folder, so the input need not exist here.
+    file's bytes, written as ``input_name`` in the temporary folder, so the input need not exist here
+    (None for a prompt item of a text config: ``cfg.prompt`` is its input).
     """
     from omegaconf import open_dict
 
@@ -91,11 +92,13 @@ def run_item(cfg: Any, image: bytes, input_name: str, worker: BatchWorker) -> It
     with tempfile.TemporaryDirectory(prefix="microdreamer-item-") as tmp:
         outdir = Path(tmp) / "out"
         outdir.mkdir()
-        src = Path(tmp) / Path(input_name).name
-        src.write_bytes(image)
         cfg = cfg.copy()
         with open_dict(cfg):
-            cfg.input, cfg.outdir, cfg.quiet = str(src), str(outdir), True
+            cfg.outdir, cfg.quiet = str(outdir), True
+            if image is not None:
+                src = Path(tmp) / Path(input_name or "input.png").name
+                src.write_bytes(image)
+                cfg.input = str(src)
         result = ItemResult(name=name, status="ok", seconds=0.0)
         try:
             worker.stages(cfg)
@@ -126,7 +129,9 @@ class BatchWorker:
             self.denoiser = load_denoiser(cfg, resolve_device(cfg.device))
         return image_to_3d(cfg, self.denoiser)
 
-    def run(self, cfg: Any, image: bytes, input_name: str, cwd: str | None = None) -> ItemResult:
+    def run(
+        self, cfg: Any, image: bytes | None, input_name: str | None, cwd: str | None = None
+    ) -> ItemResult:
         """One item (see :func:`run_item`); relative paths in ``cfg`` resolve from ``cwd`` if it exists here."""
         import os
 

@@ -1,4 +1,5 @@
-"""The HTTP API for scripts: ``POST /api/generate`` (an image in, the ``.glb`` or a JSON out), files, health."""
+"""The HTTP API for scripts: ``POST /api/generate`` (an image, or a prompt for a text model, in; the
+``.glb`` or a JSON out), files, health."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def add_api_routes(app: FastAPI, gen: Generator) -> None:
 
     @app.post("/api/generate", response_model=None)
     async def generate(request: Request) -> Any:
-        """Multipart ``image`` (+ optional model, seed, elevation, iters, prompt, video, format=json)."""
+        """Multipart ``image`` (+ optional model, seed, elevation, iters, prompt, video, format=json);
+        a text model (e.g. mvdream) takes ``prompt`` (required) and no ``image``."""
         declared = int(request.headers.get("content-length") or 0)
         if declared > gen.max_upload_bytes + 64 * 1024:
             return _error(413, f"the upload is over the {gen.max_upload_bytes / 2**20:.0f} MiB limit")
@@ -74,10 +76,17 @@ def add_api_routes(app: FastAPI, gen: Generator) -> None:
         except Exception as e:  # malformed multipart, or not multipart at all
             return _error(400, f"send the image as multipart form field 'image' ({e})")
         upload = form.get("image")
-        if upload is None or isinstance(upload, str):
+        model = form.get("model")
+        model = model.strip() if isinstance(model, str) and model.strip() else gen.default_model
+        text = model in gen.models and gen.is_text(model)  # a text model takes a prompt, no image
+        if isinstance(upload, str) and not upload:  # curl -F image= : no file
+            upload = None
+        if not text and (upload is None or isinstance(upload, str)):
             return _error(400, "no file in form field 'image': curl -F image=@cat.png ...")
+        if isinstance(upload, str):
+            return _error(400, "form field 'image' must be a file: curl -F image=@cat.png ...")
         try:
-            data = await upload.read(gen.max_upload_bytes + 1)
+            data = await upload.read(gen.max_upload_bytes + 1) if upload is not None else None
             settings = Settings(
                 model=_opt(form, "model", str),
                 seed=_opt(form, "seed", int),
@@ -87,7 +96,8 @@ def add_api_routes(app: FastAPI, gen: Generator) -> None:
                 video=bool(_opt(form, "video", bool)),
             )
             as_json = (_opt(form, "format", str) or request.query_params.get("format", "")) == "json"
-            result = await run_in_threadpool(gen.run, data, upload.filename, settings)
+            filename = upload.filename if upload is not None else None
+            result = await run_in_threadpool(gen.run, data, filename, settings)
         except UploadTooLarge as e:
             return _error(413, str(e))
         except UserError as e:

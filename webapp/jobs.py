@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from core import config as C
 from core.errors import UserError
 from core.images import read_image
-from pipeline import image_to_3d, load_config
-from pipeline.config import DEFAULT_CONFIG, config_rules
+from pipeline import image_to_3d, prompt_slug
+from pipeline.config import DEFAULT_CONFIG, config_rules, finalize_config
 
 __all__ = ["MAX_UPLOAD_BYTES", "Generator", "JobResult", "Settings", "UploadTooLarge", "output_files"]
 
@@ -50,7 +50,7 @@ class Settings:
     seed: int | None = None
     elevation: float | None = None
     iters: int | None = None  # stage-1 SIR iterations (``sir.iters``)
-    prompt: str | None = None  # text prompt, for models that take one (ImageDream)
+    prompt: str | None = None  # text prompt, for models that take one (ImageDream; required for text models)
     video: bool = False
 
     def overrides(self) -> list[str]:
@@ -219,8 +219,14 @@ class Generator:
         return list(self.models)
 
     def takes_prompt(self, model: str) -> bool:
-        """Whether ``model`` is conditioned on a text prompt as well as the image."""
-        return hasattr(self.models[model].denoiser, "set_prompt")
+        """Whether ``model`` is conditioned on a text prompt (as well as the image, or alone)."""
+        return self.is_text(model) or hasattr(self.models[model].denoiser, "set_prompt")
+
+    def is_text(self, model: str) -> bool:
+        """Whether ``model`` makes 3D from a prompt alone (text-conditioned: no image, prompt required)."""
+        import guidance
+
+        return guidance.registry.get(str(self.models[model].cfg.guidance)).conditioning == "text"
 
     def defaults(self, model: str | None = None) -> dict[str, Any]:
         """The config's values of the tunable settings."""
@@ -269,38 +275,72 @@ class Generator:
             raise
         return job_id, path
 
+    def new_text_job(self) -> tuple[str, Path]:
+        """A fresh job folder for a prompt (no upload); returns (job id, folder)."""
+        job_id = uuid.uuid4().hex
+        folder = self.workdir / job_id
+        folder.mkdir()
+        return job_id, folder
+
+    def _text_prompt(self, name: str, data: bytes | None, settings: Settings) -> str:
+        """The prompt of a text model's request (UserError when it is missing or an image came too)."""
+        if data:
+            raise UserError(
+                f"model {name} makes 3D from a text prompt and takes no image; send only the prompt"
+            )
+        prompt = (settings.prompt or "").strip() or str(self.models[name].cfg.get("prompt") or "").strip()
+        if not prompt:
+            raise UserError(
+                f'model {name} makes 3D from text: the prompt is required (e.g. "a wooden chair")'
+            )
+        return prompt
+
     def run(
         self,
-        data: bytes,
+        data: bytes | None,
         filename: str | None,
         settings: Settings | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
     ) -> JobResult:
-        """Upload bytes -> both stages in a fresh folder -> :class:`JobResult` (UserError if bad)."""
+        """Upload bytes (a text model: none, ``settings.prompt`` instead) -> both stages in a fresh
+        folder -> :class:`JobResult` (UserError if bad)."""
         settings = settings or Settings()
         name = settings.model or self.default_model
         if name not in self.models:
             raise UserError(f"model {name!r} is not loaded; this server has {', '.join(self.models)}")
         model = self.models[name]
-        job_id, image = self.new_job(data, filename)
-        folder = image.parent
+        text_prompt = self._text_prompt(name, data, settings) if self.is_text(name) else None
+        if text_prompt is not None:
+            job_id, folder = self.new_text_job()
+            source = [f"save_path={prompt_slug(text_prompt)}"]
+        else:
+            job_id, image = self.new_job(data or b"", filename)
+            folder = image.parent
+            source = [f"input={image}", f"save_path={image.stem}"]
         try:
-            cfg = load_config(
+            cfg = C.load_config(
                 [
                     "--config",
                     model.config_path,
                     *self.overrides,
                     *settings.overrides(),
-                    f"input={image}",
+                    *source,
                     f"outdir={folder / 'out'}",
-                    f"save_path={image.stem}",
                     # the page's progress comes from the stages' per-iteration log lines
                     *(["quiet=false"] if on_progress is not None else []),
-                ]
+                ],
+                defaults_path=DEFAULT_CONFIG,
+                rules=config_rules(),
             )
+            if text_prompt is not None:
+                from omegaconf import open_dict
+
+                with open_dict(cfg):  # set as is: a key=value word would unquote or parse the text
+                    cfg.prompt = text_prompt
+            cfg = finalize_config(cfg)
             with self.lock:
                 started, t0 = time.time(), time.perf_counter()
-                if self.takes_prompt(name):
+                if text_prompt is None and self.takes_prompt(name):
                     prompt = settings.prompt if settings.prompt is not None else str(cfg.get("prompt", ""))
                     model.denoiser.set_prompt(prompt)
                 with _progress_reports(on_progress):

@@ -14,7 +14,7 @@ __all__ = ["build_ui"]
 
 INTRO = """# MicroDreamer: image to 3D
 Upload an object photo: a PNG with alpha is used as is; an RGB image or JPG has its background removed
-first. The result is a textured mesh (`.glb`), the 3D Gaussians (`.ply`) and a preview grid. Requests
+first (a text model such as MVDream takes a prompt instead of the photo). The result is a textured mesh (`.glb`), the 3D Gaussians (`.ply`) and a preview grid. Requests
 run one at a time; while others run, your place in the queue is shown here."""
 
 
@@ -34,6 +34,17 @@ def build_ui(gen: Generator) -> gr.Blocks:
     names = gen.model_names()
     any_prompt = any(gen.takes_prompt(n) for n in names)
 
+    def prompt_label(name: str) -> str:
+        return "Text prompt (required)" if gen.is_text(name) else "Text prompt (ImageDream; optional)"
+
+    def on_model(name: str) -> tuple:
+        """Show the upload for image models; the prompt (required) for text models."""
+        name = name or gen.default_model
+        return (
+            gr.File(visible=not gen.is_text(name)),
+            gr.Textbox(visible=gen.takes_prompt(name), label=prompt_label(name)),
+        )
+
     def generate(
         file: str | None,
         model: str,
@@ -44,10 +55,14 @@ def build_ui(gen: Generator) -> gr.Blocks:
         video: bool,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple:
-        if not file:
+        text = gen.is_text(model or gen.default_model)
+        if text:
+            if not (prompt or "").strip():
+                raise gr.Error("enter a text prompt first (this model makes 3D from text)")
+        elif not file:
             raise gr.Error("choose an image file first (PNG with alpha, or RGB/JPG)")
-        path = Path(file)
-        if path.stat().st_size > gen.max_upload_bytes:
+        path = None if text else Path(file)
+        if path is not None and path.stat().st_size > gen.max_upload_bytes:
             raise gr.Error(f"the upload is over the {gen.max_upload_bytes / 2**20:.0f} MiB limit")
         progress(0.0, desc="starting")
 
@@ -63,7 +78,10 @@ def build_ui(gen: Generator) -> gr.Blocks:
             video=bool(video),
         )
         try:
-            result = gen.run(path.read_bytes(), path.name, settings, on_progress)
+            if path is None:  # a text model: the prompt is the input; a file left chosen is not sent
+                result = gen.run(None, None, settings, on_progress)
+            else:
+                result = gen.run(path.read_bytes(), path.name, settings, on_progress)
         except UserError as e:
             raise gr.Error(str(e)) from None
         out = result.outputs
@@ -81,10 +99,16 @@ def build_ui(gen: Generator) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.File(label="Input image", file_types=["image"], type="filepath", elem_id="upload")
+                image = gr.File(
+                    label="Input image",
+                    file_types=["image"],
+                    type="filepath",
+                    elem_id="upload",
+                    visible=not gen.is_text(names[0]),
+                )
                 model = gr.Dropdown(names, value=names[0], label="Guidance model", visible=len(names) > 1)
                 prompt = gr.Textbox(
-                    value=d["prompt"], label="Text prompt (ImageDream; optional)", visible=any_prompt
+                    value=d["prompt"], label=prompt_label(names[0]), visible=any_prompt, elem_id="prompt"
                 )
                 with gr.Row():
                     seed = gr.Number(value=d["seed"], precision=0, label="Seed")
@@ -104,6 +128,7 @@ def build_ui(gen: Generator) -> gr.Blocks:
                     label="Downloads", file_count="multiple", interactive=False, elem_id="downloads"
                 )
                 report = gr.JSON(label="Report")  # seconds per phase; nfe = diffusion calls
+        model.change(on_model, inputs=[model], outputs=[image, prompt])
         run.click(
             generate,
             inputs=[image, model, seed, elevation, iters, prompt, video],
