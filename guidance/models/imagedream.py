@@ -31,7 +31,8 @@ from core.cameras import Cameras
 from core.errors import UserError
 from guidance.components import frozen, load_transformers, use_safetensors
 from guidance.denoiser import NoiseSource
-from guidance.latent_diffusion import LatentDiffusionDenoiser, pipeline_options
+from guidance.latent_diffusion import pipeline_options
+from guidance.multiview import VIEWS, MultiViewTextDenoiser, ungroup
 from guidance.options import prompt_options
 from guidance.registry import DenoiserSpec, register
 
@@ -65,7 +66,6 @@ REQUIRED_COMPONENTS = (
     "feature_extractor",
     "scheduler",
 )
-VIEWS = 4
 #: Frames per sample seen by the UNet: the 4 views plus the reference slot.
 FRAMES = VIEWS + 1
 
@@ -118,13 +118,12 @@ def load_mv_unet(folder: Path, dtype: torch.dtype) -> MultiViewUNetModel:
     return unet
 
 
-class ImageDreamDenoiser(LatentDiffusionDenoiser):
+class ImageDreamDenoiser(MultiViewTextDenoiser):
     """ImageDream as a SIR denoiser: 4 views per group (+ the reference frame), CFG ``[uncond; cond]``."""
 
     pipeline_name = "ImageDream"
     required_components = REQUIRED_COMPONENTS
     latent_size_key = "image_size"
-    views_per_group = VIEWS
 
     def __init__(
         self,
@@ -137,15 +136,10 @@ class ImageDreamDenoiser(LatentDiffusionDenoiser):
         """Load from a folder or Hub id; ``kwargs``: see :class:`LatentDiffusionDenoiser`.
 
         ``ref_latent`` (``sample`` | ``mode``) is ``ip_img``. ``grouping``: how views form groups of 4
-        (``auto`` | ``consecutive`` | ``interleaved``, see :meth:`group_order`).
+        (``auto`` | ``consecutive`` | ``interleaved``, see :func:`guidance.multiview.group_order`).
         """
-        if grouping not in ("auto", "consecutive", "interleaved"):
-            raise UserError(f"grouping={grouping!r} must be auto, consecutive or interleaved")
-        self.grouping = grouping
-        super().__init__(model, **kwargs)
+        super().__init__(model, prompt, negative_prompt, grouping, **kwargs)
         self.ip_tokens: torch.Tensor | None = None  # [2,ip_dim,D]: [uncond; cond]
-        self.text: torch.Tensor | None = None  # [2,77,D]: [negative; prompt]
-        self.set_prompt(prompt, negative_prompt)
 
     def _load_unet(self, folder: Path) -> Any:
         unet = frozen(load_mv_unet(folder, self.dtype), self.device)
@@ -162,26 +156,7 @@ class ImageDreamDenoiser(LatentDiffusionDenoiser):
         )
         self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
 
-    # ------------------------------------------------------------------ text / reference
-    @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Prompts -> CLIP last hidden states ``[len(texts), 77, D]`` (after the final LayerNorm)."""
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0].to(self.dtype)
-
-    def set_prompt(self, prompt: str = "", negative_prompt: str | None = None) -> None:
-        """Encode the prompt and negative prompt (None keeps the current negative prompt)."""
-        if negative_prompt is not None:
-            self.negative_prompt = negative_prompt
-        self.prompt = prompt or ""
-        self.text = self.encode_text([self.negative_prompt, self.prompt])
-
+    # ------------------------------------------------------------------ reference
     @torch.no_grad()
     def set_reference(
         self, rgb: torch.Tensor, elevation: float, noise: NoiseSource | None = None, prompt: str | None = None
@@ -212,40 +187,12 @@ class ImageDreamDenoiser(LatentDiffusionDenoiser):
         cam = torch.cat([cam, torch.zeros_like(cam[:, :1])], dim=1)  # [G,5,16]
         return cam.reshape(-1, 16)
 
-    def group_order(self, cams: Cameras) -> torch.Tensor | None:
-        """View indices ``[B]`` listing group 0's 4 views, then group 1's, ...; None = as given.
-
-        ImageDream was trained on 4 views 90 degrees apart. ``grouping``: ``consecutive`` takes views
-        4g..4g+3; ``interleaved`` takes g, g+G, g+2G, g+3G (90 degrees apart for B evenly spaced views in
-        azimuth order, e.g. 8 views 45 degrees apart); ``auto`` picks whichever keeps the azimuth gaps
-        inside the groups closer to 90 degrees (consecutive on ties, so 4 views stay as they are).
-        """
-        B = len(cams)
-        G = B // VIEWS
-        if G <= 1 or self.grouping == "consecutive":
-            return None
-        inter = torch.arange(B).view(VIEWS, G).t().reshape(-1)
-        if self.grouping == "interleaved":
-            return inter
-
-        def spread(order: torch.Tensor) -> float:
-            az = torch.sort(cams.azimuth.detach().cpu().double()[order].view(G, VIEWS) % 360.0, dim=1).values
-            gaps = torch.diff(torch.cat([az, az[:, :1] + 360.0], dim=1), dim=1)
-            return float((gaps - 90.0).abs().sum())
-
-        return inter if spread(inter) < spread(torch.arange(B)) - 1e-6 else None
-
     @torch.no_grad()
     def prepare(self, cams: Cameras) -> ImageDreamCond:
-        """``[uncond; cond]`` network inputs for the B = 4G cameras, grouped by :meth:`group_order`."""
+        """``[uncond; cond]`` network inputs for the B = 4G cameras, grouped by :meth:`group_views`."""
         if self.ip_tokens is None or self.ref_latent is None or self.text is None:
             raise RuntimeError("call set_reference before prepare")
-        if len(cams) % VIEWS:
-            raise ValueError(f"ImageDream needs groups of {VIEWS} views, got {len(cams)}")
-        order = self.group_order(cams)
-        if order is not None:
-            cams = cams[order]
-            order = order.to(self.device)
+        cams, order = self.group_views(cams)
         cam = self.camera_vectors(cams).to(self.dtype)
         G = cam.shape[0] // FRAMES
         N = G * FRAMES
@@ -293,13 +240,6 @@ class ImageDreamDenoiser(LatentDiffusionDenoiser):
         """``[5G,C,h,w]`` -> the 4 views' predictions ``[4G,C,h,w]`` (group order)."""
         return eps.view(G, FRAMES, *eps.shape[1:])[:, :VIEWS].reshape(G * VIEWS, *eps.shape[1:])
 
-    @staticmethod
-    def _ungroup(eps: torch.Tensor, cond: ImageDreamCond) -> torch.Tensor:
-        """``[4G,C,h,w]`` in group order -> the caller's view order."""
-        if cond.order is None:
-            return eps
-        return torch.empty_like(eps).index_copy_(0, cond.order, eps)
-
     @torch.no_grad()
     def eps_cfg(self, x: torch.Tensor, t: int, cond: ImageDreamCond, scale: float) -> torch.Tensor:
         """``eps_u + scale (eps_c - eps_u)`` float32 ``[B,C,h,w]``; one UNet call at batch ``2 * 5G``."""
@@ -316,7 +256,7 @@ class ImageDreamDenoiser(LatentDiffusionDenoiser):
         self._count("cfg", inp.shape[0])
         N = G * FRAMES
         e_u, e_c = self._drop_ref(eps[:N], G), self._drop_ref(eps[N:], G)
-        return self._ungroup(torch.lerp(e_u, e_c, scale) if scale != 1.0 else e_c, cond)
+        return ungroup(torch.lerp(e_u, e_c, scale) if scale != 1.0 else e_c, cond.order)
 
     @torch.no_grad()
     def eps_uncond(self, x: torch.Tensor, t: int, cond: ImageDreamCond) -> torch.Tensor:
@@ -332,7 +272,7 @@ class ImageDreamDenoiser(LatentDiffusionDenoiser):
             ip_img=cond.ip_img[:G],
         )
         self._count("uncond", N)
-        return self._ungroup(self._drop_ref(eps, G), cond)
+        return ungroup(self._drop_ref(eps, G), cond.order)
 
 
 def load(cfg: Any, device: torch.device) -> ImageDreamDenoiser:

@@ -30,8 +30,9 @@ from core.cameras import Cameras
 from core.errors import UserError
 from guidance.components import frozen, load_transformers
 from guidance.denoiser import NoiseSource
-from guidance.latent_diffusion import LatentDiffusionDenoiser, pipeline_options
+from guidance.latent_diffusion import pipeline_options
 from guidance.models.imagedream import NEGATIVE_PROMPT, imagedream_embedding, load_mv_unet
+from guidance.multiview import VIEWS, MultiViewTextDenoiser, group_order, ungroup
 from guidance.options import prompt_options
 from guidance.registry import DenoiserSpec, register
 
@@ -46,34 +47,6 @@ __all__ = [
 
 DEFAULT_ID = "ashawkey/mvdream-sd2.1-diffusers"
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-#: Views per sample (MVDream has no reference frame).
-VIEWS = 4
-GROUPINGS = ("auto", "consecutive", "interleaved")
-
-
-def group_order(azimuth: torch.Tensor, grouping: str = "auto") -> torch.Tensor | None:
-    """View indices ``[B]`` listing group 0's 4 views, then group 1's, ...; None = as given.
-
-    ``azimuth [B]`` in degrees. MVDream was trained on 4 views 90 degrees apart. ``consecutive``
-    takes views 4g..4g+3; ``interleaved`` takes g, g+G, g+2G, g+3G (90 degrees apart for B evenly
-    spaced views in azimuth order); ``auto`` picks whichever keeps the azimuth gaps inside the
-    groups closer to 90 degrees (consecutive on ties).
-    """
-    B = int(azimuth.shape[0])
-    G = B // VIEWS
-    if G <= 1 or grouping == "consecutive":
-        return None
-    inter = torch.arange(B).view(VIEWS, G).t().reshape(-1)
-    if grouping == "interleaved":
-        return inter
-    az = azimuth.detach().cpu().double() % 360.0
-
-    def spread(order: torch.Tensor) -> float:
-        a = torch.sort(az[order].view(G, VIEWS), dim=1).values
-        gaps = torch.diff(torch.cat([a, a[:, :1] + 360.0], dim=1), dim=1)
-        return float((gaps - 90.0).abs().sum())
-
-    return inter if spread(inter) < spread(torch.arange(B)) - 1e-6 else None
 
 
 @dataclass
@@ -89,13 +62,12 @@ class MVDreamCond:
     order: torch.Tensor | None = None
 
 
-class MVDreamDenoiser(LatentDiffusionDenoiser):
+class MVDreamDenoiser(MultiViewTextDenoiser):
     """MVDream as a SIR denoiser: groups of 4 views, text CFG ``[negative; prompt]``."""
 
     pipeline_name = "MVDream"
     required_components = REQUIRED_COMPONENTS
     latent_size_key = "image_size"
-    views_per_group = VIEWS
 
     def __init__(
         self,
@@ -110,15 +82,7 @@ class MVDreamDenoiser(LatentDiffusionDenoiser):
         ``grouping``: how views form groups of 4 (``auto`` | ``consecutive`` | ``interleaved``, see
         :func:`group_order`).
         """
-        if grouping not in GROUPINGS:
-            raise UserError(f"grouping={grouping!r} must be auto, consecutive or interleaved")
-        self.grouping = grouping
-        super().__init__(model, **kwargs)
-        self.text: torch.Tensor | None = None  # [2,77,D]: [negative; prompt]
-        self.text_encodes = 0  # how often the text encoder ran (once per prompt)
-        self.prompt = ""
-        self.negative_prompt = negative_prompt
-        self.set_prompt(prompt, negative_prompt)
+        super().__init__(model, prompt, negative_prompt, grouping, **kwargs)
 
     def _load_unet(self, folder: Path) -> Any:
         unet = frozen(load_mv_unet(folder, self.dtype), self.device)
@@ -131,29 +95,6 @@ class MVDreamDenoiser(LatentDiffusionDenoiser):
 
         self.text_encoder = load_transformers(CLIPTextModel, root / "text_encoder", self.dtype, self.device)
         self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-
-    # ------------------------------------------------------------------ text
-    @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Prompts -> CLIP last hidden states ``[len(texts), 77, D]`` (after the final LayerNorm)."""
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        self.text_encodes += 1
-        return self.text_encoder(ids)[0].to(self.dtype)
-
-    def set_prompt(self, prompt: str = "", negative_prompt: str | None = None) -> None:
-        """Encode the prompt and negative prompt (None keeps the current one); a no-op when both are unchanged."""
-        negative = self.negative_prompt if negative_prompt is None else negative_prompt
-        prompt = prompt or ""
-        if self.text is not None and prompt == self.prompt and negative == self.negative_prompt:
-            return  # text embeddings are computed once per prompt
-        self.prompt, self.negative_prompt = prompt, negative
-        self.text = self.encode_text([negative, prompt])
 
     def set_reference(
         self, rgb: torch.Tensor, elevation: float, noise: NoiseSource | None = None, prompt: str | None = None
@@ -170,12 +111,7 @@ class MVDreamDenoiser(LatentDiffusionDenoiser):
         if self.text is None:
             raise RuntimeError("call set_prompt before prepare")
         B = len(cams)
-        if B % VIEWS:
-            raise ValueError(f"MVDream needs groups of {VIEWS} views, got {B}")
-        order = group_order(cams.azimuth, self.grouping)
-        if order is not None:
-            cams = cams[order]
-            order = order.to(self.device)
+        cams, order = self.group_views(cams)
         cam = imagedream_embedding(cams).to(self.device, self.dtype)  # [B,16], group order
         context = self.text.repeat_interleave(B, dim=0)  # [2B,77,D]: negative rows first
         return MVDreamCond(camera=torch.cat([cam, cam], dim=0), context=context, order=order)
@@ -196,14 +132,6 @@ class MVDreamDenoiser(LatentDiffusionDenoiser):
             x = x[cond.order]
         return self._nhwc(x.to(self.dtype))
 
-    @staticmethod
-    def _ungroup(eps: torch.Tensor, cond: MVDreamCond) -> torch.Tensor:
-        """``[B,C,h,w]`` in group order -> the caller's view order, float32."""
-        eps = eps.float()
-        if cond.order is None:
-            return eps
-        return torch.empty_like(eps).index_copy_(0, cond.order, eps)
-
     @torch.no_grad()
     def eps_cfg(self, x: torch.Tensor, t: int, cond: MVDreamCond, scale: float) -> torch.Tensor:
         """``eps_u + scale (eps_c - eps_u)`` float32 ``[B,C,h,w]``; one UNet call at batch ``2B``."""
@@ -213,7 +141,7 @@ class MVDreamDenoiser(LatentDiffusionDenoiser):
         eps = self._runner(x=inp, t=self._timesteps(2 * B, t), context=cond.context, camera=cond.camera)
         self._count("cfg", 2 * B)
         e_u, e_c = eps[:B].float(), eps[B:].float()
-        return self._ungroup(torch.lerp(e_u, e_c, scale) if scale != 1.0 else e_c, cond)
+        return ungroup(torch.lerp(e_u, e_c, scale) if scale != 1.0 else e_c, cond.order)
 
     @torch.no_grad()
     def eps_uncond(self, x: torch.Tensor, t: int, cond: MVDreamCond) -> torch.Tensor:
@@ -226,7 +154,7 @@ class MVDreamDenoiser(LatentDiffusionDenoiser):
             camera=cond.camera[:B],
         )
         self._count("uncond", B)
-        return self._ungroup(eps, cond)
+        return ungroup(eps.float(), cond.order)
 
 
 def load(cfg: Any, device: torch.device) -> MVDreamDenoiser:
