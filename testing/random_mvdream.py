@@ -18,7 +18,14 @@ from testing import random_layout
 from testing.random_imagedream import imagedream_configs, write_tiny_tokenizer
 from testing.random_layout import cached_folder
 
-__all__ = ["mvdream_configs", "build_mvdream", "save_mvdream", "cached_tiny_mvdream", "MODEL_INDEX"]
+__all__ = [
+    "mvdream_configs",
+    "build_mvdream",
+    "save_mvdream",
+    "cached_tiny_mvdream",
+    "MODEL_INDEX",
+    "TINY_RUN",
+]
 
 _IMAGE_ONLY_UNET_KEYS = ("ip_dim", "ip_in_dim", "resampler_heads", "resampler_dim_head", "resampler_depth")
 
@@ -103,3 +110,27 @@ def cached_tiny_mvdream(seed: int = 0) -> Path:
         Path(f).read_text() for f in files
     )
     return cached_folder("mvdream", key_text, seed, lambda folder: save_mvdream(folder, "tiny", seed))
+
+
+#: Overrides that run both stages with the tiny MVDream on a CPU in seconds (with configs/text.yaml).
+TINY_RUN = [
+    "device=cpu",
+    "quiet=true",
+    "model.dtype=fp32",
+    "model.cuda_graph=false",
+    "gaussians.num_pts=300",
+    "sir.iters=2",
+    "sir.init_steps=1",
+    "sir.steps_min=1",
+    "sir.steps_max=1",
+    "sir.render_size=64",
+    "refine.iters=1",
+    "refine.steps=2",
+    "refine.render_size=64",
+    "render.gs_backend=torch",
+    "render.mesh_backend=torch",
+    "export.grid_resolution=32",
+    "export.texture_size=64",
+    "export.bake_size=64",
+    "export.density_thresh=0.01",
+]

@@ -16,35 +16,12 @@ TEXT = str(ROOT / "configs" / "text.yaml")
 ORACLE_CFG = str(ROOT / "configs" / "oracle_cpu.yaml")
 IMAGES = ROOT / ".." / "shared" / "data" / "images"
 
-#: The tiny MVDream's run at test sizes (as tests/test_text_to_3d.py): both stages in seconds.
-TINY = [
-    "device=cpu",
-    "quiet=true",
-    "model.dtype=fp32",
-    "model.cuda_graph=false",
-    "gaussians.num_pts=300",
-    "sir.iters=2",
-    "sir.init_steps=1",
-    "sir.steps_min=1",
-    "sir.steps_max=1",
-    "sir.render_size=64",
-    "refine.iters=1",
-    "refine.steps=2",
-    "refine.render_size=64",
-    "render.gs_backend=torch",
-    "render.mesh_backend=torch",
-    "export.grid_resolution=32",
-    "export.texture_size=64",
-    "export.bake_size=64",
-    "export.density_thresh=0.01",
-]
-
 
 @pytest.fixture(scope="module")
 def tiny_overrides() -> list[str]:
-    from testing.random_mvdream import cached_tiny_mvdream
+    from testing.random_mvdream import TINY_RUN, cached_tiny_mvdream
 
-    return [f"model.path={cached_tiny_mvdream()}", *TINY]
+    return [f"model.path={cached_tiny_mvdream()}", *TINY_RUN]
 
 
 def _prompts(folder: Path) -> Path:

@@ -90,31 +90,13 @@ def test_tiny_mvdream_runs_both_stages_to_a_glb(tmp_path):
     import trimesh
 
     from guidance import load_denoiser
-    from testing.random_mvdream import cached_tiny_mvdream
+    from testing.random_mvdream import TINY_RUN, cached_tiny_mvdream
 
     common = [
         "prompt=a cat",
         f"model.path={cached_tiny_mvdream()}",
         f"outdir={tmp_path}",
-        "device=cpu",
-        "quiet=true",
-        "model.dtype=fp32",
-        "model.cuda_graph=false",
-        "gaussians.num_pts=300",
-        "sir.iters=2",
-        "sir.init_steps=1",
-        "sir.steps_min=1",
-        "sir.steps_max=1",
-        "sir.render_size=64",
-        "refine.iters=1",
-        "refine.steps=2",
-        "refine.render_size=64",
-        "render.gs_backend=torch",
-        "render.mesh_backend=torch",
-        "export.grid_resolution=32",
-        "export.texture_size=64",
-        "export.bake_size=64",
-        "export.density_thresh=0.01",
+        *TINY_RUN,
     ]
     cfg = load_config(["--config", TEXT, *common])
     assert cfg.save_path == "a_cat"
