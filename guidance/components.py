@@ -135,9 +135,8 @@ def reference_pixels(rgb: torch.Tensor, size: int, device: torch.device) -> torc
 def clip_pixels(feature_extractor: Any, x: torch.Tensor) -> torch.Tensor:
     """CLIP ``pixel_values`` of the first image of ``x`` float ``[B,3,H,W]`` in [0,1] (on the CPU).
 
-    The authors go through PIL (``to_pil_image`` truncates ``x*255`` to uint8) before the processor.
+    The authors go through PIL (``to_pil_image`` truncates ``x*255`` to uint8) before the processor;
+    ``feature_extractor`` is a :class:`guidance.nets.clip_vision.ClipImageProcessor` (uint8 ``[3,H,W]`` in).
     """
-    from PIL import Image
-
-    u8 = x[0].clamp(0, 1).mul(255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return feature_extractor(images=Image.fromarray(u8), return_tensors="pt").pixel_values
+    u8 = x[0].clamp(0, 1).mul(255).to(torch.uint8).cpu()
+    return feature_extractor(u8)
