@@ -1,9 +1,10 @@
 """Loading pieces shared by the diffusers-layout models (:mod:`guidance.latent_diffusion` and its subclasses).
 
-No remote code: each component folder is loaded with a stock class named by the caller, in eval mode
-with gradients off, in the target dtype at load time (``torch_dtype`` for diffusers, ``dtype`` for
-transformers 5) and, on CUDA, straight onto the GPU. Safetensors weights are preferred; without them the ``.bin`` is loaded with
-``weights_only=True``.
+No remote code. The SD networks (UNet, VAE, CLIP vision, image processor) load through
+:mod:`guidance.nets` (pure torch). :func:`load_transformers` remains for the text/vision encoders of
+ImageDream and MVDream: a stock class named by the caller, in eval mode with gradients off, in the
+target dtype at load time and, on CUDA, straight onto the GPU; safetensors preferred, else the
+``.bin`` with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ __all__ = [
     "use_safetensors",
     "open_pipeline",
     "frozen",
-    "load_diffusers",
     "load_transformers",
     "reference_pixels",
     "clip_pixels",
@@ -106,14 +106,6 @@ def frozen(module: Any, device: torch.device, dtype: torch.dtype | None = None) 
 def _device_map(device: torch.device) -> dict[str, Any] | None:
     """On CUDA, weights go from the file straight to the GPU in the target dtype (no CPU copy, no recast)."""
     return {"": device} if device.type == "cuda" else None
-
-
-def load_diffusers(cls: Any, folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
-    """A diffusers model class from its component folder, loaded in ``dtype``, frozen on ``device``."""
-    model = cls.from_pretrained(
-        folder, torch_dtype=dtype, use_safetensors=use_safetensors(folder), device_map=_device_map(device)
-    )
-    return frozen(model, device)
 
 
 def load_transformers(cls: Any, folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
