@@ -1,9 +1,10 @@
 """Loading pieces shared by the diffusers-layout models (:mod:`guidance.latent_diffusion` and its subclasses).
 
-No remote code: each component folder is loaded with a stock class named by the caller, in eval mode
-with gradients off, in the target dtype at load time (``torch_dtype`` for diffusers, ``dtype`` for
-transformers 5) and, on CUDA, straight onto the GPU. Safetensors weights are preferred; without them the ``.bin`` is loaded with
-``weights_only=True``.
+No remote code. The SD networks (UNet, VAE, CLIP vision, image processor) load through
+:mod:`guidance.nets` (pure torch). :func:`load_transformers` remains for the text/vision encoders of
+ImageDream and MVDream: a stock class named by the caller, in eval mode with gradients off, in the
+target dtype at load time and, on CUDA, straight onto the GPU; safetensors preferred, else the
+``.bin`` with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ __all__ = [
     "use_safetensors",
     "open_pipeline",
     "frozen",
-    "load_diffusers",
     "load_transformers",
     "reference_pixels",
     "clip_pixels",
@@ -108,14 +108,6 @@ def _device_map(device: torch.device) -> dict[str, Any] | None:
     return {"": device} if device.type == "cuda" else None
 
 
-def load_diffusers(cls: Any, folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
-    """A diffusers model class from its component folder, loaded in ``dtype``, frozen on ``device``."""
-    model = cls.from_pretrained(
-        folder, torch_dtype=dtype, use_safetensors=use_safetensors(folder), device_map=_device_map(device)
-    )
-    return frozen(model, device)
-
-
 def load_transformers(cls: Any, folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
     """A transformers model class from its component folder, loaded in ``dtype``, frozen on ``device``."""
     model = cls.from_pretrained(
@@ -135,9 +127,8 @@ def reference_pixels(rgb: torch.Tensor, size: int, device: torch.device) -> torc
 def clip_pixels(feature_extractor: Any, x: torch.Tensor) -> torch.Tensor:
     """CLIP ``pixel_values`` of the first image of ``x`` float ``[B,3,H,W]`` in [0,1] (on the CPU).
 
-    The authors go through PIL (``to_pil_image`` truncates ``x*255`` to uint8) before the processor.
+    The authors go through PIL (``to_pil_image`` truncates ``x*255`` to uint8) before the processor;
+    ``feature_extractor`` is a :class:`guidance.nets.clip_vision.ClipImageProcessor` (uint8 ``[3,H,W]`` in).
     """
-    from PIL import Image
-
-    u8 = x[0].clamp(0, 1).mul(255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return feature_extractor(images=Image.fromarray(u8), return_tensors="pt").pixel_values
+    u8 = x[0].clamp(0, 1).mul(255).to(torch.uint8).cpu()
+    return feature_extractor(u8)

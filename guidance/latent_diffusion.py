@@ -6,8 +6,8 @@ scheduler config, one network dtype, optional CUDA graphs of the UNet and the VA
 latent (VAE posterior mode or sample of the input image). A subclass loads its UNet and its encoders,
 builds the conditioning and calls its UNet; everything else is here.
 
-Loading is lazy in the sense of the registry: diffusers and transformers are imported by the
-constructor, not by this module.
+The VAE and the image processor are our pure-torch :mod:`guidance.nets` (imported by the constructor);
+a subclass may still use transformers for its text/vision encoders (ImageDream, MVDream).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from core.errors import UserError
-from guidance.components import clip_pixels, load_diffusers, open_pipeline, reference_pixels, resolve_dtype
+from guidance.components import clip_pixels, open_pipeline, reference_pixels, resolve_dtype
 from guidance.cuda_graphs import GraphRunner
 from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
 from guidance.options import cfg_get
@@ -83,8 +83,8 @@ class LatentDiffusionDenoiser(Denoiser):
         see :func:`guidance.components.open_pipeline`.
         """
         super().__init__()
-        from diffusers import AutoencoderKL
-        from transformers import CLIPImageProcessor
+        from guidance.nets.clip_vision import ClipImageProcessor
+        from guidance.nets.vae import load_vae
 
         self.device = torch.device(device)
         self.dtype = dtype = resolve_dtype(dtype, self.device)
@@ -101,11 +101,11 @@ class LatentDiffusionDenoiser(Denoiser):
         )
         # Load order as before the refactor (UNet, VAE, then the model's encoders).
         self.unet = self._load_unet(root / "unet")
-        self.vae = load_diffusers(AutoencoderKL, root / "vae", dtype, self.device)
+        self.vae = load_vae(root / "vae", dtype, self.device)
         self._load_encoders(root)
         # Text-only pipelines (MVDream) ship no image processor.
         self.feature_extractor = (
-            CLIPImageProcessor.from_pretrained(root / "feature_extractor")
+            ClipImageProcessor.from_folder(root / "feature_extractor")
             if "feature_extractor" in self.required_components
             else None
         )

@@ -1,10 +1,11 @@
 """Stable Zero123 / Zero123-XL behind the :class:`guidance.denoiser.Denoiser` interface (``guidance=zero123``).
 
-Loads the diffusers folder layout of ``ashawkey/stable-zero123-diffusers`` without remote code:
-``model_index.json`` is read only to check the components, and each folder is loaded with its own
-stock class (``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPVisionModelWithProjection``,
-``CLIPImageProcessor``) plus our :class:`guidance.camera_projection.CLIPCameraProjection`. The
-scheduler config is only read as JSON into :class:`guidance.schedule.DDIMSchedule`.
+Loads the diffusers folder layout of ``ashawkey/stable-zero123-diffusers`` without remote code and
+without diffusers or transformers: ``model_index.json`` is read only to check the components, and each
+folder is built by our own pure-torch networks (:mod:`guidance.nets`: SD UNet, SD VAE, CLIP vision tower
+and image processor) plus :class:`guidance.camera_projection.CLIPCameraProjection`, with strict loading
+of the same parameter names. The scheduler config is only read as JSON into
+:class:`guidance.schedule.DDIMSchedule`.
 
 Conditioning:
 * reference: CLIP ``image_embeds`` [1,D] of the 256px reference through the feature extractor, and
@@ -26,7 +27,6 @@ import torch
 
 from core.cameras import Cameras
 from core.errors import UserError
-from guidance.components import load_diffusers, load_transformers
 from guidance.denoiser import NoiseSource
 from guidance.latent_diffusion import LatentDiffusionDenoiser, pipeline_options
 from guidance.registry import DenoiserSpec, register
@@ -95,21 +95,16 @@ class Zero123Denoiser(LatentDiffusionDenoiser):
         self.clip_emb: torch.Tensor | None = None
 
     def _load_unet(self, folder: Path) -> Any:
-        from diffusers import UNet2DConditionModel
+        from guidance.nets.sd_unet import load_sd_unet
 
-        return load_diffusers(UNet2DConditionModel, folder, self.dtype, self.device)
+        return load_sd_unet(folder, self.dtype, self.device)
 
     def _load_encoders(self, root: Path) -> None:
-        from transformers import CLIPVisionModelWithProjection
+        from guidance.camera_projection import load_camera_projection
+        from guidance.nets.clip_vision import load_clip_vision
 
-        from guidance.camera_projection import CLIPCameraProjection
-
-        self.cam_proj = load_diffusers(
-            CLIPCameraProjection, root / "clip_camera_projection", self.dtype, self.device
-        )
-        self.image_encoder = load_transformers(
-            CLIPVisionModelWithProjection, root / "image_encoder", self.dtype, self.device
-        )
+        self.cam_proj = load_camera_projection(root / "clip_camera_projection", self.dtype, self.device)
+        self.image_encoder = load_clip_vision(root / "image_encoder", self.dtype, self.device)
 
     def _unet_call(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         return self.unet(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
