@@ -3,7 +3,8 @@
     python app.py --config configs/image.yaml [--host 127.0.0.1] [--port 7860] [key=value ...]
     python app.py --config configs/oracle_cpu.yaml          # runs on a CPU, no weights needed
 
-The models load once, before the server answers. Then open http://HOST:PORT/ in a browser, or::
+The models load once, before the server answers; on a GPU a throw-away warm-up job follows
+(``--warmup``), so that the first request does not pay the one-off kernel and CUDA-graph costs. Then open http://HOST:PORT/ in a browser, or::
 
     curl -F image=@cat.png -o cat.glb http://HOST:PORT/api/generate          # the textured .glb
     curl -F image=@cat.png -F format=json http://HOST:PORT/api/generate     # links + report
@@ -36,6 +37,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", type=int, default=50, help="keep the outputs of this many most recent requests")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (MiB)")
     p.add_argument("--queue-size", type=int, default=32, help="most requests waiting in the page's queue")
+    p.add_argument(
+        "--warmup",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run one throw-away job per model before serving, so the first request is warm "
+        "(auto: on when a model runs on a GPU)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. sir.iters=10)")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
@@ -63,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep=args.keep,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
         )
+        if args.warmup == "on" or (args.warmup == "auto" and gen.on_gpu()):
+            gen.warm_up()
         app = build_app(gen, queue_size=args.queue_size)
         log.info("serving on http://%s:%d/ (API: POST /api/generate)", args.host, args.port)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

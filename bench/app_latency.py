@@ -7,8 +7,10 @@
 The server is started as a subprocess on a free loopback port (its start-up, models included, is
 timed until ``/api/health`` answers); then ``-n`` requests go one after another through
 ``POST /api/generate`` (JSON variant). Per request: the client's wall seconds and the server's own
-phase seconds. The first request pays the one-off costs (kernel builds, CUDA-graph capture); the
-figure to compare with ``bench/speed.py``'s warm total is the median of the later ones.
+phase seconds. On a GPU the server runs a warm-up job before it answers (``app.py --warmup``), so
+its start-up includes the one-off costs (CUDA kernels, CUDA-graph capture) and the first request
+is already warm; the reported warm figure is the median of the requests after the first. The
+like-for-like reference is ``bench/speed.py --geometry model`` (same random weights and geometry).
 
 ``--random-weights zero123|imagedream`` writes the FULL-SIZE architecture with random weights to
 ``--model-dir`` (reused when present) and points ``model.path`` at it, as ``bench/speed.py`` does.

@@ -30,8 +30,19 @@ CAP_MB = 1
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base URL, work dir) of one server for the whole module."""
-    with app_server(tmp_path_factory.mktemp("app_api"), "--max-upload-mb", str(CAP_MB)) as s:
+    folder = tmp_path_factory.mktemp("app_api")
+    # --warmup on: the CPU default is off; here the warm-up job must run before the server answers.
+    with app_server(folder, "--max-upload-mb", str(CAP_MB), "--warmup", "on") as s:
         yield s
+
+
+def test_warm_up_runs_before_serving_and_leaves_no_folder(server):
+    """``--warmup on``: one throw-away job ran before ``/api/health`` answered; its folder is gone."""
+    _, workdir = server
+    log = (workdir.parent / "server.log").read_text()
+    assert "warm-up done" in log
+    assert log.index("warm-up done") < log.index("serving on")
+    assert not any(workdir.glob("*/warmup.png"))
 
 
 def post(base: str, data: bytes, name: str = "cat.png", **fields: str) -> httpx.Response:
@@ -143,6 +154,33 @@ def test_gradio_client_works_too(server):
     assert preview.endswith("_final_preview.png")
     assert {n.rsplit("/", 1)[-1] for n in files} >= {"alarm_rgba.glb", "alarm_rgba_model.ply"}
     assert report["stage1"]["nfe"] > 0 and "diffusion calls" in status
+
+
+def test_warm_up_runs_the_pipeline_once_per_model_and_cleans_up(tmp_path, monkeypatch):
+    """In-process: ``warm_up`` runs both stages on the drawn ball, then removes the job's folder."""
+    from PIL import Image
+
+    import webapp.jobs as jobs
+    from tests.app_server import TINY
+    from webapp import Generator
+
+    png = jobs.warmup_image(64)
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
+    assert alpha.min() == 0 and alpha.max() == 255  # an object on a transparent background
+    gen = Generator([str(TINY)], [f"oracle.mesh={SPOT.resolve()}"], workdir=tmp_path / "work")
+    assert not gen.on_gpu()
+    seen = []
+    real = jobs.image_to_3d
+
+    def spy(cfg, denoiser):
+        reports = real(cfg, denoiser)
+        seen.append((Path(cfg.input).name, Path(reports["stage2"]["outputs"]["glb"]).is_file()))
+        return reports
+
+    monkeypatch.setattr(jobs, "image_to_3d", spy)
+    assert gen.warm_up() > 0
+    assert seen == [("warmup.png", True)]
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_progress_reaches_the_callback_per_stage_iteration(tmp_path):
