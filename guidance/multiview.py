@@ -59,7 +59,8 @@ def ungroup(eps: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
 class MultiViewTextDenoiser(LatentDiffusionDenoiser):
     """A latent-diffusion model over groups of 4 views with a CLIP text prompt and negative prompt.
 
-    Subclasses load ``self.text_encoder`` and ``self.tokenizer`` in ``_load_encoders``.
+    Subclasses load ``self.text_encoder`` (:class:`guidance.nets.clip_text.ClipTextModel`) and
+    ``self.tokenizer`` (:class:`guidance.nets.clip_tokenizer.ClipTokenizer`) in ``_load_encoders``.
     ``self.text`` is ``[2,77,D]``: ``[negative; prompt]``.
     """
 
@@ -82,15 +83,9 @@ class MultiViewTextDenoiser(LatentDiffusionDenoiser):
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Prompts -> CLIP last hidden states ``[len(texts), 77, D]`` (after the final LayerNorm)."""
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
+        ids = self.tokenizer(texts).to(self.device)  # [N,77]: bos, tokens, eos, padding
         self.text_encodes += 1
-        return self.text_encoder(ids)[0].to(self.dtype)
+        return self.text_encoder(ids).to(self.dtype)
 
     def set_prompt(self, prompt: str = "", negative_prompt: str | None = None) -> None:
         """Encode the prompt and negative prompt (None keeps the current one); a no-op when both are unchanged."""

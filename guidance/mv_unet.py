@@ -18,16 +18,28 @@ Batches are frame-major inside a sample: row ``b * F + f``.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-__all__ = ["MultiViewUNetModel", "Resampler", "timestep_embedding"]
+from guidance.nets.weights import (
+    ModelFolderError,
+    check_config,
+    config_namespace,
+    load_module,
+    read_config,
+    read_weights,
+)
+
+__all__ = ["MultiViewUNetConfig", "MultiViewUNetModel", "Resampler", "load_mv_unet", "timestep_embedding"]
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -312,7 +324,10 @@ class Resampler(nn.Module):
     ) -> None:
         super().__init__()
         # Shape [1, Q, D]: overwritten by checkpoints, the init scale only matters for random tests.
-        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+        self.latents = nn.Parameter(torch.empty(1, num_queries, dim))
+        if not self.latents.is_meta:  # a division on the meta device imports torch._dynamo (~1 s)
+            with torch.no_grad():
+                self.latents.copy_(torch.randn(1, num_queries, dim) / dim**0.5)
         self.proj_in = nn.Linear(in_dim, dim)
         self.proj_out = nn.Linear(dim, out_dim)
         self.norm_out = nn.LayerNorm(out_dim)
@@ -341,114 +356,131 @@ class Resampler(nn.Module):
         return self.norm_out(self.proj_out(latents))
 
 
-class MultiViewUNetModel(ModelMixin, ConfigMixin):
-    """MVDream / ImageDream multi-view UNet (diffusers folder ``unet/``, class ``MultiViewUNetModel``).
+@dataclass
+class MultiViewUNetConfig:
+    """The fields of ``unet/config.json`` (the checkpoints') plus the LDM constructor options.
 
-    Config fields are those of the checkpoints' ``unet/config.json`` plus the LDM constructor options
-    (accepted for compatibility; values other than the defaults used by MVDream/ImageDream raise).
-    Extra fields the checkpoints lack, for tiny test models, default to the real model's values:
-    ``ip_in_dim`` (Resampler input width, 1280 = OpenCLIP ViT-H), ``resampler_heads`` x
-    ``resampler_dim_head`` (12 x 64), ``resampler_depth`` (4), ``norm_num_groups`` (32).
+    The LDM options are accepted for compatibility; values other than the defaults used by
+    MVDream/ImageDream are refused (:meth:`validate`). ``use_checkpoint`` (the first Hub upload has it)
+    does not change the computation. Extra fields the checkpoints lack, for tiny test models, default to
+    the real model's values: ``ip_in_dim`` (Resampler input width, 1280 = OpenCLIP ViT-H),
+    ``resampler_heads`` x ``resampler_dim_head`` (12 x 64), ``resampler_depth`` (4), ``norm_num_groups`` (32).
     """
 
-    _supports_gradient_checkpointing = False
+    image_size: int = 32
+    in_channels: int = 4
+    model_channels: int = 320
+    out_channels: int = 4
+    num_res_blocks: int | list[int] = 2
+    attention_resolutions: list[int] = dataclasses.field(default_factory=lambda: [4, 2, 1])
+    dropout: float = 0.0
+    channel_mult: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 4])
+    conv_resample: bool = True
+    dims: int = 2
+    num_classes: int | None = None
+    num_heads: int = -1
+    num_head_channels: int = 64
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    transformer_depth: int = 1
+    context_dim: int = 1024
+    n_embed: int | None = None
+    num_attention_blocks: list[int] | None = None
+    adm_in_channels: int | None = None
+    camera_dim: int | None = 16
+    ip_dim: int = 0
+    ip_weight: float = 1.0
+    use_checkpoint: bool = False
+    ip_in_dim: int = 1280
+    resampler_heads: int = 12
+    resampler_dim_head: int = 64
+    resampler_depth: int = 4
+    norm_num_groups: int = 32
 
-    @register_to_config
-    def __init__(
-        self,
-        image_size: int = 32,
-        in_channels: int = 4,
-        model_channels: int = 320,
-        out_channels: int = 4,
-        num_res_blocks: int | Sequence[int] = 2,
-        attention_resolutions: Sequence[int] = (4, 2, 1),
-        dropout: float = 0.0,
-        channel_mult: Sequence[int] = (1, 2, 4, 4),
-        conv_resample: bool = True,
-        dims: int = 2,
-        num_classes: int | None = None,
-        num_heads: int = -1,
-        num_head_channels: int = 64,
-        num_heads_upsample: int = -1,
-        use_scale_shift_norm: bool = False,
-        resblock_updown: bool = False,
-        transformer_depth: int = 1,
-        context_dim: int = 1024,
-        n_embed: int | None = None,
-        num_attention_blocks: Sequence[int] | None = None,
-        adm_in_channels: int | None = None,
-        camera_dim: int | None = 16,
-        ip_dim: int = 0,
-        ip_weight: float = 1.0,
-        use_checkpoint: bool = False,
-        ip_in_dim: int = 1280,
-        resampler_heads: int = 12,
-        resampler_dim_head: int = 64,
-        resampler_depth: int = 4,
-        norm_num_groups: int = 32,
-        **kwargs,
-    ) -> None:
-        super().__init__()
+    def validate(self) -> None:
+        """Raise ValueError naming the options this implementation does not support."""
         unsupported = {
-            "conv_resample": conv_resample is not True,
-            "dims": dims != 2,
-            "num_classes": num_classes is not None,
-            "use_scale_shift_norm": bool(use_scale_shift_norm),
-            "resblock_updown": bool(resblock_updown),
-            "n_embed": n_embed is not None,
-            "num_attention_blocks": num_attention_blocks is not None,
+            "conv_resample": self.conv_resample is not True,
+            "dims": self.dims != 2,
+            "num_classes": self.num_classes is not None,
+            "use_scale_shift_norm": bool(self.use_scale_shift_norm),
+            "resblock_updown": bool(self.resblock_updown),
+            "n_embed": self.n_embed is not None,
+            "num_attention_blocks": self.num_attention_blocks is not None,
         }
         bad = [k for k, v in unsupported.items() if v]
         if bad:
-            raise NotImplementedError(f"MultiViewUNetModel: unsupported non-default config values: {bad}")
-        if num_heads == -1 and num_head_channels == -1:
-            raise ValueError("set num_heads or num_head_channels")
+            raise ValueError(f"MultiViewUNetModel: unsupported non-default config values: {bad}")
+        if self.num_heads == -1 and self.num_head_channels == -1:
+            raise ValueError("MultiViewUNetModel: set num_heads or num_head_channels")
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(MultiViewUNetConfig))
+
+
+class MultiViewUNetModel(nn.Module):
+    """MVDream / ImageDream multi-view UNet (diffusers folder ``unet/``, class ``MultiViewUNetModel``).
+
+    ``MultiViewUNetModel(**fields)`` with the fields of :class:`MultiViewUNetConfig`; ``config`` holds
+    them all as attributes (``unet.config.ip_dim``). :func:`load_mv_unet` loads a ``unet/`` folder,
+    :meth:`save_pretrained` writes one.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__()
+        c = MultiViewUNetConfig(**fields)
+        c.validate()
+        self.config = config_namespace(dataclasses.asdict(c))
+        model_channels, channel_mult, dropout = c.model_channels, c.channel_mult, c.dropout
+        ip_dim, context_dim, g = c.ip_dim, c.context_dim, c.norm_num_groups
         self.ip_dim = ip_dim
         self.model_channels = model_channels
-        g = norm_num_groups
         res_blocks = (
-            [num_res_blocks] * len(channel_mult) if isinstance(num_res_blocks, int) else list(num_res_blocks)
+            [c.num_res_blocks] * len(channel_mult)
+            if isinstance(c.num_res_blocks, int)
+            else list(c.num_res_blocks)
         )
         emb_dim = 4 * model_channels
 
         def heads_for(ch: int) -> tuple[int, int]:
             # A fixed channel width per head wins over a fixed head count (LDM rule).
-            if num_head_channels != -1:
-                return ch // num_head_channels, num_head_channels
-            return num_heads, ch // num_heads
+            if c.num_head_channels != -1:
+                return ch // c.num_head_channels, c.num_head_channels
+            return c.num_heads, ch // c.num_heads
 
         def transformer(ch: int) -> SpatialTransformer3D:
             h, d = heads_for(ch)
             return SpatialTransformer3D(
-                ch, h, d, context_dim, transformer_depth, dropout, ip_dim, ip_weight, g
+                ch, h, d, context_dim, c.transformer_depth, dropout, ip_dim, c.ip_weight, g
             )
 
         if ip_dim > 0:
             self.image_embed = Resampler(
                 dim=context_dim,
-                depth=resampler_depth,
-                dim_head=resampler_dim_head,
-                heads=resampler_heads,
+                depth=c.resampler_depth,
+                dim_head=c.resampler_dim_head,
+                heads=c.resampler_heads,
                 num_queries=ip_dim,
-                in_dim=ip_in_dim,
+                in_dim=c.ip_in_dim,
                 out_dim=context_dim,
             )
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
-        if camera_dim is not None:
+        if c.camera_dim is not None:
             self.camera_embed = nn.Sequential(
-                nn.Linear(camera_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+                nn.Linear(c.camera_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
             )
 
-        self.input_blocks = nn.ModuleList([UNetStage(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([UNetStage(nn.Conv2d(c.in_channels, model_channels, 3, padding=1))])
         skip_chans = [model_channels]
         ch, ds = model_channels, 1
         for level, mult in enumerate(channel_mult):
             for _ in range(res_blocks[level]):
                 layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * model_channels, dropout, g)]
                 ch = mult * model_channels
-                if ds in attention_resolutions:
+                if ds in c.attention_resolutions:
                     layers.append(transformer(ch))
                 self.input_blocks.append(UNetStage(*layers))
                 skip_chans.append(ch)
@@ -466,7 +498,7 @@ class MultiViewUNetModel(ModelMixin, ConfigMixin):
             for i in range(res_blocks[level] + 1):
                 layers = [ResBlock(ch + skip_chans.pop(), emb_dim, mult * model_channels, dropout, g)]
                 ch = mult * model_channels
-                if ds in attention_resolutions:
+                if ds in c.attention_resolutions:
                     layers.append(transformer(ch))
                 if level and i == res_blocks[level]:
                     layers.append(Upsample(ch))
@@ -474,8 +506,26 @@ class MultiViewUNetModel(ModelMixin, ConfigMixin):
                 self.output_blocks.append(UNetStage(*layers))
 
         self.out = nn.Sequential(
-            GroupNorm32(g, ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1)
+            GroupNorm32(g, ch), nn.SiLU(), nn.Conv2d(model_channels, c.out_channels, 3, padding=1)
         )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MultiViewUNetModel:
+        """A model (random init) from a ``unet/config.json`` dict; metadata keys (``_class_name``, ...) are skipped."""
+        return cls(**{k: v for k, v in config.items() if not k.startswith("_")})
+
+    def save_pretrained(self, folder: str | Path, safe_serialization: bool = True) -> None:
+        """Write ``config.json`` (every field) and ``diffusion_pytorch_model.safetensors`` (the Hub layout)."""
+        from safetensors.torch import save_file
+
+        if not safe_serialization:
+            raise ValueError("only safetensors are written")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": "MultiViewUNetModel", **vars(self.config)}
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 
     def embed_image(self, ip: torch.Tensor) -> torch.Tensor:
         """CLIP image tokens ``[N, T, ip_in_dim]`` -> image-prompt context tokens ``[N, ip_dim, context_dim]``."""
@@ -529,3 +579,46 @@ class MultiViewUNetModel(ModelMixin, ConfigMixin):
         for stage in self.output_blocks:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, num_frames)
         return self.out(h)
+
+
+def load_mv_unet(folder: Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> MultiViewUNetModel:
+    """The UNet of a ``unet/`` folder in ``dtype`` on ``device``, frozen; strict (every tensor used, none missing).
+
+    Unknown config keys, unsupported option values and weights that do not match the config are a
+    one-line :class:`~guidance.nets.weights.ModelFolderError` (a UserError).
+    """
+    cfg = read_config(folder)
+    check_config(cfg, folder, {}, _FIELDS)
+    fields = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    try:
+        MultiViewUNetConfig(**fields).validate()
+    except ValueError as exc:
+        raise ModelFolderError(f"{folder}/config.json: {exc}") from None
+    try:
+        return load_module(lambda: MultiViewUNetModel(**fields), folder, dtype, device)
+    except ModelFolderError as exc:
+        detail = _key_report(folder, fields)
+        if detail is None:
+            raise
+        raise ModelFolderError(f"{folder} does not match MultiViewUNetModel ({detail})") from exc
+
+
+def _key_report(folder: Path, fields: dict[str, Any]) -> str | None:
+    """``missing_keys: N e.g. [...]; unexpected_keys: ...; mismatched_keys: ...`` for a failed load, else None.
+
+    Only on the error path (it reads the weights again): the counts tell a truncated or foreign file
+    from one off by a few tensors.
+    """
+    try:
+        state = read_weights(folder, torch.float32, torch.device("cpu"))
+    except ModelFolderError:
+        return None
+    with torch.device("meta"):
+        expected = MultiViewUNetModel(**fields).state_dict()
+    groups = {
+        "missing_keys": [k for k in expected if k not in state],
+        "unexpected_keys": [k for k in state if k not in expected],
+        "mismatched_keys": [k for k in expected if k in state and state[k].shape != expected[k].shape],
+    }
+    parts = [f"{name}: {len(keys)} e.g. {keys[:3]}" for name, keys in groups.items() if keys]
+    return "; ".join(parts) or None

@@ -55,6 +55,49 @@ def test_zero123_runs_without_diffusers_or_transformers(tiny_folder):
     assert line.startswith("heavy:  |"), line
 
 
+_MULTIVIEW_RUN = {
+    "imagedream": (
+        "from guidance.models.imagedream import ImageDreamDenoiser as Den\n"
+        "from testing.random_imagedream import cached_tiny_imagedream as tiny\n",
+        "den.set_reference(torch.rand(3, 64, 64), 0.0, prompt='a cat')\n",
+    ),
+    "mvdream": (
+        "from guidance.models.mvdream import MVDreamDenoiser as Den\n"
+        "from testing.random_mvdream import cached_tiny_mvdream as tiny\n",
+        "den.set_prompt('a cat', 'ugly')\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("model", sorted(_MULTIVIEW_RUN))
+def test_multiview_models_run_without_diffusers_or_transformers(model):
+    """Tiny ImageDream / MVDream loaded, conditioned and run once in a fresh interpreter."""
+    imports, condition = _MULTIVIEW_RUN[model]
+    tiny_folder = {"imagedream": "cached_tiny_imagedream", "mvdream": "cached_tiny_mvdream"}[model]
+    # The folder is written in this process (that needs diffusers/transformers), not in the child.
+    folder = getattr(__import__(f"testing.random_{model}", fromlist=[tiny_folder]), tiny_folder)()
+    code = (
+        "import sys, time, torch\n"
+        "from core.cameras import orbit_cameras\n"
+        "t0 = time.perf_counter()\n"
+        + imports
+        + f"den = Den({str(folder)!r}, device='cpu', dtype='fp32', prompt='a dog')\n"
+        "load_s = time.perf_counter() - t0\n"
+        + condition
+        + "cams = orbit_cameras([0.0] * 4, [0.0, 90.0, 180.0, 270.0], height=64)\n"
+        "eps = den.eps_cfg(torch.randn(4, 4, 8, 8), 501, den.prepare(cams), 3.0)\n"
+        "assert eps.shape == (4, 4, 8, 8) and torch.isfinite(eps).all()\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'transformers'))\n"
+        "heavy += ['torch._dynamo'] if 'torch._dynamo' in sys.modules else []\n"
+        "print('heavy:', ','.join(heavy[:5]), '| load_s:', round(load_s, 3))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = out.stdout.strip().splitlines()[-1]
+    print(model, line)
+    assert line.startswith("heavy:  |"), line
+
+
 def _broken_copy(tiny_folder: Path, tmp_path: Path) -> Path:
     unet = tmp_path / "unet"
     shutil.copytree(tiny_folder / "unet", unet)

@@ -1,10 +1,12 @@
 """ImageDream (image + optional text -> 4 consistent views) behind the Denoiser interface (``guidance=imagedream``).
 
-Loads the diffusers folder layout of ``ashawkey/imagedream-ipmv-diffusers`` without remote code: each component folder is loaded by its own class, whatever library ``model_index.json``
-names (it says ``mv_unet`` for the UNet, a module shipped with the repo that we never import):
-``unet`` -> our :class:`guidance.mv_unet.MultiViewUNetModel`, ``vae`` -> ``AutoencoderKL``,
-``text_encoder``/``tokenizer`` -> ``CLIPTextModel``/``CLIPTokenizer``, ``image_encoder``/``feature_extractor``
--> ``CLIPVisionModel``/``CLIPImageProcessor``; the scheduler config is read as JSON.
+Loads the diffusers folder layout of ``ashawkey/imagedream-ipmv-diffusers`` without remote code and
+without diffusers/transformers: each component folder is loaded by our own pure-torch class, whatever
+library ``model_index.json`` names (it says ``mv_unet`` for the UNet, a module shipped with the repo that
+we never import): ``unet`` -> :class:`guidance.mv_unet.MultiViewUNetModel`, ``vae`` ->
+:mod:`guidance.nets.vae`, ``text_encoder``/``tokenizer`` -> :mod:`guidance.nets.clip_text` /
+:mod:`guidance.nets.clip_tokenizer`, ``image_encoder``/``feature_extractor`` -> :mod:`guidance.nets.clip_vision`
+(a tower without projection); the scheduler config is read as JSON.
 
 Conditioning:
 
@@ -29,7 +31,6 @@ import torch
 
 from core.cameras import Cameras
 from core.errors import UserError
-from guidance.components import frozen, load_transformers, use_safetensors
 from guidance.denoiser import NoiseSource
 from guidance.latent_diffusion import pipeline_options
 from guidance.multiview import VIEWS, MultiViewTextDenoiser, ungroup
@@ -38,12 +39,16 @@ from guidance.registry import DenoiserSpec, register
 
 if TYPE_CHECKING:
     from guidance.mv_unet import MultiViewUNetModel
+    from guidance.nets.clip_text import ClipTextModel
+    from guidance.nets.clip_tokenizer import ClipTokenizer
+    from guidance.nets.clip_vision import ClipVisionWithProjection
 
 __all__ = [
     "ImageDreamCond",
     "ImageDreamDenoiser",
     "imagedream_embedding",
     "load_mv_unet",
+    "load_text_encoders",
     "DEFAULT_ID",
     "NEGATIVE_PROMPT",
     "REQUIRED_COMPONENTS",
@@ -99,23 +104,21 @@ class ImageDreamCond:
     order: torch.Tensor | None = None
 
 
-def load_mv_unet(folder: Path, dtype: torch.dtype) -> MultiViewUNetModel:
-    """Load ``unet/`` strictly: every checkpoint tensor must be consumed and every parameter present."""
-    from guidance.mv_unet import MultiViewUNetModel
+def load_mv_unet(folder: Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> MultiViewUNetModel:
+    """Load ``unet/`` strictly (see :func:`guidance.mv_unet.load_mv_unet`): a one-line UserError on any mismatch."""
+    from guidance.mv_unet import load_mv_unet as load
 
-    try:
-        unet, info = MultiViewUNetModel.from_pretrained(
-            folder, torch_dtype=dtype, use_safetensors=use_safetensors(folder), output_loading_info=True
-        )
-    except ValueError as exc:  # diffusers reports shape mismatches this way
-        raise UserError(f"{folder} does not match MultiViewUNetModel: {str(exc).splitlines()[0]}") from None
-    problems = {
-        k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")
-    }
-    if problems:
-        detail = "; ".join(f"{k}: {len(v)} e.g. {list(v)[:3]}" for k, v in problems.items())
-        raise UserError(f"{folder} does not match MultiViewUNetModel ({detail})")
-    return unet
+    return load(folder, dtype, device)
+
+
+def load_text_encoders(
+    root: Path, dtype: torch.dtype, device: torch.device
+) -> tuple[ClipTextModel, ClipTokenizer]:
+    """The CLIP text tower of ``root/text_encoder`` (frozen, ``dtype`` on ``device``) and ``root/tokenizer``."""
+    from guidance.nets.clip_text import load_clip_text
+    from guidance.nets.clip_tokenizer import ClipTokenizer
+
+    return load_clip_text(root / "text_encoder", dtype, device), ClipTokenizer.from_folder(root / "tokenizer")
 
 
 class ImageDreamDenoiser(MultiViewTextDenoiser):
@@ -142,19 +145,18 @@ class ImageDreamDenoiser(MultiViewTextDenoiser):
         self.ip_tokens: torch.Tensor | None = None  # [2,ip_dim,D]: [uncond; cond]
 
     def _load_unet(self, folder: Path) -> Any:
-        unet = frozen(load_mv_unet(folder, self.dtype), self.device)
+        unet = load_mv_unet(folder, self.dtype, self.device)
         if int(unet.config.ip_dim) <= 0:
             raise UserError(f"{folder} has ip_dim=0: an MVDream (text-only) UNet, not ImageDream")
         return unet
 
     def _load_encoders(self, root: Path) -> None:
-        from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+        from guidance.nets.clip_vision import load_clip_vision
 
-        self.text_encoder = load_transformers(CLIPTextModel, root / "text_encoder", self.dtype, self.device)
-        self.image_encoder = load_transformers(
-            CLIPVisionModel, root / "image_encoder", self.dtype, self.device
+        self.text_encoder, self.tokenizer = load_text_encoders(root, self.dtype, self.device)
+        self.image_encoder: ClipVisionWithProjection = load_clip_vision(
+            root / "image_encoder", self.dtype, self.device, projection=False
         )
-        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
 
     # ------------------------------------------------------------------ reference
     @torch.no_grad()
@@ -170,7 +172,7 @@ class ImageDreamDenoiser(MultiViewTextDenoiser):
         if prompt is not None:
             self.set_prompt(prompt)
         x, pix = self._reference_inputs(rgb)
-        hidden = self.image_encoder(pix, output_hidden_states=True).hidden_states[-2]
+        hidden = self.image_encoder.hidden_state(pix, -2)  # [1,257,1280]: the 2nd-to-last layer's output
         feats = torch.cat([torch.zeros_like(hidden), hidden], dim=0)  # [2,T,W]: zeros are the uncond prompt
         self.ip_tokens = self.unet.embed_image(feats)  # [2,ip_dim,D]
         # ImageDream's ip_img IS scaled (unlike zero123's concat latent)

@@ -3,8 +3,9 @@
 Loads the diffusers folder layout of ``ashawkey/mvdream-sd2.1-diffusers`` without remote code
 (``shared/reference/checkpoints.md`` 2.7): ``unet`` -> our :class:`guidance.mv_unet.MultiViewUNetModel`
 (the ImageDream config without ``ip_dim``: no Resampler, no image-prompt keys, no extra frame),
-``vae`` -> ``AutoencoderKL``, ``text_encoder``/``tokenizer`` -> ``CLIPTextModel``/``CLIPTokenizer``;
-the scheduler config is read as JSON. There is no image encoder: the model is text-conditioned
+``vae`` -> :mod:`guidance.nets.vae`, ``text_encoder``/``tokenizer`` -> :mod:`guidance.nets.clip_text` /
+:mod:`guidance.nets.clip_tokenizer` (pure torch, no diffusers/transformers); the scheduler config is
+read as JSON. There is no image encoder: the model is text-conditioned
 (its spec says ``conditioning="text"``), so a run has no input image and no reference view.
 
 Conditioning:
@@ -28,10 +29,9 @@ import torch
 
 from core.cameras import Cameras
 from core.errors import UserError
-from guidance.components import frozen, load_transformers
 from guidance.denoiser import NoiseSource
 from guidance.latent_diffusion import pipeline_options
-from guidance.models.imagedream import NEGATIVE_PROMPT, imagedream_embedding, load_mv_unet
+from guidance.models.imagedream import NEGATIVE_PROMPT, imagedream_embedding, load_mv_unet, load_text_encoders
 from guidance.multiview import VIEWS, MultiViewTextDenoiser, group_order, ungroup
 from guidance.options import prompt_options
 from guidance.registry import DenoiserSpec, register
@@ -85,16 +85,13 @@ class MVDreamDenoiser(MultiViewTextDenoiser):
         super().__init__(model, prompt, negative_prompt, grouping, **kwargs)
 
     def _load_unet(self, folder: Path) -> Any:
-        unet = frozen(load_mv_unet(folder, self.dtype), self.device)
+        unet = load_mv_unet(folder, self.dtype, self.device)
         if int(unet.config.ip_dim) > 0:
             raise UserError(f"{folder} has ip_dim={unet.config.ip_dim}: an ImageDream UNet, not MVDream")
         return unet
 
     def _load_encoders(self, root: Path) -> None:
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        self.text_encoder = load_transformers(CLIPTextModel, root / "text_encoder", self.dtype, self.device)
-        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+        self.text_encoder, self.tokenizer = load_text_encoders(root, self.dtype, self.device)
 
     def set_reference(
         self, rgb: torch.Tensor, elevation: float, noise: NoiseSource | None = None, prompt: str | None = None

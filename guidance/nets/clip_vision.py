@@ -1,9 +1,10 @@
-"""CLIP's vision tower with projection (``CLIPVisionModelWithProjection`` layout) and its image processor.
+"""CLIP's vision tower (``CLIPVisionModelWithProjection`` or ``CLIPVisionModel`` layout) and its image processor.
 
 The tower: patch embedding (conv, no bias) + class token + learned positions, ``pre_layrnorm``,
-pre-LayerNorm transformer layers (quick_gelu or gelu MLP per ``hidden_act``), ``post_layernorm`` of
-the class token, ``visual_projection`` -> ``image_embeds``. Built from ``image_encoder/config.json``;
-parameter names are the checkpoint's.
+pre-LayerNorm transformer layers (:mod:`guidance.nets.clip_layers`, quick_gelu or gelu MLP per
+``hidden_act``), ``post_layernorm`` of the class token, ``visual_projection`` -> ``image_embeds``
+(when the checkpoint has one); any intermediate hidden state on request. Built from
+``image_encoder/config.json``; parameter names are the checkpoint's.
 
 The processor reads ``feature_extractor/preprocessor_config.json`` and reproduces what the installed
 ``transformers.CLIPImageProcessor`` (torchvision backend) does to a uint8 image: shortest side to
@@ -22,21 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from guidance.nets.clip_layers import ACTS, Encoder, param_table, with_prefix
 from guidance.nets.weights import ModelFolderError, config_namespace, load_module, read_config
 
 __all__ = ["ClipVisionWithProjection", "ClipVisionOutput", "ClipImageProcessor", "load_clip_vision"]
 
-_ACTS = {
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-    "gelu": F.gelu,
-}
-
 
 @dataclass
 class ClipVisionOutput:
-    """``image_embeds`` ``[B,P]`` (projected, pooled) and ``last_hidden_state`` ``[B,1+N,D]``."""
+    """``image_embeds`` ``[B,P]`` (projected, pooled; None without a projection) and ``last_hidden_state`` ``[B,1+N,D]``."""
 
-    image_embeds: torch.Tensor
+    image_embeds: torch.Tensor | None
     last_hidden_state: torch.Tensor
 
 
@@ -48,55 +45,13 @@ class Embeddings(nn.Module):
         d, p = a.hidden_size, a.patch_size
         self.class_embedding = nn.Parameter(torch.empty(d))
         self.patch_embedding = nn.Conv2d(a.num_channels, d, p, stride=p, bias=False)
-        # A bare parameter holder, not nn.Embedding: its normal_ init on the meta device imports
-        # torch._dynamo (~1 s of a cold start).
-        self.position_embedding = nn.Module()
-        self.position_embedding.weight = nn.Parameter(torch.empty((a.image_size // p) ** 2 + 1, d))
+        self.position_embedding = param_table((a.image_size // p) ** 2 + 1, d)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """See the class docstring."""
         x = self.patch_embedding(pixels.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         return torch.cat([cls, x], dim=1) + self.position_embedding.weight[None]
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with biased q/k/v/out projections."""
-
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B,N,D]`` -> ``[B,N,D]``."""
-        b, n, d = x.shape
-        q, k, v = (
-            p(x).reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
-            for p in (self.q_proj, self.k_proj, self.v_proj)
-        )
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class EncoderLayer(nn.Module):
-    """Pre-LayerNorm attention and MLP blocks, each residual."""
-
-    def __init__(self, a: Any) -> None:
-        super().__init__()
-        d = a.hidden_size
-        self.self_attn = SelfAttention(d, a.num_attention_heads)
-        self.layer_norm1 = nn.LayerNorm(d, eps=a.layer_norm_eps)
-        self.mlp = nn.Module()
-        self.mlp.fc1 = nn.Linear(d, a.intermediate_size)
-        self.mlp.fc2 = nn.Linear(a.intermediate_size, d)
-        self.layer_norm2 = nn.LayerNorm(d, eps=a.layer_norm_eps)
-        self.act = _ACTS[a.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B,N,D]`` -> ``[B,N,D]``."""
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp.fc2(self.act(self.mlp.fc1(self.layer_norm2(x))))
 
 
 class VisionTransformer(nn.Module):
@@ -106,22 +61,37 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.embeddings = Embeddings(a)
         self.pre_layrnorm = nn.LayerNorm(a.hidden_size, eps=a.layer_norm_eps)
-        self.encoder = nn.Module()
-        self.encoder.layers = nn.ModuleList(EncoderLayer(a) for _ in range(a.num_hidden_layers))
+        self.encoder = Encoder(a)
         self.post_layernorm = nn.LayerNorm(a.hidden_size, eps=a.layer_norm_eps)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (last hidden state ``[B,1+N,D]``, pooled class token ``[B,D]`` after ``post_layernorm``)."""
-        x = self.pre_layrnorm(self.embeddings(pixels))
-        for layer in self.encoder.layers:
-            x = layer(x)
+        x = self.encoder(self.pre_layrnorm(self.embeddings(pixels)))
         return x, self.post_layernorm(x[:, 0])
+
+    def hidden_state(self, pixels: torch.Tensor, index: int) -> torch.Tensor:
+        """transformers' ``hidden_states[index]`` ``[B,1+N,D]``: 0 = embeddings after ``pre_layrnorm``,
+        i = after i layers, negative from the end (-1 = last layer; no ``post_layernorm``).
+
+        Only the layers needed run (``-2``, ImageDream's features, skips the last one).
+        """
+        n = len(self.encoder.layers)
+        depth = index + n + 1 if index < 0 else index
+        if not 0 <= depth <= n:
+            raise IndexError(f"hidden state {index} of a {n}-layer tower")
+        return self.encoder(self.pre_layrnorm(self.embeddings(pixels)), depth=depth)
 
 
 class ClipVisionWithProjection(nn.Module):
-    """``model(pixel_values)`` -> :class:`ClipVisionOutput`; ``config`` as attributes."""
+    """``model(pixel_values)`` -> :class:`ClipVisionOutput`; ``config`` as attributes.
 
-    def __init__(self, cfg: dict[str, Any], folder: Path = Path("image_encoder")) -> None:
+    ``projection=False``: the ``CLIPVisionModel`` layout (no ``visual_projection``; ImageDream's
+    encoder, whose features are :meth:`hidden_state`).
+    """
+
+    def __init__(
+        self, cfg: dict[str, Any], folder: Path = Path("image_encoder"), projection: bool = True
+    ) -> None:
         super().__init__()
         if cfg.get("model_type", "clip_vision_model") != "clip_vision_model":
             raise ModelFolderError(
@@ -129,36 +99,47 @@ class ClipVisionWithProjection(nn.Module):
             )
         defaults = dict(num_channels=3, layer_norm_eps=1e-5, hidden_act="quick_gelu")
         a = self.config = config_namespace({**defaults, **cfg})
-        if a.hidden_act not in _ACTS:
+        if a.hidden_act not in ACTS:
             raise ModelFolderError(
-                f"{folder}/config.json: hidden_act={a.hidden_act!r} is not supported ({', '.join(_ACTS)})"
+                f"{folder}/config.json: hidden_act={a.hidden_act!r} is not supported ({', '.join(ACTS)})"
             )
-        for key in (
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "image_size",
-            "patch_size",
-            "projection_dim",
-        ):
+        keys = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
+        keys += ["image_size", "patch_size"] + (["projection_dim"] if projection else [])
+        for key in keys:
             if not isinstance(getattr(a, key, None), int):
                 raise ModelFolderError(f"{folder}/config.json: {key} must be an integer")
         self.vision_model = VisionTransformer(a)
-        self.visual_projection = nn.Linear(a.hidden_size, a.projection_dim, bias=False)
+        self.visual_projection = (
+            nn.Linear(a.hidden_size, a.projection_dim, bias=False) if projection else None
+        )
 
     def forward(self, pixel_values: torch.Tensor) -> ClipVisionOutput:
         """CLIP pixel values ``[B,3,S,S]`` (see :class:`ClipImageProcessor`) -> embeddings."""
         hidden, pooled = self.vision_model(pixel_values)
-        return ClipVisionOutput(image_embeds=self.visual_projection(pooled), last_hidden_state=hidden)
+        embeds = None if self.visual_projection is None else self.visual_projection(pooled)
+        return ClipVisionOutput(image_embeds=embeds, last_hidden_state=hidden)
+
+    def hidden_state(self, pixel_values: torch.Tensor, index: int = -2) -> torch.Tensor:
+        """transformers' ``hidden_states[index]`` ``[B,1+N,D]`` (see :meth:`VisionTransformer.hidden_state`)."""
+        return self.vision_model.hidden_state(pixel_values, index)
 
 
 def load_clip_vision(
-    folder: Path, dtype: torch.dtype, device: str | torch.device
+    folder: Path, dtype: torch.dtype, device: str | torch.device, projection: bool = True
 ) -> ClipVisionWithProjection:
-    """The CLIP vision tower of an ``image_encoder/`` folder in ``dtype`` on ``device``, frozen."""
+    """The CLIP vision tower of an ``image_encoder/`` folder in ``dtype`` on ``device``, frozen.
+
+    ``projection``: the folder holds a ``CLIPVisionModelWithProjection`` (Zero123) or, when False, a
+    ``CLIPVisionModel`` (ImageDream); either transformers key layout loads.
+    """
     cfg = read_config(folder)
-    return load_module(lambda: ClipVisionWithProjection(cfg, folder), folder, dtype, device)
+    return load_module(
+        lambda: ClipVisionWithProjection(cfg, folder, projection),
+        folder,
+        dtype,
+        device,
+        adapt=with_prefix("vision_model"),
+    )
 
 
 def _hw(value: Any, key: str, path: Path) -> tuple[int, int] | int:

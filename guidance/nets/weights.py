@@ -156,16 +156,26 @@ def _mismatch(
     return "; ".join(parts) or None
 
 
-def load_module(build: Callable[[], M], folder: Path, dtype: torch.dtype, device: str | torch.device) -> M:
+def load_module(
+    build: Callable[[], M],
+    folder: Path,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    adapt: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> M:
     """``build()`` on the meta device, filled strictly from ``folder``'s weights; eval mode, no gradients.
 
-    Raises a one-line UserError naming ``folder`` and the first offending keys when the weights do not
-    match the module built from its config.
+    ``adapt``: maps the file's tensors to the module's key layout before the strict check (e.g. the
+    prefixed and unprefixed layouts of transformers files). Raises a one-line UserError naming
+    ``folder`` and the first offending keys when the weights do not match the module built from its
+    config.
     """
     device = torch.device(device)
     with torch.device("meta"):
         module = build()
     state = read_weights(folder, dtype, device)
+    if adapt is not None:
+        state = adapt(state)
     expected = module.state_dict()
     problem = _mismatch(folder, expected, state)
     if problem:

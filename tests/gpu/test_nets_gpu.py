@@ -111,3 +111,35 @@ def test_load_time_old_vs_new(full_folder):
         assert out.returncode == 0, out.stderr[-2000:]
         times[name] = float(out.stdout.strip().splitlines()[-1])
     print("cold load (fresh process, after CUDA init, imports included):", times)
+
+
+def test_full_text_encoder_and_vision_hidden_state_match_transformers(tmp_path):
+    """ImageDream/MVDream's encoders at full size (SD 2.1 text tower, OpenCLIP ViT-H), random, fp16."""
+    import transformers
+
+    from guidance.nets.clip_text import load_clip_text
+    from guidance.nets.clip_vision import load_clip_vision
+    from testing.random_imagedream import imagedream_configs
+
+    cfgs = imagedream_configs("full")
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    errs = {}
+    with torch.no_grad():
+        torch.manual_seed(0)
+        model = transformers.CLIPTextModel(transformers.CLIPTextConfig(**cfgs["text_encoder"]))
+        model.to(F16).save_pretrained(tmp_path / "text", safe_serialization=True)
+        ref = model.to(dev, F16).eval()
+        ours = load_clip_text(tmp_path / "text", F16, dev)
+        ids = torch.randint(0, 49408, (2, 77), device=dev, generator=g)
+        errs["text last_hidden_state"] = _rel_err(ours(ids), ref(ids).last_hidden_state)
+        del model, ref, ours
+        model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**cfgs["image_encoder"]))
+        model.to(F16).save_pretrained(tmp_path / "vision", safe_serialization=True)
+        ref = model.to(dev, F16).eval()
+        ours = load_clip_vision(tmp_path / "vision", F16, dev, projection=False)
+        pix = torch.randn(1, 3, 224, 224, device=dev, generator=g, dtype=F16)
+        want = ref(pix, output_hidden_states=True).hidden_states[-2]
+        errs["vision hidden_states[-2]"] = _rel_err(ours.hidden_state(pix, -2), want)
+    print("fp16 max abs diff / max |ref|:", {k: f"{v:.2e}" for k, v in errs.items()})
+    assert max(errs.values()) <= REL, errs
