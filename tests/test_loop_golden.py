@@ -72,11 +72,18 @@ def golden():
     return meta, a
 
 
-def _run(golden, monkeypatch, config: str) -> tuple[GaussianModel, list, list, list]:
+def _run(golden, monkeypatch, config: str, *overrides: str) -> tuple[GaussianModel, list, list, list]:
     meta, a = golden
     t = {k: torch.from_numpy(v) for k, v in a.items()}
     cfg = load_config(
-        ["--config", str(ROOT / config), "guidance=oracle", "device=cpu", "render.gs_backend=torch"]
+        [
+            "--config",
+            str(ROOT / config),
+            "guidance=oracle",
+            "device=cpu",
+            "render.gs_backend=torch",
+            *overrides,
+        ]
     )
     S = meta["size"]
     model = GaussianModel(
@@ -168,8 +175,11 @@ def test_stage1_iteration_matches_the_authors(golden, monkeypatch):
         assert d < TOL, f"{name} differs from the authors' by {d:.3g}"
 
 
-def test_default_config_differs_from_the_authors(golden, monkeypatch):
-    """All-view densification statistics (our default) clone/split other Gaussians than the authors'."""
+def test_default_config_densifies_as_the_authors(golden, monkeypatch):
+    """The default config clones/splits exactly the authors' Gaussians (last-view statistics), and
+    all-view statistics (``gaussians.densify_stats=all``) would clone/split others."""
     meta, _ = golden
     _, _, _, counts = _run(golden, monkeypatch, "configs/image.yaml")
-    assert counts[0][:2] == [100, 300] and counts[0][2] != meta["counts"][0][2]
+    assert counts == meta["counts"]
+    _, _, _, counts_all = _run(golden, monkeypatch, "configs/image.yaml", "gaussians.densify_stats=all")
+    assert counts_all[0][:2] == [100, 300] and counts_all[0][2] != meta["counts"][0][2]
