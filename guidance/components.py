@@ -1,10 +1,8 @@
 """Loading pieces shared by the diffusers-layout models (:mod:`guidance.latent_diffusion` and its subclasses).
 
-No remote code. The SD networks (UNet, VAE, CLIP vision, image processor) load through
-:mod:`guidance.nets` (pure torch). :func:`load_transformers` remains for the text/vision encoders of
-ImageDream and MVDream: a stock class named by the caller, in eval mode with gradients off, in the
-target dtype at load time and, on CUDA, straight onto the GPU; safetensors preferred, else the
-``.bin`` with ``weights_only=True``.
+No remote code: every network (UNets, VAE, CLIP towers, tokenizer, image processor) loads through
+:mod:`guidance.nets` (pure torch), which reads the same folders; this module checks the pipeline
+folder and holds the small helpers around it.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ __all__ = [
     "use_safetensors",
     "open_pipeline",
     "frozen",
-    "load_transformers",
     "reference_pixels",
     "clip_pixels",
 ]
@@ -101,19 +98,6 @@ def frozen(module: Any, device: torch.device, dtype: torch.dtype | None = None) 
     """``module`` on ``device`` (and cast to ``dtype`` if given), in eval mode, gradients off."""
     module = module.to(device) if dtype is None else module.to(device, dtype)
     return module.eval().requires_grad_(False)
-
-
-def _device_map(device: torch.device) -> dict[str, Any] | None:
-    """On CUDA, weights go from the file straight to the GPU in the target dtype (no CPU copy, no recast)."""
-    return {"": device} if device.type == "cuda" else None
-
-
-def load_transformers(cls: Any, folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
-    """A transformers model class from its component folder, loaded in ``dtype``, frozen on ``device``."""
-    model = cls.from_pretrained(
-        folder, dtype=dtype, use_safetensors=use_safetensors(folder), device_map=_device_map(device)
-    )
-    return frozen(model, device, dtype)
 
 
 def reference_pixels(rgb: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:

@@ -6,8 +6,8 @@ scheduler config, one network dtype, optional CUDA graphs of the UNet and the VA
 latent (VAE posterior mode or sample of the input image). A subclass loads its UNet and its encoders,
 builds the conditioning and calls its UNet; everything else is here.
 
-The VAE and the image processor are our pure-torch :mod:`guidance.nets` (imported by the constructor);
-a subclass may still use transformers for its text/vision encoders (ImageDream, MVDream).
+The VAE and the image processor are our pure-torch :mod:`guidance.nets` (imported by the constructor),
+as are the subclasses' UNets and encoders: neither diffusers nor transformers is imported at run time.
 """
 
 from __future__ import annotations

@@ -227,6 +227,27 @@ MUTATIONS: list[Mutation] = [
         LOOP,
     ),
     _m(
+        "configs/image.yaml",
+        "  densify_stats: last ",
+        "  densify_stats: all  ",
+        "default: all-view stats",
+        LOOP,
+    ),
+    _m(
+        "configs/image.yaml",
+        "  ssaa_min: 0.125 ",
+        "  ssaa_min: 1.0   ",
+        "default: supersampling off",
+        PLUMBING,
+    ),
+    _m(
+        "configs/image.yaml",
+        "  merge_ratio: 0.01 ",
+        "  merge_ratio: 0.0001 ",
+        "default: fine vertex merge",
+        PLUMBING,
+    ),
+    _m(
         "pipeline/texture.py",
         "max(self.ssaa[0], 2 * float(self.rng.random()))",
         "max(self.ssaa[0], float(self.rng.random()))",
