@@ -38,15 +38,32 @@ def output_path(cfg: DictConfig, suffix: str) -> Path:
     return Path(cfg.outdir) / f"{cfg.save_path}{suffix}"
 
 
+#: Report key -> installed distribution(s) whose version a run report records.
+VERSIONED = {
+    "safetensors": ("safetensors",),
+    "gsplat": ("gsplat",),
+    "nvdiffrast": ("diffrp-nvdiffrast", "nvdiffrast"),
+    "xatlas": ("xatlas",),
+    "trimesh": ("trimesh",),
+}
+
+
 def versions() -> dict[str, str]:
-    """Versions of the packages that matter for reproducing a run."""
+    """Versions of the packages that matter for reproducing a run.
+
+    Read from the installed packages' metadata, never by importing them: a report is written by
+    every run, and importing a package only for its version cost seconds of each cold start.
+    """
+    from importlib import metadata
+
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("diffusers", "transformers", "gsplat", "nvdiffrast", "xatlas", "trimesh"):
-        try:
-            mod = __import__(name)
-            out[name] = getattr(mod, "__version__", "?")
-        except Exception:
-            pass
+    for key, dists in VERSIONED.items():
+        for dist in dists:
+            try:
+                out[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     if torch.cuda.is_available():
         out["cuda"] = torch.version.cuda or "?"
         out["gpu"] = torch.cuda.get_device_name()
