@@ -68,14 +68,18 @@ def check_config(
 
     ``fixed``: keys whose value must be one of the listed ones (when present); ``used``: keys the
     network reads; ``ignored``: keys that do not change the computation. Keys starting with ``_``
-    (``_class_name``, ``_diffusers_version``) are metadata. Any other key is unsupported.
+    (``_class_name``, ``_diffusers_version``) are metadata. Any other key is unsupported unless its
+    value is null or false: folders saved by another library version carry the keys of features
+    that version knows, switched off (a feature that is on changes the network, so it is refused).
     """
     known = set(fixed) | set(used) | set(ignored)
     for key, value in cfg.items():
         if key.startswith("_"):
             continue
-        if key not in known:
-            raise ModelFolderError(f"{folder}/config.json: key {key!r} is not supported by this loader")
+        if key not in known and value is not None and value is not False:
+            raise ModelFolderError(
+                f"{folder}/config.json: key {key!r}={value!r} is not supported by this loader"
+            )
         if key in fixed and value not in fixed[key]:
             allowed = " or ".join(repr(v) for v in fixed[key])
             raise ModelFolderError(f"{folder}/config.json: {key}={value!r} is not supported (only {allowed})")
