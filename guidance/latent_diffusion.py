@@ -12,6 +12,7 @@ as are the subclasses' UNets and encoders: neither diffusers nor transformers is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
 from guidance.options import cfg_get
 from guidance.schedule import DDIMSchedule
 
-__all__ = ["LatentDiffusionDenoiser", "pipeline_options"]
+__all__ = ["LatentDiffusionDenoiser", "pipeline_options", "read_schedule"]
 
 REF_LATENT_MODES = ("sample", "mode")
 
@@ -43,6 +44,23 @@ def pipeline_options(cfg: Any, default_id: str) -> dict[str, Any]:
         config_key="model.path",
         cache_dir=cfg_get(cfg, "model.cache_dir"),
     )
+
+
+def read_schedule(folder: Path) -> DDIMSchedule:
+    """The DDIM schedule of a ``scheduler/`` folder; a one-line UserError for a missing, broken or
+    unsupported ``scheduler_config.json`` (any diffusers version's keys are read; the class name is
+    not: the authors build a DDIM scheduler from whatever config the folder holds)."""
+    path = Path(folder) / "scheduler_config.json"
+    try:
+        schedule = DDIMSchedule.from_file(path)
+        schedule.timesteps(1)  # the spacing is checked when a grid is built: refuse a bad one now
+        return schedule
+    except FileNotFoundError:
+        raise UserError(f"{folder} has no scheduler_config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"{path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 class LatentDiffusionDenoiser(Denoiser):
@@ -109,7 +127,7 @@ class LatentDiffusionDenoiser(Denoiser):
             if "feature_extractor" in self.required_components
             else None
         )
-        self.schedule = DDIMSchedule.from_file(root / "scheduler" / "scheduler_config.json")
+        self.schedule = read_schedule(root / "scheduler")
 
         if channels_last and self.device.type == "cuda":
             self.unet.to(memory_format=torch.channels_last)

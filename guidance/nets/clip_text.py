@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from guidance.nets.clip_layers import ACTS, Encoder, param_table, with_prefix
+from guidance.nets.clip_layers import ACTS, Encoder, param_table, tower_config, with_prefix
 from guidance.nets.weights import ModelFolderError, config_namespace, load_module, read_config
 
 __all__ = ["ClipTextModel", "load_clip_text"]
@@ -54,10 +54,7 @@ class ClipTextModel(nn.Module):
 
     def __init__(self, cfg: dict[str, Any], folder: Path = Path("text_encoder")) -> None:
         super().__init__()
-        if cfg.get("model_type", "clip_text_model") != "clip_text_model":
-            raise ModelFolderError(
-                f"{folder}/config.json: model_type={cfg['model_type']!r} is not supported (clip_text_model)"
-            )
+        cfg, _ = tower_config(cfg, folder, "text")
         defaults = dict(layer_norm_eps=1e-5, hidden_act="quick_gelu", max_position_embeddings=77)
         a = self.config = config_namespace({**defaults, **cfg})
         if a.hidden_act not in ACTS:
@@ -86,8 +83,11 @@ class ClipTextModel(nn.Module):
 
 
 def load_clip_text(folder: Path, dtype: torch.dtype, device: str | torch.device) -> ClipTextModel:
-    """The CLIP text tower of a ``text_encoder/`` folder in ``dtype`` on ``device``, frozen."""
+    """The CLIP text tower of a ``text_encoder/`` folder in ``dtype`` on ``device``, frozen.
+
+    A full ``CLIPModel`` folder loads too (its text tower; the vision tower is not read).
+    """
     cfg = read_config(folder)
-    return load_module(
-        lambda: ClipTextModel(cfg, folder), folder, dtype, device, adapt=with_prefix("text_model")
-    )
+    _, nested = tower_config(cfg, folder, "text")
+    adapt = with_prefix("text_model", ("text_model.",) if nested else None)
+    return load_module(lambda: ClipTextModel(cfg, folder), folder, dtype, device, adapt=adapt)

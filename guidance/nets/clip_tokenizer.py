@@ -36,6 +36,8 @@ _SPACES = re.compile(f"[{_SPACE}]+")
 _WORDS = regex.compile(
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\p{White_Space}\p{L}\p{N}]+"
 )
+#: transformers writes ``int(1e30)`` (VERY_LARGE_INTEGER) for a tokenizer saved without a length.
+_UNSET_LENGTH = int(1e30)
 _DEFAULTS = {
     "bos_token": "<|startoftext|>",
     "eos_token": "<|endoftext|>",
@@ -127,6 +129,9 @@ class ClipTokenizer:
             if isinstance(tok, dict) and tok.get("special") and tok.get("content")
         )
         max_len = cfg.get("model_max_length", 77)
+        if isinstance(max_len, int) and max_len >= _UNSET_LENGTH:
+            # transformers' VERY_LARGE_INTEGER: the length was not set; CLIP's context is 77 tokens.
+            max_len = 77
         if not isinstance(max_len, int) or not 2 <= max_len <= 10_000:
             raise ModelFolderError(
                 f"{folder}/tokenizer_config.json: model_max_length={max_len!r} is not supported"

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guidance.nets.clip_layers import ACTS, Encoder, param_table, with_prefix
+from guidance.nets.clip_layers import ACTS, Encoder, param_table, tower_config, with_prefix
 from guidance.nets.weights import ModelFolderError, config_namespace, load_module, read_config
 
 __all__ = ["ClipVisionWithProjection", "ClipVisionOutput", "ClipImageProcessor", "load_clip_vision"]
@@ -93,10 +93,7 @@ class ClipVisionWithProjection(nn.Module):
         self, cfg: dict[str, Any], folder: Path = Path("image_encoder"), projection: bool = True
     ) -> None:
         super().__init__()
-        if cfg.get("model_type", "clip_vision_model") != "clip_vision_model":
-            raise ModelFolderError(
-                f"{folder}/config.json: model_type={cfg['model_type']!r} is not supported (clip_vision_model)"
-            )
+        cfg, _ = tower_config(cfg, folder, "vision")
         defaults = dict(num_channels=3, layer_norm_eps=1e-5, hidden_act="quick_gelu")
         a = self.config = config_namespace({**defaults, **cfg})
         if a.hidden_act not in ACTS:
@@ -130,15 +127,18 @@ def load_clip_vision(
     """The CLIP vision tower of an ``image_encoder/`` folder in ``dtype`` on ``device``, frozen.
 
     ``projection``: the folder holds a ``CLIPVisionModelWithProjection`` (Zero123) or, when False, a
-    ``CLIPVisionModel`` (ImageDream); either transformers key layout loads.
+    ``CLIPVisionModel`` (ImageDream); either transformers key layout loads, and so does a full
+    ``CLIPModel`` folder (its vision tower and projection are used, the text tower is not read).
     """
     cfg = read_config(folder)
+    _, nested = tower_config(cfg, folder, "vision")
+    only = ("vision_model.", "visual_projection.") if projection else ("vision_model.",)
     return load_module(
         lambda: ClipVisionWithProjection(cfg, folder, projection),
         folder,
         dtype,
         device,
-        adapt=with_prefix("vision_model"),
+        adapt=with_prefix("vision_model", only if nested else None),
     )
 
 
@@ -186,6 +186,9 @@ class ClipImageProcessor:
         self.do_normalize = bool(cfg.get("do_normalize", True))
         self.mean = [float(v) for v in cfg.get("image_mean", [0.48145466, 0.4578275, 0.40821073])]
         self.std = [float(v) for v in cfg.get("image_std", [0.26862954, 0.26130258, 0.27577711])]
+        for key, values in (("image_mean", self.mean), ("image_std", self.std)):
+            if len(values) != 3:
+                raise ModelFolderError(f"{path}: {key} must hold 3 values (RGB), got {len(values)}")
 
     @classmethod
     def from_folder(cls, folder: Path) -> ClipImageProcessor:

@@ -69,14 +69,16 @@ def check_config(
     ``fixed``: keys whose value must be one of the listed ones (when present); ``used``: keys the
     network reads; ``ignored``: keys that do not change the computation. Keys starting with ``_``
     (``_class_name``, ``_diffusers_version``) are metadata. Any other key is unsupported unless its
-    value is null or false: folders saved by another library version carry the keys of features
-    that version knows, switched off (a feature that is on changes the network, so it is refused).
+    value is null, false or empty (``{}``, ``[]``): folders saved by another library version carry
+    the keys of features that version knows, switched off (a feature that is on changes the network,
+    so it is refused).
     """
     known = set(fixed) | set(used) | set(ignored)
     for key, value in cfg.items():
         if key.startswith("_"):
             continue
-        if key not in known and value is not None and value is not False:
+        off = value is None or value is False or (isinstance(value, (dict, list)) and not value)
+        if key not in known and not off:
             raise ModelFolderError(
                 f"{folder}/config.json: key {key!r}={value!r} is not supported by this loader"
             )
@@ -90,18 +92,46 @@ def config_namespace(cfg: Mapping[str, Any]) -> SimpleNamespace:
     return SimpleNamespace(**dict(cfg))
 
 
+def _indexed(folder: Path, ext: str) -> list[Path] | None:
+    """The shards named by ``folder``'s ``*.<ext>.index.json`` (standard name first), or None without one.
+
+    An index is how diffusers and transformers describe sharded weights: only the files of its
+    ``weight_map`` are read, so stray files next to them (another variant) are not mixed in.
+    """
+    standard = [folder / f"{name.rsplit('.', 1)[0]}.{ext}.index.json" for name in _STANDARD + _STANDARD_BIN]
+    found = [p for p in standard if p.is_file()] or sorted(folder.glob(f"*.{ext}.index.json"))
+    if not found:
+        return None
+    index = found[0]
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelFolderError(f"{index} is not a weight index ({type(exc).__name__}: {exc})") from None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ModelFolderError(f"{index}: weight_map names no files")
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise ModelFolderError(f"{index} names shard(s) that are not there: {', '.join(missing[:3])}")
+    return [folder / n for n in names]
+
+
 def weight_files(folder: Path) -> list[Path]:
-    """The weight files of ``folder``: one standard safetensors file, else all shards, else one ``.bin``."""
+    """The weight files of ``folder``: one standard safetensors file, else the shards of an index,
+    else all safetensors files, else one standard ``.bin``, the shards of a ``.bin`` index, or one ``.bin``."""
     folder = Path(folder)
     for name in _STANDARD:
         if (folder / name).is_file():
             return [folder / name]
-    shards = sorted(folder.glob("*.safetensors"))
+    shards = _indexed(folder, "safetensors") or sorted(folder.glob("*.safetensors"))
     if shards:
         return shards
     for name in _STANDARD_BIN:
         if (folder / name).is_file():
             return [folder / name]
+    indexed = _indexed(folder, "bin")
+    if indexed:
+        return indexed
     bins = sorted(folder.glob("*.bin"))
     if len(bins) == 1:
         return bins
