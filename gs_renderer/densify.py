@@ -1,10 +1,11 @@
 """Adaptive density control (docs/method.md#densify): screen-gradient statistics, clone, split, prune.
 
 Statistics: the authors accumulate ``||d loss / d means2D||`` only for the **last** of the B
-novel views they render one by one (docs/method.md#densify). We render all V views in one call, so we
-accumulate every visible (view, Gaussian) pair: each view is an equally valid sample of the same
-per-view statistic, and averaging over V views reduces its noise instead of depending on which
-view happened to be last. The mean per visible view keeps the magnitude of the authors' number.
+novel views they render one by one (docs/method.md#densify); so does the default configuration
+(``last_view_only``), although we render all V views in one call. Without it every visible (view,
+Gaussian) pair is accumulated (``gaussians.densify_stats: all``): each view is an equally valid
+sample of the same per-view statistic and the mean per visible view keeps the magnitude of the
+authors' number, but at full size the authors' choice measured better (README, "Paper mode").
 
 Units: 3DGS's ``means2D`` gradient is w.r.t. NDC-like coordinates (pixel = ((ndc+1) W - 1)/2),
 i.e. the pixel gradient times (W/2, H/2). gsplat's DefaultStrategy applies the same factor (plus

@@ -4,10 +4,10 @@ Everything here is vectorised numpy/scipy on the CPU (the meshes are ~1e5 faces;
 the GPU would cost more than the work). Inputs may be numpy arrays or torch tensors; outputs are
 torch tensors on the input's device (``v`` float32 ``[N,3]``, ``f`` int64 ``[F,3]``).
 
-Differences from the authors' pymeshlab ``clean_mesh`` (docs/method.md#coarse-mesh), on purpose:
-* close vertices are merged at 1e-4 of the bbox diagonal by default instead of 1 %: the authors'
-  1 % only works because an isotropic remesh follows it; without remeshing it would collapse
-  marching-cubes detail. The ratio is a parameter.
+Differences from the authors' pymeshlab ``clean_mesh`` (docs/method.md#coarse-mesh):
+* close vertices are merged by grid snapping; the pipeline passes the authors' 1 % of the bbox
+  diagonal (``export.merge_ratio``; measured better at full size than 1e-4, even without their
+  remesh); this function's own default stays 1e-4.
 * no non-manifold repair; isotropic remeshing only on request (:func:`isotropic_remesh`, paper
   mode) and only when pymeshlab is importable: it is never a hard dependency.
 """

@@ -36,7 +36,7 @@ class GaussianSettings:
     densify_grad_threshold: float = 0.01
     min_opacity: float = 0.005
     extent: float = 4.0
-    densify_stats: str = "all"  # screen-gradient statistics from: all | last (novel view; the authors')
+    densify_stats: str = "last"  # screen-gradient statistics from: last (novel view; the authors') | all
     lambda_target: float = 1.0  # weight of the L1 (sum) to the refined views
     ref_loss: float = 0.3  # weight of the L1 (sum) to the input image at the reference view
     ref_mask_loss: float = 0.01  # weight of the MSE (sum) to the input mask at the reference view
