@@ -18,8 +18,9 @@ split / prune), ``configs/image_sai.yaml`` and their ``Zero123.train_step`` loss
 
 The iteration is k = 5 (t2 = 651, t1 = 351) starting at optimiser step 95, so its 15 steps cross the
 densification at step 100 (300 -> 464 Gaussians there). Paper mode (``configs/image_paper.yaml``:
-statistics from the last rendered view) must reproduce the authors' Gaussians after step 110; the
-default config (all views) must not, which shows the test can tell the two apart.
+statistics from the last rendered view) and the default config (the same statistics) must reproduce
+the authors' Gaussians after step 110; ``gaussians.densify_stats=all`` must not, which shows the test
+can tell the two apart.
 """
 
 from __future__ import annotations
