@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from guidance.nets.weights import ModelFolderError, check_config, config_namespace
+
 __all__ = [
     "ACTS",
     "SelfAttention",
@@ -21,6 +23,7 @@ __all__ = [
     "Encoder",
     "param_table",
     "with_prefix",
+    "tower_attributes",
     "tower_config",
 ]
 
@@ -212,8 +215,6 @@ def tower_config(cfg: Mapping[str, Any], folder: Path, tower: str) -> tuple[dict
     ``CLIP<Tower>Config.from_pretrained`` does. Returns (config, nested). Other model types and keys
     that would change the network are a one-line UserError naming the key.
     """
-    from guidance.nets.weights import ModelFolderError, check_config
-
     want = f"clip_{tower}_model"
     model_type = cfg.get("model_type", want)
     nested = model_type == "clip"
@@ -230,3 +231,21 @@ def tower_config(cfg: Mapping[str, Any], folder: Path, tower: str) -> tuple[dict
         raise ModelFolderError(f"{folder}/config.json: model_type={model_type!r} is not supported ({want})")
     check_config(cfg, folder, {}, _CLIP_USED[tower], _CLIP_IGNORED)
     return dict(cfg), nested
+
+
+def tower_attributes(
+    cfg: Mapping[str, Any], folder: Path, tower: str, defaults: Mapping[str, Any], int_keys: list[str]
+) -> Any:
+    """The checked :func:`tower_config` as attributes, ``defaults`` filled in (transformers' defaults
+    for keys old files omit); ``hidden_act`` must be one of :data:`ACTS` and every ``int_keys`` entry
+    an integer (one-line UserError naming the key otherwise)."""
+    tower_cfg, _ = tower_config(cfg, folder, tower)
+    a = config_namespace({**defaults, **tower_cfg})
+    if a.hidden_act not in ACTS:
+        raise ModelFolderError(
+            f"{folder}/config.json: hidden_act={a.hidden_act!r} is not supported ({', '.join(ACTS)})"
+        )
+    for key in int_keys:
+        if not isinstance(getattr(a, key, None), int):
+            raise ModelFolderError(f"{folder}/config.json: {key} must be an integer")
+    return a

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from guidance.nets.clip_layers import ACTS, Encoder, param_table, tower_config, with_prefix
-from guidance.nets.weights import ModelFolderError, config_namespace, load_module, read_config
+from guidance.nets.clip_layers import Encoder, param_table, tower_attributes, tower_config, with_prefix
+from guidance.nets.weights import load_module, read_config
 
 __all__ = ["ClipTextModel", "load_clip_text"]
 
@@ -54,23 +54,10 @@ class ClipTextModel(nn.Module):
 
     def __init__(self, cfg: dict[str, Any], folder: Path = Path("text_encoder")) -> None:
         super().__init__()
-        cfg, _ = tower_config(cfg, folder, "text")
+        keys = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
+        keys += ["vocab_size", "max_position_embeddings"]
         defaults = dict(layer_norm_eps=1e-5, hidden_act="quick_gelu", max_position_embeddings=77)
-        a = self.config = config_namespace({**defaults, **cfg})
-        if a.hidden_act not in ACTS:
-            raise ModelFolderError(
-                f"{folder}/config.json: hidden_act={a.hidden_act!r} is not supported ({', '.join(ACTS)})"
-            )
-        for key in (
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "vocab_size",
-            "max_position_embeddings",
-        ):
-            if not isinstance(getattr(a, key, None), int):
-                raise ModelFolderError(f"{folder}/config.json: {key} must be an integer")
+        a = self.config = tower_attributes(cfg, folder, "text", defaults, keys)
         self.text_model = TextTransformer(a)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

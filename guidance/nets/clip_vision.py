@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guidance.nets.clip_layers import ACTS, Encoder, param_table, tower_config, with_prefix
-from guidance.nets.weights import ModelFolderError, config_namespace, load_module, read_config
+from guidance.nets.clip_layers import Encoder, param_table, tower_attributes, tower_config, with_prefix
+from guidance.nets.weights import ModelFolderError, load_module, read_config
 
 __all__ = ["ClipVisionWithProjection", "ClipVisionOutput", "ClipImageProcessor", "load_clip_vision"]
 
@@ -93,18 +93,10 @@ class ClipVisionWithProjection(nn.Module):
         self, cfg: dict[str, Any], folder: Path = Path("image_encoder"), projection: bool = True
     ) -> None:
         super().__init__()
-        cfg, _ = tower_config(cfg, folder, "vision")
-        defaults = dict(num_channels=3, layer_norm_eps=1e-5, hidden_act="quick_gelu")
-        a = self.config = config_namespace({**defaults, **cfg})
-        if a.hidden_act not in ACTS:
-            raise ModelFolderError(
-                f"{folder}/config.json: hidden_act={a.hidden_act!r} is not supported ({', '.join(ACTS)})"
-            )
         keys = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
         keys += ["image_size", "patch_size"] + (["projection_dim"] if projection else [])
-        for key in keys:
-            if not isinstance(getattr(a, key, None), int):
-                raise ModelFolderError(f"{folder}/config.json: {key} must be an integer")
+        defaults = dict(num_channels=3, layer_norm_eps=1e-5, hidden_act="quick_gelu")
+        a = self.config = tower_attributes(cfg, folder, "vision", defaults, keys)
         self.vision_model = VisionTransformer(a)
         self.visual_projection = (
             nn.Linear(a.hidden_size, a.projection_dim, bias=False) if projection else None
