@@ -265,14 +265,8 @@ class Generator:
         suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".png"
         path = folder / f"{safe_name(filename)}{suffix}"
         path.write_bytes(data)
-        try:
+        with _removed_on_error(folder):
             _check_image(path)
-        except UserError as e:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise _without_folder(e, folder) from None
-        except Exception:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
         return job_id, path
 
     def new_text_job(self) -> tuple[str, Path]:
@@ -318,40 +312,37 @@ class Generator:
             folder = image.parent
             source = [f"input={image}", f"save_path={image.stem}"]
         try:
-            cfg = C.load_config(
-                [
-                    "--config",
-                    model.config_path,
-                    *self.overrides,
-                    *settings.overrides(),
-                    *source,
-                    f"outdir={folder / 'out'}",
-                    # the page's progress comes from the stages' per-iteration log lines
-                    *(["quiet=false"] if on_progress is not None else []),
-                ],
-                defaults_path=DEFAULT_CONFIG,
-                rules=config_rules(),
-            )
-            if text_prompt is not None:
-                from omegaconf import open_dict
+            with _removed_on_error(folder):
+                cfg = C.load_config(
+                    [
+                        "--config",
+                        model.config_path,
+                        *self.overrides,
+                        *settings.overrides(),
+                        *source,
+                        f"outdir={folder / 'out'}",
+                        # the page's progress comes from the stages' per-iteration log lines
+                        *(["quiet=false"] if on_progress is not None else []),
+                    ],
+                    defaults_path=DEFAULT_CONFIG,
+                    rules=config_rules(),
+                )
+                if text_prompt is not None:
+                    from omegaconf import open_dict
 
-                with open_dict(cfg):  # set as is: a key=value word would unquote or parse the text
-                    cfg.prompt = text_prompt
-            cfg = finalize_config(cfg)
-            with self.lock:
-                started, t0 = time.time(), time.perf_counter()
-                if text_prompt is None and self.takes_prompt(name):
-                    prompt = settings.prompt if settings.prompt is not None else str(cfg.get("prompt", ""))
-                    model.denoiser.set_prompt(prompt)
-                with _progress_reports(on_progress):
-                    reports = image_to_3d(cfg, model.denoiser)
-                seconds, finished = time.perf_counter() - t0, time.time()
-        except UserError as e:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise _without_folder(e, folder) from None
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+                    with open_dict(cfg):  # set as is: a key=value word would unquote or parse the text
+                        cfg.prompt = text_prompt
+                cfg = finalize_config(cfg)
+                with self.lock:
+                    started, t0 = time.time(), time.perf_counter()
+                    if text_prompt is None and self.takes_prompt(name):
+                        prompt = (
+                            settings.prompt if settings.prompt is not None else str(cfg.get("prompt", ""))
+                        )
+                        model.denoiser.set_prompt(prompt)
+                    with _progress_reports(on_progress):
+                        reports = image_to_3d(cfg, model.denoiser)
+                    seconds, finished = time.perf_counter() - t0, time.time()
         finally:
             self._prune()
         log.info("job %s done in %.2f s", job_id, seconds)
@@ -411,6 +402,20 @@ def warmup_image(size: int = 256) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
     return buf.getvalue()
+
+
+@contextmanager
+def _removed_on_error(folder: Path) -> Iterator[None]:
+    """Remove a job's ``folder`` when the block fails (nothing half-made stays); a UserError is
+    re-raised without the server's folder path in its message."""
+    try:
+        yield
+    except UserError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise _without_folder(e, folder) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _without_folder(e: UserError, folder: Path) -> UserError:
