@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,11 @@ import torch
 from core.errors import UserError
 from guidance.nets.sd_unet import load_sd_unet
 from guidance.nets.weights import ModelFolderError, load_module, read_weights
+from tests.fresh_python import imported_after
 
 ROOT = Path(__file__).resolve().parents[1]
+#: What loading and running a model must leave unimported (tests.fresh_python.imported_after).
+NO_RUNTIME_IMPORT = ("diffusers", "transformers", "accelerate", "torch._dynamo")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,16 +44,12 @@ def test_zero123_runs_without_diffusers_or_transformers(tiny_folder):
         "cond = den.prepare(orbit_cameras([0.0, 0.0], [30.0, 90.0], height=64))\n"
         "eps = den.eps_cfg(lat, 501, cond, 3.0)\n"
         "assert eps.shape == (2, 4, 8, 8) and torch.isfinite(eps).all()\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'transformers'))\n"
-        # torch._dynamo costs ~1 s of a cold start; building on the meta device must not pull it in.
-        "heavy += ['torch._dynamo'] if 'torch._dynamo' in sys.modules else []\n"
-        "print('heavy:', ','.join(heavy[:5]), '| load_s:', round(load_s, 3))\n"
+        "print('load_s:', round(load_s, 3))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    line = out.stdout.strip().splitlines()[-1]
-    print(line)
-    assert line.startswith("heavy:  |"), line
+    # torch._dynamo costs ~1 s of a cold start; building on the meta device must not pull it in.
+    heavy, out = imported_after(code, NO_RUNTIME_IMPORT)
+    print(out)
+    assert heavy == []
 
 
 _MULTIVIEW_RUN = {
@@ -87,15 +84,11 @@ def test_multiview_models_run_without_diffusers_or_transformers(model):
         + "cams = orbit_cameras([0.0] * 4, [0.0, 90.0, 180.0, 270.0], height=64)\n"
         "eps = den.eps_cfg(torch.randn(4, 4, 8, 8), 501, den.prepare(cams), 3.0)\n"
         "assert eps.shape == (4, 4, 8, 8) and torch.isfinite(eps).all()\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'transformers'))\n"
-        "heavy += ['torch._dynamo'] if 'torch._dynamo' in sys.modules else []\n"
-        "print('heavy:', ','.join(heavy[:5]), '| load_s:', round(load_s, 3))\n"
+        "print('load_s:', round(load_s, 3))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    line = out.stdout.strip().splitlines()[-1]
-    print(model, line)
-    assert line.startswith("heavy:  |"), line
+    heavy, out = imported_after(code, NO_RUNTIME_IMPORT)
+    print(model, out)
+    assert heavy == []
 
 
 def _broken_copy(tiny_folder: Path, tmp_path: Path) -> Path:

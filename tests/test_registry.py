@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -86,18 +84,16 @@ def test_builtin_can_be_replaced_and_restored():
 
 def test_import_guidance_is_light():
     """``import guidance`` and ``names()`` import neither diffusers nor transformers (fresh interpreter)."""
+    from tests.fresh_python import imported_after
+
     code = (
         "import sys, guidance, guidance.registry\n"
         "assert 'guidance.models.zero123' not in sys.modules, 'models imported by import guidance'\n"
-        "n = guidance.registry.names()\n"
-        "heavy = sorted(m for m in ('diffusers', 'transformers') if m in sys.modules)\n"
-        "print(','.join(n), '|', ','.join(heavy))\n"
+        "print(','.join(guidance.registry.names()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    listed, heavy = (part.strip() for part in out.stdout.strip().split("|"))
+    heavy, listed = imported_after(code, ("diffusers", "transformers"), timeout=120)
     assert {"zero123", "imagedream", "oracle"} <= set(listed.split(","))
-    assert heavy == ""
+    assert heavy == []
 
 
 def test_toy_sphere_renders_the_analytic_sphere():

@@ -299,17 +299,9 @@ def test_one_command_run_imports_no_heavy_package(tmp_path):
     """A whole ``main.py`` run (fresh interpreter) never imports diffusers, transformers or accelerate:
     seconds of every cold start (the run reports once imported them only to record versions).
     torch._dynamo is not checked: torch.optim imports it on the optimiser's first parameter group."""
-    import subprocess
-    import sys
+    from tests.fresh_python import imported_after
 
-    code = (
-        "import sys, main\n"
-        f"assert main.main({_argv(tmp_path)!r}) == 0\n"
-        "heavy = sorted(m for m in ('diffusers', 'transformers', 'accelerate') if m in sys.modules)\n"
-        "print('HEAVY', heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "HEAVY []" in out.stdout, out.stdout[-500:]
+    heavy, _ = imported_after(f"import main\nassert main.main({_argv(tmp_path)!r}) == 0\n")
+    assert heavy == []
     report = json.loads((tmp_path / "spot_report.json").read_text())
     assert report["versions"]["trimesh"] and "diffusers" not in report["versions"]
