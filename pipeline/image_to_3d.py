@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from core.errors import UserError
 from pipeline.stage1 import stage1_with_model
-from pipeline.stage2 import run_stage2
+from pipeline.stage2 import run_stage2, warm_stage2_networks
 
 __all__ = ["image_to_3d"]
 
@@ -23,7 +23,9 @@ def image_to_3d(cfg: DictConfig, denoiser: Any = None) -> dict[str, dict]:
     so stage 1's outputs are complete on disk before stage 2 starts, and a stage-2 failure leaves
     them intact. The model load is timed in the stage-1 report's ``load_model`` phase.
     """
-    r1, denoiser = stage1_with_model(cfg, denoiser)
+    # With CUDA graphs, stage 2's new shapes are warmed up and captured while xatlas runs.
+    warm = cfg.device != "cpu" and bool(cfg.model.get("cuda_graph", False))
+    r1, denoiser = stage1_with_model(cfg, denoiser, during_unwrap=_warm_stage2(cfg) if warm else None)
     if not r1["outputs"].get("mesh"):
         raise UserError(
             f"stage 1 found no surface above export.density_thresh={cfg.export.density_thresh}, so "
@@ -32,3 +34,13 @@ def image_to_3d(cfg: DictConfig, denoiser: Any = None) -> dict[str, dict]:
     r2 = run_stage2(cfg, denoiser)
     log.info("image -> %s done", r2["outputs"]["glb"])
     return {"stage1": r1, "stage2": r2}
+
+
+def _warm_stage2(cfg: DictConfig):
+    """``during_unwrap`` of the one-command run: stage 2's network shapes, on CUDA only."""
+
+    def warm(denoiser: Any) -> None:
+        if getattr(denoiser, "device", None) is not None and denoiser.device.type == "cuda":
+            warm_stage2_networks(cfg, denoiser)
+
+    return warm

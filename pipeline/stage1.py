@@ -7,6 +7,7 @@ Writes ``<outdir>/<save_path>_model.ply``, ``_mesh.<mesh_format>``, ``_preview.p
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,6 +27,7 @@ from mesh_renderer.uv import unwrap_uv
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
 from pipeline.isolevel import calibrated_level
 from pipeline.plans import stage1_plan
+from pipeline.prefetch import EXPORT_MODULES, prefetch
 from pipeline.previews import write_previews
 from pipeline.progress import progress
 from pipeline.reports import STAGE1_REPORT, STAGE2_REPORT, peak_memory_gb, write_stage_report
@@ -78,10 +80,22 @@ def run_stage1(cfg: DictConfig, denoiser: Any = None, export: bool = True) -> di
     return stage1_with_model(cfg, denoiser, export)[0]
 
 
-def stage1_with_model(cfg: DictConfig, denoiser: Any = None, export: bool = True) -> tuple[dict, Any]:
-    """:func:`run_stage1`, also returning the denoiser it used (loaded here when ``None``)."""
+def stage1_with_model(
+    cfg: DictConfig,
+    denoiser: Any = None,
+    export: bool = True,
+    during_unwrap: Callable[[Any], None] | None = None,
+) -> tuple[dict, Any]:
+    """:func:`run_stage1`, also returning the denoiser it used (loaded here when ``None``).
+
+    ``during_unwrap(denoiser)``: GPU work to run while the coarse mesh's UV unwrap runs on the CPU
+    (the one-command run warms stage 2's networks there), timed as the ``during_unwrap`` phase.
+    """
     st = setup_stage(cfg, denoiser, guidance.load_denoiser)
     device, timer, denoiser = st.device, st.timer, st.denoiser
+    if device.type == "cuda" and export:
+        # The SIR loop keeps the GPU busy and the main thread waiting: import the export's modules now.
+        prefetch(EXPORT_MODULES, then=_mesh_plugin_loader(cfg, device))
     with timer.phase("prepare"):
         model = GaussianModel.init_ball(
             cfg.gaussians.num_pts,
@@ -106,7 +120,8 @@ def stage1_with_model(cfg: DictConfig, denoiser: Any = None, export: bool = True
             save_ply(model, out.path("_model.ply"))
             outputs["ply"] = str(out.final_path("_model.ply"))
         ref = (st.ref_cam, st.ref_mask) if st.ref_cam is not None else None
-        mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs, out, ref) if export else {}
+        during = (lambda: during_unwrap(denoiser)) if during_unwrap is not None else None
+        mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs, out, ref, during) if export else {}
         with timer.phase("preview"):
             write_previews(
                 cfg, "gaussians", model, cfg.render.gs_backend, outputs, "_preview.png", "_gaussians.mp4", out
@@ -114,6 +129,15 @@ def stage1_with_model(cfg: DictConfig, denoiser: Any = None, export: bool = True
         report = stage1_report(cfg, st, timer, denoiser, stats, model, mesh_info, outputs)
         out.commit(lambda path: write_stage_report(cfg, path, report))
     return report, denoiser
+
+
+def _mesh_plugin_loader(cfg: DictConfig, device: torch.device) -> tuple[Callable[[], object], ...]:
+    """Loading the nvdiffrast plugin (bake, stage 2) when the mesh backend may use it, else nothing."""
+    if cfg.render.mesh_backend not in ("auto", "nvdiffrast"):
+        return ()
+    from mesh_renderer.raster import nvdiffrast_available
+
+    return (lambda: nvdiffrast_available(device),)
 
 
 def stage1_report(
@@ -151,6 +175,7 @@ def export_coarse_mesh(
     outputs: dict,
     out: OutputSet,
     ref: tuple | None = None,
+    during_unwrap: Callable[[], None] | None = None,
 ) -> dict:
     """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (docs/method.md#coarse-mesh, #texture-bake).
 
@@ -158,7 +183,8 @@ def export_coarse_mesh(
     ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when the Gaussians have no surface above
     ``export.density_thresh``). With ``export.iso_levels`` the level is calibrated per object
     (:mod:`pipeline.isolevel`) and reported as ``iso_level``; ``ref = (ref_cam, ref_mask [1,H,W])``
-    is the input view, the calibration's ground truth.
+    is the input view, the calibration's ground truth. ``during_unwrap()`` runs on the main thread
+    while xatlas works (after the bake views are rendered).
     """
     ex = cfg.export
     info: dict = {}
@@ -194,6 +220,9 @@ def export_coarse_mesh(
             views = render_gaussians(
                 model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
             )
+        if during_unwrap is not None:
+            with timer.phase("during_unwrap"):
+                during_unwrap()
         with timer.phase("uv_unwrap_wait"):
             mesh = fut.result().to(device)
     with timer.phase("bake"):
