@@ -8,8 +8,9 @@ elementwise, ...), the top kernels, and kernel time against the wall time of a C
 
     python -m bench.profile_unet --variants fp16:graph,fp16:compile --out bench/results/profile_unet_h200.json
 
-Modes: ``eager``; ``graph`` (CUDA graphs, the default config); ``compile`` (``torch.compile`` of the
-UNet and VAE, then CUDA graphs); ``fp8`` (FP8 matrix products where the pipeline offers them).
+Modes: ``eager``; ``graph`` (CUDA graphs, the default config); ``compile`` (``model.compile``:
+``torch.compile`` of the UNet and VAE, then CUDA graphs); ``nchw`` (CUDA graphs, contiguous layout
+instead of channels-last).
 """
 
 from __future__ import annotations

@@ -33,13 +33,14 @@ REF_LATENT_MODES = ("sample", "mode")
 def pipeline_options(cfg: Any, default_id: str) -> dict[str, Any]:
     """Constructor keywords of a :class:`LatentDiffusionDenoiser` from ``model.*`` of the app config.
 
-    Keys read: ``model.{path,id,dtype,cuda_graph,cache_dir,ref_latent}``; ``model.path`` (a local
+    Keys read: ``model.{path,id,dtype,cuda_graph,compile,cache_dir,ref_latent}``; ``model.path`` (a local
     folder) wins over ``model.id``, which defaults to ``default_id``.
     """
     return dict(
         model=cfg_get(cfg, "model.path") or cfg_get(cfg, "model.id") or default_id,
         dtype=cfg_get(cfg, "model.dtype", "fp16"),
         cuda_graph=bool(cfg_get(cfg, "model.cuda_graph", False)),
+        compile=bool(cfg_get(cfg, "model.compile", False)),
         ref_latent=cfg_get(cfg, "model.ref_latent", "sample"),
         config_key="model.path",
         cache_dir=cfg_get(cfg, "model.cache_dir"),
@@ -88,6 +89,7 @@ class LatentDiffusionDenoiser(Denoiser):
         dtype: str | torch.dtype = "fp16",
         ref_latent: str = "sample",
         cuda_graph: bool = False,
+        compile: bool = False,
         channels_last: bool = True,
         config_key: str = "model.path",
         cache_dir: str | Path | None = None,
@@ -97,6 +99,7 @@ class LatentDiffusionDenoiser(Denoiser):
 
         ``ref_latent``: ``sample`` (the authors: posterior sample) or ``mode`` (posterior mean) for the
         reference latent. ``cuda_graph``: replay the UNet and VAE as CUDA graphs (CUDA only).
+        ``compile``: ``torch.compile`` the UNet and the VAE coders (CUDA only, see :mod:`guidance.compiled`).
         ``channels_last``: NHWC convolutions on CUDA. ``config_key``/``cache_dir``/``local_files_only``:
         see :func:`guidance.components.open_pipeline`.
         """
@@ -129,9 +132,14 @@ class LatentDiffusionDenoiser(Denoiser):
         )
         self.schedule = read_schedule(root / "scheduler")
 
-        if channels_last and self.device.type == "cuda":
+        self.channels_last = channels_last and self.device.type == "cuda"
+        if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
+        if compile and self.device.type == "cuda":
+            from guidance.compiled import compile_networks
+
+            compile_networks(self)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.latent_size = int(getattr(self.unet.config, self.latent_size_key))
         self.latent_channels = int(self.unet.config.out_channels)
@@ -163,7 +171,7 @@ class LatentDiffusionDenoiser(Denoiser):
     # ------------------------------------------------------------------ helpers for subclasses
     def _nhwc(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in channels-last memory format when the networks run that way (CUDA)."""
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _timesteps(self, n: int, t: int) -> torch.Tensor:
         """``t`` repeated ``n`` times as float32 on the device."""
