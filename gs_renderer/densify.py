@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from core.adam import Adam
+
 from .model import PARAM_GROUPS, GaussianModel, quat_to_rotmat
 
 __all__ = ["Densifier", "final_prune", "replace_points"]
@@ -25,7 +27,7 @@ __all__ = ["Densifier", "final_prune", "replace_points"]
 
 def replace_points(
     model: GaussianModel,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer: Adam | None,
     keep: torch.Tensor,
     new: dict[str, torch.Tensor] | None = None,
 ) -> None:
@@ -61,7 +63,7 @@ def replace_points(
 class Densifier:
     """Accumulates screen-space gradient norms and runs the authors' densify/prune steps."""
 
-    def __init__(self, model: GaussianModel, optimizer: torch.optim.Optimizer | None, seed: int = 0) -> None:
+    def __init__(self, model: GaussianModel, optimizer: Adam | None, seed: int = 0) -> None:
         self.model = model
         self.optimizer = optimizer
         n, dev = model.num_points, model.device
@@ -211,7 +213,7 @@ class Densifier:
 @torch.no_grad()
 def final_prune(
     model: GaussianModel,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: Adam | None = None,
     min_opacity: float = 0.01,
     max_scale: float = 0.1,
     densifier: Densifier | None = None,

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from core.adam import Adam
+
 __all__ = [
     "SH_C0",
     "GaussianModel",
@@ -102,7 +104,7 @@ def xyz_lr(step: int, lr_init: float = 1e-2, lr_final: float = 2e-4, max_steps: 
     return math.exp(math.log(lr_init) * (1.0 - t) + math.log(lr_final) * t)
 
 
-def update_learning_rate(optimizer: torch.optim.Optimizer, step: int, **schedule) -> float:
+def update_learning_rate(optimizer: Adam, step: int, **schedule) -> float:
     """Set the ``xyz`` group's lr for ``step``; returns it (other groups are constant)."""
     lr = xyz_lr(step, **schedule)
     for group in optimizer.param_groups:
@@ -234,8 +236,8 @@ class GaussianModel:
         return self.to(self.device)
 
     # ----------------------------------------------------------------- optimiser
-    def make_optimizer(self, lrs: dict[str, float] | None = None) -> torch.optim.Adam:
-        """Adam with the authors' groups (docs/method.md#learning-rates), eps 1e-15; fused on CUDA.
+    def make_optimizer(self, lrs: dict[str, float] | None = None) -> Adam:
+        """Adam with the authors' groups (docs/method.md#learning-rates), eps 1e-15 (fused kernel, core.adam).
 
         An empty ``f_rest`` (sh_degree 0) gets no group: nothing to optimise, and fused kernels
         need not see zero-size tensors.
@@ -246,5 +248,4 @@ class GaussianModel:
             if tensor.numel() == 0:
                 continue
             groups.append({"params": [tensor], "lr": lrs[name], "name": name})
-        fused = self.device.type == "cuda"
-        return torch.optim.Adam(groups, lr=0.0, eps=1e-15, fused=fused)
+        return Adam(groups, lr=0.0, eps=1e-15)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.adam import Adam
 from core.cameras import Cameras
 from core.types import RenderOutput
 from mesh_renderer.raster import rasterize
@@ -43,8 +44,7 @@ class TextureRepresentation:
         albedo = mesh.albedo.to(mesh.v.device).float().clamp(1e-6, 1 - 1e-6)
         self.raw = torch.logit(albedo).detach().requires_grad_(True)
         # Adam defaults as the authors (betas 0.9/0.999, eps 1e-8), texture only, no schedule.
-        fused = mesh.v.device.type == "cuda"
-        self.optimizer = torch.optim.Adam([self.raw], lr=lr, fused=fused)
+        self.optimizer = Adam([self.raw], lr=lr)
         self.ref_weight = ref_weight
         # No reference view (text to 3D): no reference term.
         use_ref = ref_weight > 0 and ref_rgb is not None and ref_cam is not None
