@@ -57,7 +57,7 @@ def orbit_poses(elevation: torch.Tensor, azimuth: torch.Tensor, radius: torch.Te
     """
     elevation = torch.as_tensor(elevation, dtype=torch.float32)
     azimuth = torch.as_tensor(azimuth, dtype=torch.float32, device=elevation.device)
-    radius = torch.as_tensor(radius, dtype=torch.float32, device=elevation.device).expand_as(elevation)
+    radius = _radius_like(radius, elevation)
     e = torch.deg2rad(elevation.clamp(-89.99, 89.99))
     a = torch.deg2rad(azimuth)
     campos = torch.stack(
@@ -65,7 +65,9 @@ def orbit_poses(elevation: torch.Tensor, azimuth: torch.Tensor, radius: torch.Te
         dim=-1,
     )
     back = torch.nn.functional.normalize(campos, dim=-1)  # camera +Z (it looks along -Z)
-    up_world = torch.tensor([0.0, 1.0, 0.0], device=campos.device).expand_as(back)
+    # Built on the device (a torch.tensor from a list would be a blocking host->device copy).
+    up_world = torch.zeros_like(back)
+    up_world[:, 1].fill_(1.0)
     right = torch.nn.functional.normalize(torch.cross(up_world, back, dim=-1), dim=-1)
     up = torch.cross(back, right, dim=-1)
     c2w = torch.eye(4, device=campos.device).repeat(len(campos), 1, 1)
@@ -74,6 +76,13 @@ def orbit_poses(elevation: torch.Tensor, azimuth: torch.Tensor, radius: torch.Te
     c2w[:, :3, 2] = back
     c2w[:, :3, 3] = campos
     return c2w
+
+
+def _radius_like(radius: torch.Tensor | float, elevation: torch.Tensor) -> torch.Tensor:
+    """``radius`` as float32 of ``elevation``'s shape and device; a Python number makes no host->device copy."""
+    if isinstance(radius, (int, float)):
+        return torch.full(elevation.shape, float(radius), dtype=torch.float32, device=elevation.device)
+    return torch.as_tensor(radius, dtype=torch.float32, device=elevation.device).expand_as(elevation)
 
 
 def _rigid_inverse(c2w: torch.Tensor) -> torch.Tensor:
@@ -158,29 +167,33 @@ class Cameras:
 
     def viewmats(self) -> torch.Tensor:
         """World-to-camera matrices in OpenCV axes (x right, y down, z forward), ``[V,4,4]``."""
-        flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], device=self.device))
-        return _rigid_inverse(self.c2w @ flip)
+        # The constants of these converters are filled in on the device: they run every render,
+        # and a torch.tensor from a Python list would be a host->device copy that waits for the GPU.
+        diag = torch.ones(4, device=self.device)
+        diag[1:3].fill_(-1.0)
+        return _rigid_inverse(self.c2w @ torch.diag(diag))
 
     def Ks(self) -> torch.Tensor:
         """Pixel intrinsics ``[V,3,3]`` (principal point at the image centre)."""
         f = self.focal
-        K = torch.tensor(
-            [[f, 0.0, self.width / 2.0], [0.0, f, self.height / 2.0], [0.0, 0.0, 1.0]], device=self.device
-        )
+        K = torch.zeros(3, 3, device=self.device)
+        K[0, 0].fill_(f)
+        K[1, 1].fill_(f)
+        K[0, 2].fill_(self.width / 2.0)
+        K[1, 2].fill_(self.height / 2.0)
+        K[2, 2].fill_(1.0)
         return K.expand(len(self), 3, 3).contiguous()
 
     def projection(self, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
         """OpenGL projection ``[4,4]`` with y flipped (row 0 of a rasterised image is the top)."""
         f = self.focal
-        return torch.tensor(
-            [
-                [2.0 * f / self.width, 0.0, 0.0, 0.0],
-                [0.0, -2.0 * f / self.height, 0.0, 0.0],
-                [0.0, 0.0, -(far + near) / (far - near), -(2.0 * far * near) / (far - near)],
-                [0.0, 0.0, -1.0, 0.0],
-            ],
-            device=self.device,
-        )
+        P = torch.zeros(4, 4, device=self.device)
+        P[0, 0].fill_(2.0 * f / self.width)
+        P[1, 1].fill_(-2.0 * f / self.height)
+        P[2, 2].fill_(-(far + near) / (far - near))
+        P[2, 3].fill_(-(2.0 * far * near) / (far - near))
+        P[3, 2].fill_(-1.0)
+        return P
 
     def mvp(self, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
         """World-to-clip matrices ``[V,4,4]`` for nvdiffrast (``clip = mvp @ [x,y,z,1]``)."""
@@ -200,7 +213,7 @@ def orbit_cameras(
     elevation = torch.atleast_1d(torch.as_tensor(elevation, dtype=torch.float32, device=device))
     azimuth = torch.atleast_1d(torch.as_tensor(azimuth, dtype=torch.float32, device=device))
     elevation, azimuth = torch.broadcast_tensors(elevation, azimuth)
-    radius = torch.as_tensor(radius, dtype=torch.float32, device=device).expand_as(elevation).clone()
+    radius = _radius_like(radius, elevation).clone()
     return Cameras(
         c2w=orbit_poses(elevation, azimuth, radius),
         elevation=elevation.clone(),

@@ -19,7 +19,13 @@ class PhaseTimer:
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
-        self.cuda = torch.device(device).type == "cuda"
+        device = torch.device(device)
+        self.cuda = device.type == "cuda"
+        if self.cuda and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        # An indexed device: torch.cuda.current_stream() without one asks torch.cuda.device_count()
+        # at every event of every phase of every step.
+        self._device = device
         self.started_unix = time.time()  # wall clock at creation, for process-level timelines
         self._events: dict[str, list[tuple]] = defaultdict(list)
         self._cpu: dict[str, float] = defaultdict(float)
@@ -29,11 +35,11 @@ class PhaseTimer:
         """Time the enclosed block under ``name`` (adds up over repeated entries)."""
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(torch.cuda.current_stream(self._device))
             try:
                 yield
             finally:
-                end.record()
+                end.record(torch.cuda.current_stream(self._device))
                 self._events[name].append((start, end))
         else:
             t0 = time.perf_counter()

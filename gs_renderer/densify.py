@@ -16,6 +16,8 @@ With that, the spec's threshold 0.01 keeps its meaning.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from core.adam import Adam
@@ -58,6 +60,12 @@ def replace_points(
                 optimizer.state[leaf] = state
             group["params"][0] = leaf
         setattr(model, attr, leaf)
+
+
+@functools.lru_cache(maxsize=16)
+def _log_cap(max_scale: float) -> float:
+    """``log(max_scale)`` as float32 computes it (the log-scale cap), worked out once per value."""
+    return float(torch.log(torch.tensor(max_scale)))
 
 
 class Densifier:
@@ -107,8 +115,10 @@ class Densifier:
         H, W = out.rgb.shape[-2:]
         width = W if width is None else width
         height = H if height is None else height
-        scale = torch.tensor([width / 2.0, height / 2.0], device=g.device)
-        norms = (g * scale).norm(dim=-1)  # [V,N] in NDC-like units
+        # Each column times a Python float: a torch.tensor of the two factors would be a
+        # host->device copy that waits for the GPU at every step.
+        scaled = torch.stack((g[..., 0] * (width / 2.0), g[..., 1] * (height / 2.0)), dim=-1)
+        norms = scaled.norm(dim=-1)  # [V,N] in NDC-like units
         vis = radii > 0
         self.grad_accum += (norms * vis).sum(0)
         self.denom += vis.sum(0)
@@ -190,18 +200,21 @@ class Densifier:
         return {"before": n0, "cloned": n_clone, "split": n_split, "pruned": n_prune, "after": m.num_points}
 
     @torch.no_grad()
-    def clamp_scales(self, max_scale: float) -> int:
-        """Cap every Gaussian's scales at ``max_scale`` (world units) in place; returns how many.
+    def clamp_scales(self, max_scale: float) -> torch.Tensor:
+        """Cap every Gaussian's scales at ``max_scale`` (world units) in place.
 
-        The log-scale parameter is clamped, so the Adam state stays valid and the Gaussian can
-        shrink again; the split step then refines capped Gaussians where the gradient asks.
+        Returns how many Gaussians were over the cap, a 0-dim int64 tensor on the model's device
+        (reading it is the caller's host-device sync; it runs every step). The log-scale
+        parameter is clamped, so the Adam state stays valid and the Gaussian can shrink again;
+        the split step then refines capped Gaussians where the gradient asks.
         """
         m = self.model
-        limit = float(torch.log(torch.tensor(max_scale)))
+        limit = _log_cap(max_scale)
         over = m.scales.detach() > limit  # scales hold log-scales (get_scales = exp)
-        n = int(over.any(dim=1).sum())
-        if n:
-            m.scales.data.clamp_(max=limit)
+        n = over.any(dim=1).sum()
+        # Clamping unconditionally is exact (values at or below the cap are unchanged) and needs
+        # no host-side "is any over?" test.
+        m.scales.data.clamp_(max=limit)
         return n
 
     @torch.no_grad()

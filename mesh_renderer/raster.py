@@ -133,11 +133,13 @@ def _cuda_context(device: torch.device):
 def nvdiffrast_available(device: torch.device | str = "cuda") -> bool:
     """True when CUDA is present and the nvdiffrast plugin builds/loads (tried once, cached)."""
     global _DR_ERROR
-    if not torch.cuda.is_available():
-        return False
+    # The cached answers first: this runs at every rasterisation, and torch.cuda.is_available()
+    # asks the driver each time (nvdiffrast only loads where CUDA is available).
     if _DR is not None:
         return True
     if _DR_ERROR is not None:
+        return False
+    if not torch.cuda.is_available():
         return False
     try:
         _cuda_context(torch.device(device))
