@@ -15,6 +15,7 @@ import guidance
 from core.cameras import Cameras, orbit_cameras
 from core.device import resolve_device, seed_everything
 from core.errors import UserError
+from core.gpu_warmup import start_library_warmup
 from core.timing import PhaseTimer
 from guidance.denoiser import TorchNoise
 from pipeline.preflight import preflight
@@ -89,6 +90,8 @@ def setup_stage(
     one is given, and condition it on the input view (a text-conditioned model: on the prompt,
     encoded once per prompt; no reference view)."""
     device = stage_device(cfg.device, bool(cfg.model.get("cudnn_benchmark", False)))
+    if denoiser is None:  # the weights are about to load: initialise the GPU libraries meanwhile
+        start_library_warmup(device, str(cfg.model.get("dtype", "fp16")))
     preflight(cfg, device)
     rng = seed_everything(cfg.seed)
     timer = PhaseTimer(device)

@@ -93,9 +93,6 @@ def stage1_with_model(
     """
     st = setup_stage(cfg, denoiser, guidance.load_denoiser)
     device, timer, denoiser = st.device, st.timer, st.denoiser
-    if device.type == "cuda" and export:
-        # The SIR loop keeps the GPU busy and the main thread waiting: import the export's modules now.
-        prefetch(EXPORT_MODULES, then=_mesh_plugin_loader(cfg, device))
     with timer.phase("prepare"):
         model = GaussianModel.init_ball(
             cfg.gaussians.num_pts,
@@ -109,6 +106,9 @@ def stage1_with_model(
         )
         plan = stage1_plan(cfg, denoiser)
 
+    if device.type == "cuda" and export:
+        # The SIR loop keeps the GPU busy and the main thread waiting: import the export's modules now.
+        prefetch(EXPORT_MODULES, then=_mesh_plugin_loader(cfg, device))
     with progress(len(plan.t_pairs) + (plan.init_steps > 0), "stage 1 (Gaussians)", cfg.quiet) as on_iter:
         stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
 

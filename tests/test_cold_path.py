@@ -83,3 +83,9 @@ def test_prefetch_imports_in_the_background_and_ignores_failures():
     assert not t.is_alive() and t.daemon
     assert name in sys.modules  # imported after the failed one
     assert ran == [1, 2]  # a failing step does not stop the next
+
+
+def test_library_warmup_is_cuda_only():
+    from core.gpu_warmup import start_library_warmup
+
+    assert start_library_warmup(torch.device("cpu")) is None
