@@ -56,7 +56,7 @@ def test_camera_converters_make_no_sync():
     azim = torch.tensor([0.0, 120.0, 240.0], device=dev)
     with _syncs_are_errors():
         cams = orbit_cameras(elev, azim, radius=2.5, fovy=49.1, height=64, width=48, device=dev)
-        both = Cameras.cat([cams, cams[0]]).resized(32)
+        both = Cameras.cat([cams, cams[0]]).resized(32, 48)
         out = [both.viewmats(), both.Ks(), both.projection(), both.mvp(), both.campos()]
     torch.cuda.synchronize()
     assert out[0].shape == (4, 4, 4) and out[1].shape == (4, 3, 3) and out[3].shape == (4, 4, 4)
