@@ -2,6 +2,8 @@
 
 Run by :func:`mesh_renderer.uv.unwrap_uv` so that a slow unwrap can be stopped at its time budget
 (xatlas holds the GIL in-process, so a thread could neither be stopped nor let the caller go on).
+With ``workers > 1`` one process runs per part of the mesh, all at once (xatlas is single-threaded
+here, so parallel processes are what use the cores).
 Imports only numpy and xatlas (no torch), so the process starts in a fraction of a second.
 IN holds ``v`` float32 [N,3], ``f`` uint32 [F,3] and the options; OUT gets ``vmap``, ``idx``,
 ``uvs`` and ``charts``.

@@ -119,6 +119,7 @@ def config_rules() -> dict:
         "export.texture_size": C.in_range(16, MAX_TEXTURE),
         "export.bake_size": C.in_range(16, MAX_SIZE),
         "export.uv_time_budget": C.check(lambda v: 0 < v <= 600, "be > 0 and <= 600 seconds"),
+        "export.uv_workers": C.in_range(0, 64),  # 0 = auto (mesh_renderer.uv.default_workers)
         "refine.iters": C.in_range(0, MAX_STEPS),
         "refine.steps": C.in_range(0, MAX_STEPS),
         "refine.views": C.in_range(1, MAX_VIEWS),

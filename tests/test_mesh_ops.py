@@ -126,9 +126,10 @@ def test_unwrap_falls_back_to_grid_atlas_past_its_time_budget():
 
     v, f = icosphere(4)
     t0 = time.perf_counter()
-    u = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=256, time_budget=0.01)  # less than a process start
+    # One worker: the whole mesh in one process (per-part fallback: tests/test_uv_parallel.py).
+    u = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=256, time_budget=0.01, workers=1)  # < a process start
     assert time.perf_counter() - t0 < 2.0
     assert len(u.f) == len(f) and u.v.shape == (3 * len(f), 3)
     assert torch.equal(u.vt, uvmod.grid_atlas(Mesh(v=v, f=f), tex_size=256).vt)
-    fast = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=256, time_budget=None)  # the real xatlas path
+    fast = uvmod.unwrap_uv(Mesh(v=v, f=f), tex_size=256, time_budget=None, workers=1)  # the real xatlas path
     assert fast.vt.shape != u.vt.shape or not torch.allclose(fast.vt, u.vt)  # xatlas' layout, not the grid
