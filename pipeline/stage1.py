@@ -215,6 +215,7 @@ def export_coarse_mesh(
                 max_faces=ex.uv_max_faces,
                 tex_size=ex.texture_size,
                 time_budget=ex.uv_time_budget,
+                workers=ex.uv_workers or None,
             )
         with timer.phase("bake_render"), torch.no_grad():
             views = render_gaussians(

@@ -204,3 +204,34 @@ def test_uv_workers_config_key():
         with pytest.raises(UserError, match="export.uv_workers"):
             load(f"export.uv_workers={bad}")
     assert 1 <= uvmod.default_workers() <= 4
+
+
+@pytest.mark.parametrize("workers,expected", [(0, None), (3, 3)])
+def test_stage1_passes_export_uv_workers_to_the_unwrap(tmp_path, monkeypatch, workers, expected):
+    """``export.uv_workers`` reaches unwrap_uv (0 = auto, i.e. None there)."""
+    from pathlib import Path
+
+    import pipeline.stage1
+    from pipeline import load_config, run_stage1
+
+    root = Path(__file__).resolve().parents[1]
+    spot = root.parent / "shared" / "data" / "meshes" / "spot.obj"
+    seen = []
+    real = pipeline.stage1.unwrap_uv
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("workers", "missing"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.stage1, "unwrap_uv", spy)
+    cfg = load_config(
+        [
+            "--config",
+            str(root / "tests" / "data" / "oracle_tiny.yaml"),
+            f"oracle.mesh={spot}",
+            f"outdir={tmp_path}",
+            f"export.uv_workers={workers}",
+        ]
+    )
+    run_stage1(cfg)
+    assert seen == [expected]
