@@ -81,7 +81,14 @@ def run(cmd: list[str], glb: Path | None) -> dict:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
     if glb is not None and seen is None and glb.is_file():
         seen = end
-    return {"start_unix": t0, "exit_s": end - t0, "glb_s": (seen - t0) if seen else None}
+    # Warnings (a CUDA-graph capture falling back to eager, xatlas past its budget) explain outliers.
+    warnings = [line.strip() for line in out.splitlines() if "WARNING" in line]
+    return {
+        "start_unix": t0,
+        "exit_s": end - t0,
+        "glb_s": (seen - t0) if seen else None,
+        "warnings": warnings,
+    }
 
 
 def report(path: Path) -> dict:

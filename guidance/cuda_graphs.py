@@ -77,7 +77,10 @@ class GraphRunner:
                 if self._pool is None:
                     self._pool = torch.cuda.graph_pool_handle()
                 g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=self._pool):
+                # thread_local: other threads (the UV unwrap, import prefetch) may make CUDA calls,
+                # even a CPU tensor's pinned-memory query, while this one captures; in the default
+                # global mode any such call from any thread invalidates the capture.
+                with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
                     e["out"] = self.fn(**e["bufs"])
                 e["graph"] = g
                 log.debug("captured a CUDA graph of the %s for %s", self.name, key)

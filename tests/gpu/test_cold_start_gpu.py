@@ -49,3 +49,37 @@ def test_adam_on_cuda_equals_torch_fused_adam_bit_for_bit():
             assert torch.equal(p, q), f"step {step}: parameters differ"
             for key in ("exp_avg", "exp_avg_sq", "step"):
                 assert torch.equal(opt.state[p][key], ref.state[q][key]), (step, key)
+
+
+def test_graph_capture_survives_cpu_tensor_work_on_another_thread():
+    """The one-command run captures stage 2's graphs while the UV unwrap thread builds CPU tensors
+    (whose pinned-memory queries are CUDA calls): the capture must not be invalidated by them."""
+    import threading
+
+    import numpy as np
+
+    from guidance.cuda_graphs import GraphRunner
+
+    dev = torch.device("cuda")
+    lin = torch.nn.Linear(256, 256).to(dev)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            t = torch.from_numpy(np.ones(4096, np.float32)).to("cpu")
+            t.is_pinned()
+
+    worker = threading.Thread(target=churn, daemon=True)
+    worker.start()
+    try:
+        runner = GraphRunner(lambda x: lin(x), dev, True, name="test")
+        x = torch.randn(64, 256, device=dev)
+        with torch.no_grad():
+            for _ in range(6):
+                out = runner(x=x)
+    finally:
+        stop.set()
+        worker.join(10)
+    assert runner.enabled and any(e["graph"] is not None for e in runner._entries.values())
+    with torch.no_grad():
+        assert torch.equal(out, lin(x).float())
