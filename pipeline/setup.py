@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -90,8 +91,9 @@ def setup_stage(
     one is given, and condition it on the input view (a text-conditioned model: on the prompt,
     encoded once per prompt; no reference view)."""
     device = stage_device(cfg.device, bool(cfg.model.get("cudnn_benchmark", False)))
-    if denoiser is None:  # the weights are about to load: initialise the GPU libraries meanwhile
-        start_library_warmup(device, str(cfg.model.get("dtype", "fp16")))
+    # The weights are about to load: initialise the GPU libraries meanwhile. Joined before this
+    # returns, so no helper thread makes CUDA calls once the SIR loop captures CUDA graphs.
+    warmup = start_library_warmup(device, str(cfg.model.get("dtype", "fp16"))) if denoiser is None else None
     preflight(cfg, device)
     rng = seed_everything(cfg.seed)
     timer = PhaseTimer(device)
@@ -103,6 +105,7 @@ def setup_stage(
             if hasattr(denoiser, "set_prompt"):  # stand-ins such as the oracle ignore the prompt
                 denoiser.set_prompt(str(cfg.prompt))
         noise = TorchNoise(torch.Generator(device=device).manual_seed(cfg.seed))
+        _join(warmup)
         return StageSetup(device, rng, noise, timer, denoiser, None, None, None, denoiser.nfe)
     ref = reference_view(cfg) if cfg.input else None
     with timer.phase("load_model"):
@@ -121,4 +124,11 @@ def setup_stage(
             device=device,
         )
     noise = TorchNoise(torch.Generator(device=device).manual_seed(cfg.seed))
+    _join(warmup)
     return StageSetup(device, rng, noise, timer, denoiser, ref_rgb, ref_mask, ref_cam, denoiser.nfe)
+
+
+def _join(thread: threading.Thread | None) -> None:
+    """Wait for the GPU library warm-up (normally long finished by the end of ``prepare``)."""
+    if thread is not None:
+        thread.join()

@@ -107,8 +107,9 @@ def stage1_with_model(
         plan = stage1_plan(cfg, denoiser)
 
     if device.type == "cuda" and export:
-        # The SIR loop keeps the GPU busy and the main thread waiting: import the export's modules now.
-        prefetch(EXPORT_MODULES, then=_mesh_plugin_loader(cfg, device))
+        # The SIR loop keeps the GPU busy and the main thread waiting: import the export's modules now
+        # (pure imports: no CUDA call from another thread while the loop captures CUDA graphs).
+        prefetch(EXPORT_MODULES)
     with progress(len(plan.t_pairs) + (plan.init_steps > 0), "stage 1 (Gaussians)", cfg.quiet) as on_iter:
         stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
 
@@ -129,15 +130,6 @@ def stage1_with_model(
         report = stage1_report(cfg, st, timer, denoiser, stats, model, mesh_info, outputs)
         out.commit(lambda path: write_stage_report(cfg, path, report))
     return report, denoiser
-
-
-def _mesh_plugin_loader(cfg: DictConfig, device: torch.device) -> tuple[Callable[[], object], ...]:
-    """Loading the nvdiffrast plugin (bake, stage 2) when the mesh backend may use it, else nothing."""
-    if cfg.render.mesh_backend not in ("auto", "nvdiffrast"):
-        return ()
-    from mesh_renderer.raster import nvdiffrast_available
-
-    return (lambda: nvdiffrast_available(device),)
 
 
 def stage1_report(
