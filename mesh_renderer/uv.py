@@ -30,7 +30,15 @@ import torch
 from .mesh import Mesh
 from .ops import decimate
 
-__all__ = ["MIN_PART_FACES", "default_workers", "grid_atlas", "split_parts", "unwrap_uv"]
+__all__ = [
+    "MIN_PART_FACES",
+    "UnwrapJob",
+    "default_workers",
+    "grid_atlas",
+    "split_parts",
+    "start_unwrap",
+    "unwrap_uv",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,27 @@ def unwrap_uv(
     (:mod:`mesh_renderer.xatlas_job`), killed past the budget; a part whose process is killed gets
     the :func:`grid_atlas` layout inside its rectangle (the whole texture when ``workers == 1``).
     """
+    return start_unwrap(
+        mesh, max_faces, tex_size, padding, max_iterations, max_chart_area_ratio, time_budget, workers
+    ).result()
+
+
+def start_unwrap(
+    mesh: Mesh,
+    max_faces: int = 100_000,
+    tex_size: int = 1024,
+    padding: int = 2,
+    max_iterations: int = 1,
+    max_chart_area_ratio: float = 0.005,
+    time_budget: float | None = 3.0,
+    workers: int | None = None,
+) -> "UnwrapJob":
+    """:func:`unwrap_uv` started: xatlas runs in child processes while the caller goes on.
+
+    Decimates, splits and launches here; :meth:`UnwrapJob.result` waits (within ``time_budget``
+    of the launch) and builds the mesh. No Python thread is involved, so the caller's thread is the
+    only one making torch calls meanwhile (stage 1 captures CUDA graphs while xatlas runs).
+    """
     t0 = time.perf_counter()
     src = mesh
     if len(mesh.f) > max_faces:
@@ -78,55 +107,127 @@ def unwrap_uv(
     t1 = time.perf_counter()
     k = default_workers() if workers is None else int(workers)
     k = max(1, min(k, len(src.f) // MIN_PART_FACES))
-    if k == 1:
-        return _unwrap_whole(
-            src, tex_size, padding, max_iterations, max_chart_area_ratio, time_budget, t1 - t0
-        ).to(mesh.device)
-    v_np = src.v.detach().cpu().numpy().astype(np.float64)
-    f_np = src.f.cpu().numpy().astype(np.int64)
-    areas = _face_areas(v_np, f_np)
-    max_area = float(areas.sum()) * max_chart_area_ratio if max_chart_area_ratio > 0 else 0.0
-    parts = split_parts(v_np, f_np, k)
-    g = padding / tex_size
-    jobs: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="xatlas-") as tmp:
+    job = UnwrapJob(mesh.device, src, tex_size, padding, time_budget, t1 - t0, whole=k == 1)
+    try:
+        if k == 1:
+            job.launch_whole(max_iterations, max_chart_area_ratio)
+        else:
+            job.launch_parts(k, max_iterations, max_chart_area_ratio)
+    except BaseException:
+        job.close()
+        raise
+    return job
+
+
+class UnwrapJob:
+    """xatlas child processes for one mesh (from :func:`start_unwrap`); ``result()`` once, or ``close()``."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        src: Mesh,
+        tex_size: int,
+        padding: int,
+        time_budget: float | None,
+        t_dec: float,
+        whole: bool,
+    ) -> None:
+        self.device, self.src, self.tex_size, self.padding = device, src, tex_size, padding
+        self.time_budget, self.t_dec, self.whole = time_budget, t_dec, whole
+        self.tmp = tempfile.TemporaryDirectory(prefix="xatlas-")
+        self.jobs: list[dict] = []
+        self.t_launch = time.perf_counter()
+
+    def launch_whole(self, max_iterations: int, max_chart_area_ratio: float) -> None:
+        """One xatlas process on the whole mesh (``workers == 1``)."""
+        src = self.src
+        max_area = 0.0
+        if max_chart_area_ratio > 0:
+            fn = torch.linalg.cross(
+                src.v[src.f[:, 1]] - src.v[src.f[:, 0]], src.v[src.f[:, 2]] - src.v[src.f[:, 0]]
+            )
+            max_area = float(fn.norm(dim=-1).sum() / 2) * max_chart_area_ratio
+        src_path, dst_path = Path(self.tmp.name) / "in.npz", Path(self.tmp.name) / "out.npz"
+        np.savez(
+            src_path,
+            v=src.v.detach().cpu().numpy().astype(np.float32),
+            f=src.f.cpu().numpy().astype(np.uint32),
+            tex_size=self.tex_size,
+            padding=self.padding,
+            max_iterations=max_iterations,
+            max_chart_area=max_area,
+        )
+        self.t_launch = time.perf_counter()
+        self.jobs.append({"dst": dst_path, "proc": _launch(src_path, dst_path)})
+
+    def launch_parts(self, k: int, max_iterations: int, max_chart_area_ratio: float) -> None:
+        """One xatlas process per spatial part (:func:`split_parts`), each packed for its rectangle."""
+        tex_size, padding = self.tex_size, self.padding
+        v_np = self.src.v.detach().cpu().numpy().astype(np.float64)
+        f_np = self.src.f.cpu().numpy().astype(np.int64)
+        areas = _face_areas(v_np, f_np)
+        max_area = float(areas.sum()) * max_chart_area_ratio if max_chart_area_ratio > 0 else 0.0
+        g = padding / tex_size
+        self.t_launch = time.perf_counter()
+        for i, (faces, (x0, y0, x1, y1)) in enumerate(split_parts(v_np, f_np, k)):
+            rect = (x0 + g, y0 + g, x1 - g, y1 - g)  # 2 * padding texels between rectangles
+            w, h = (rect[2] - rect[0]) * tex_size, (rect[3] - rect[1]) * tex_size
+            # xatlas packs a square; scaled onto a w x h rectangle its short side shrinks by
+            # sqrt(aspect), so the chart padding is widened by that much to stay >= padding texels.
+            aspect = max(w / h, h / w)
+            uniq, inv = np.unique(f_np[faces], return_inverse=True)
+            src_path, dst_path = (
+                Path(self.tmp.name) / f"part{i}.npz",
+                Path(self.tmp.name) / f"part{i}_out.npz",
+            )
+            np.savez(
+                src_path,
+                v=v_np[uniq].astype(np.float32),
+                f=inv.reshape(-1, 3).astype(np.uint32),
+                tex_size=max(8, round(math.sqrt(w * h))),
+                padding=math.ceil(padding * math.sqrt(aspect)),
+                max_iterations=max_iterations,
+                max_chart_area=max_area,
+            )
+            self.jobs.append(
+                {
+                    "faces": faces,
+                    "verts": uniq,
+                    "rect": rect,
+                    "min_side": min(w, h),
+                    "dst": dst_path,
+                    "proc": _launch(src_path, dst_path),
+                }
+            )
+
+    def result(self) -> Mesh:
+        """Wait for the processes (killed past the budget), then the unwrapped mesh on the input's device."""
         try:
-            for i, (faces, (x0, y0, x1, y1)) in enumerate(parts):
-                rect = (x0 + g, y0 + g, x1 - g, y1 - g)  # 2 * padding texels between rectangles
-                w, h = (rect[2] - rect[0]) * tex_size, (rect[3] - rect[1]) * tex_size
-                # xatlas packs a square; scaled onto a w x h rectangle its short side shrinks by
-                # sqrt(aspect), so the chart padding is widened by that much to stay >= padding texels.
-                aspect = max(w / h, h / w)
-                uniq, inv = np.unique(f_np[faces], return_inverse=True)
-                src_path, dst_path = Path(tmp) / f"part{i}.npz", Path(tmp) / f"part{i}_out.npz"
-                np.savez(
-                    src_path,
-                    v=v_np[uniq].astype(np.float32),
-                    f=inv.reshape(-1, 3).astype(np.uint32),
-                    tex_size=max(8, round(math.sqrt(w * h))),
-                    padding=math.ceil(padding * math.sqrt(aspect)),
-                    max_iterations=max_iterations,
-                    max_chart_area=max_area,
-                )
-                jobs.append(
-                    {
-                        "faces": faces,
-                        "verts": uniq,
-                        "rect": rect,
-                        "min_side": min(w, h),
-                        "dst": dst_path,
-                        "proc": _launch(src_path, dst_path),
-                    }
-                )
-            deadline = None if time_budget is None else t1 + time_budget
-            for job in jobs:
+            deadline = None if self.time_budget is None else self.t_launch + self.time_budget
+            for job in self.jobs:
                 job["atlas"] = _collect(job["proc"], job["dst"], deadline)
-        finally:  # no xatlas process outlives the call (an error above, a failed part)
-            for job in jobs:
-                if job["proc"].poll() is None:
-                    job["proc"].kill()
-                    job["proc"].communicate()
-    return _assemble(src, jobs, padding, t1 - t0, time.perf_counter() - t1).to(mesh.device)
+        finally:
+            self.close()
+        t_uv = time.perf_counter() - self.t_launch
+        if self.whole:
+            return _whole_mesh(
+                self.src,
+                self.jobs[0]["atlas"],
+                self.tex_size,
+                self.padding,
+                self.time_budget,
+                self.t_dec,
+                t_uv,
+            ).to(self.device)
+        return _assemble(self.src, self.jobs, self.padding, self.t_dec, t_uv).to(self.device)
+
+    def close(self) -> None:
+        """Kill any xatlas process still running and remove the temporary files (idempotent)."""
+        for job in self.jobs:
+            if job["proc"].poll() is None:
+                job["proc"].kill()
+                job["proc"].communicate()
+        self.tmp.cleanup()
 
 
 def default_workers() -> int:
@@ -230,18 +331,16 @@ def _assemble(src: Mesh, jobs: list[dict], padding: int, t_dec: float, t_uv: flo
     return Mesh(v=src.v[vmap_t], f=f, vn=src.vn[vmap_t], vt=vt, ft=f)
 
 
-def _unwrap_whole(
+def _whole_mesh(
     src: Mesh,
+    atlas: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None,
     tex_size: int,
     padding: int,
-    max_iterations: int,
-    max_chart_area_ratio: float,
     time_budget: float | None,
     t_dec: float,
+    t_uv: float,
 ) -> Mesh:
-    """One xatlas run on the whole mesh (``workers == 1``), the grid atlas past ``time_budget``."""
-    t1 = time.perf_counter()
-    atlas = _xatlas_unwrap(src, tex_size, padding, max_iterations, max_chart_area_ratio, time_budget)
+    """The mesh of one whole-mesh xatlas run (``workers == 1``), the grid atlas when it was killed."""
     if atlas is None:
         log.warning(
             "unwrap_uv: xatlas took over %.1f s on this geometry (%d faces); using a per-face grid atlas",
@@ -258,41 +357,11 @@ def _unwrap_whole(
         "unwrap_uv: %d faces (decimate %.2f s, xatlas %.2f s) -> %d vertices, %d charts",
         len(f),
         t_dec,
-        time.perf_counter() - t1,
+        t_uv,
         len(vmap),
         charts,
     )
     return out
-
-
-def _xatlas_unwrap(
-    src: Mesh,
-    tex_size: int,
-    padding: int,
-    max_iterations: int,
-    max_chart_area_ratio: float,
-    time_budget: float | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-    """xatlas on ``src`` in a child process -> (vmap, idx, uvs, charts), or None past ``time_budget``."""
-    max_area = 0.0
-    if max_chart_area_ratio > 0:
-        fn = torch.linalg.cross(
-            src.v[src.f[:, 1]] - src.v[src.f[:, 0]], src.v[src.f[:, 2]] - src.v[src.f[:, 0]]
-        )
-        max_area = float(fn.norm(dim=-1).sum() / 2) * max_chart_area_ratio
-    with tempfile.TemporaryDirectory(prefix="xatlas-") as tmp:
-        src_path, dst_path = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-        np.savez(
-            src_path,
-            v=src.v.detach().cpu().numpy().astype(np.float32),
-            f=src.f.cpu().numpy().astype(np.uint32),
-            tex_size=tex_size,
-            padding=padding,
-            max_iterations=max_iterations,
-            max_chart_area=max_area,
-        )
-        deadline = None if time_budget is None else time.perf_counter() + time_budget
-        return _collect(_launch(src_path, dst_path), dst_path, deadline)
 
 
 def _launch(src_path: Path, dst_path: Path) -> subprocess.Popen:

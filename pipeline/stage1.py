@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from gs_renderer.extract import density_grid, grid_marching_cubes
 from mesh_renderer import Mesh, save_mesh
 from mesh_renderer.bake import bake_cameras, bake_texture
 from mesh_renderer.ops import clean_mesh, decimate, isotropic_remesh
-from mesh_renderer.uv import unwrap_uv
+from mesh_renderer.uv import start_unwrap
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
 from pipeline.isolevel import calibrated_level
 from pipeline.plans import stage1_plan
@@ -198,17 +197,17 @@ def export_coarse_mesh(
         return {"faces": 0}
     mesh = Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.int64))
     cams = bake_cameras(ex.bake_size, radius=cfg.cameras.radius, fovy=cfg.cameras.fovy, device=device)
-    # xatlas runs on the CPU while the GPU renders the bake views.
-    with ThreadPoolExecutor(1) as pool:
-        with timer.phase("uv_unwrap"):
-            fut = pool.submit(
-                unwrap_uv,
-                mesh,
-                max_faces=ex.uv_max_faces,
-                tex_size=ex.texture_size,
-                time_budget=ex.uv_time_budget,
-                workers=ex.uv_workers or None,
-            )
+    # xatlas runs in child processes while the GPU renders the bake views (no Python thread: this
+    # one stays the only thread making torch calls, as ``during_unwrap`` may capture CUDA graphs).
+    with timer.phase("uv_unwrap"):
+        job = start_unwrap(
+            mesh,
+            max_faces=ex.uv_max_faces,
+            tex_size=ex.texture_size,
+            time_budget=ex.uv_time_budget,
+            workers=ex.uv_workers or None,
+        )
+    try:
         with timer.phase("bake_render"), torch.no_grad():
             views = render_gaussians(
                 model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
@@ -217,7 +216,9 @@ def export_coarse_mesh(
             with timer.phase("during_unwrap"):
                 during_unwrap()
         with timer.phase("uv_unwrap_wait"):
-            mesh = fut.result().to(device)
+            mesh = job.result().to(device)
+    finally:
+        job.close()
     with timer.phase("bake"):
         mesh.albedo = bake_texture(
             mesh, cams, views.rgb, views.alpha, tex_size=ex.texture_size, backend=cfg.render.mesh_backend

@@ -208,7 +208,7 @@ def test_uv_workers_config_key():
 
 @pytest.mark.parametrize("workers,expected", [(0, None), (3, 3)])
 def test_stage1_passes_export_uv_workers_to_the_unwrap(tmp_path, monkeypatch, workers, expected):
-    """``export.uv_workers`` reaches unwrap_uv (0 = auto, i.e. None there)."""
+    """``export.uv_workers`` reaches the unwrap (0 = auto, i.e. None there)."""
     from pathlib import Path
 
     import pipeline.stage1
@@ -217,13 +217,13 @@ def test_stage1_passes_export_uv_workers_to_the_unwrap(tmp_path, monkeypatch, wo
     root = Path(__file__).resolve().parents[1]
     spot = root.parent / "shared" / "data" / "meshes" / "spot.obj"
     seen = []
-    real = pipeline.stage1.unwrap_uv
+    real = pipeline.stage1.start_unwrap
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("workers", "missing"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.stage1, "unwrap_uv", spy)
+    monkeypatch.setattr(pipeline.stage1, "start_unwrap", spy)
     cfg = load_config(
         [
             "--config",
@@ -235,3 +235,26 @@ def test_stage1_passes_export_uv_workers_to_the_unwrap(tmp_path, monkeypatch, wo
     )
     run_stage1(cfg)
     assert seen == [expected]
+
+
+def test_started_unwrap_runs_in_child_processes_and_close_kills_them():
+    """start_unwrap returns while xatlas works in child processes (no thread of ours); close()
+    stops them and removes the temporary files; result() equals unwrap_uv."""
+    import threading
+
+    m = bumpy_sphere()
+    before = threading.active_count()
+    job = uvmod.start_unwrap(m, tex_size=TEX, time_budget=None, workers=3)
+    assert threading.active_count() == before  # no Python thread runs the unwrap
+    assert len(job.jobs) == 3 and all(j["proc"].poll() is None or j["proc"].returncode == 0 for j in job.jobs)
+    u = job.result()
+    ref = uvmod.unwrap_uv(m, tex_size=TEX, time_budget=None, workers=3)
+    assert torch.equal(u.vt, ref.vt) and torch.equal(u.f, ref.f)
+    from pathlib import Path
+
+    assert not Path(job.tmp.name).exists()
+
+    stopped = uvmod.start_unwrap(m, tex_size=TEX, time_budget=None, workers=3)
+    stopped.close()
+    assert all(j["proc"].poll() is not None for j in stopped.jobs)
+    assert not Path(stopped.tmp.name).exists()
