@@ -70,14 +70,15 @@ def versions() -> dict[str, str]:
     return out
 
 
-def git_commit() -> str:
-    """The commit of the code that ran, or '' outside a git checkout."""
+def git_commit(root: Path | None = None) -> str:
+    """The commit of the code that ran (``-dirty`` appended when files differ from it), or '' outside a
+    git checkout; ``root``: the checkout (default: this repository)."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
             capture_output=True,
             text=True,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=root or Path(__file__).resolve().parent.parent,
             timeout=5,
         ).stdout.strip()
     except Exception:

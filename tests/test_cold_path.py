@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from core.cameras import orbit_cameras
@@ -113,3 +114,37 @@ def test_setup_joins_the_library_warmup_before_any_graph_capture(monkeypatch):
     # A given model (stage 2 of a one-command run) loads nothing: no warm-up thread at all.
     pipeline.setup.setup_stage(cfg, st.denoiser, load_denoiser)
     assert len(threads) == 1
+
+
+def test_git_commit_flags_a_dirty_tree(tmp_path):
+    """Benchmarks record the commit that ran; files that differ from it are flagged (a device copy
+    of a working tree may carry an older .git)."""
+    import os
+    import shutil
+    import subprocess
+
+    from pipeline import reports
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    repo = tmp_path / "r"
+    repo.mkdir()
+    (repo / "a.txt").write_text("a\n")
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+
+    def run(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, env={**os.environ, **env})
+
+    run("init", "-q")
+    run("add", "-A")
+    run("commit", "-qm", "x")
+    clean = reports.git_commit(repo)
+    assert len(clean) >= 7 and not clean.endswith("-dirty")
+    (repo / "a.txt").write_text("b\n")
+    assert reports.git_commit(repo) == clean + "-dirty"
+    assert reports.git_commit(tmp_path) == ""  # not a checkout
