@@ -95,6 +95,8 @@ class Denoiser:
     views_per_group: int = 1
     schedule: DDIMSchedule
     device: torch.device
+    #: True when network calls replay CUDA graphs (the first calls of each new shape capture one).
+    cuda_graphs: bool = False
 
     def __init__(self) -> None:
         self.reset_counters()

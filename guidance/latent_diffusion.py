@@ -155,6 +155,11 @@ class LatentDiffusionDenoiser(Denoiser):
         self.ref_latent: torch.Tensor | None = None
         self.ref_elevation = 0.0
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """True while the UNet runs through CUDA graphs (False on CPU, or after a failed capture)."""
+        return self._runner.enabled
+
     # ------------------------------------------------------------------ to implement
     def _load_unet(self, folder: Path) -> Any:
         """The UNet of ``folder`` in ``self.dtype``, frozen on ``self.device``."""

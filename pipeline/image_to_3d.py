@@ -24,8 +24,7 @@ def image_to_3d(cfg: DictConfig, denoiser: Any = None) -> dict[str, dict]:
     them intact. The model load is timed in the stage-1 report's ``load_model`` phase.
     """
     # With CUDA graphs, stage 2's new shapes are warmed up and captured while xatlas runs.
-    warm = cfg.device != "cpu" and bool(cfg.model.get("cuda_graph", False))
-    r1, denoiser = stage1_with_model(cfg, denoiser, during_unwrap=_warm_stage2(cfg) if warm else None)
+    r1, denoiser = stage1_with_model(cfg, denoiser, during_unwrap=_warm_stage2(cfg))
     if not r1["outputs"].get("mesh"):
         raise UserError(
             f"stage 1 found no surface above export.density_thresh={cfg.export.density_thresh}, so "
@@ -37,10 +36,10 @@ def image_to_3d(cfg: DictConfig, denoiser: Any = None) -> dict[str, dict]:
 
 
 def _warm_stage2(cfg: DictConfig):
-    """``during_unwrap`` of the one-command run: stage 2's network shapes, on CUDA only."""
+    """``during_unwrap`` of the one-command run: stage 2's network shapes, for a model on CUDA graphs."""
 
     def warm(denoiser: Any) -> None:
-        if getattr(denoiser, "device", None) is not None and denoiser.device.type == "cuda":
+        if getattr(denoiser, "cuda_graphs", False):
             warm_stage2_networks(cfg, denoiser)
 
     return warm

@@ -148,3 +148,35 @@ def test_git_commit_flags_a_dirty_tree(tmp_path):
     (repo / "a.txt").write_text("b\n")
     assert reports.git_commit(repo) == clean + "-dirty"
     assert reports.git_commit(tmp_path) == ""  # not a checkout
+
+
+def test_one_command_warms_stage2_only_for_a_model_on_cuda_graphs(monkeypatch):
+    """The stage-2 warm-up runs for a denoiser that captures CUDA graphs, never for others (the
+    oracle, CPU models): for them it would only cost time."""
+    import importlib
+
+    i3d = importlib.import_module("pipeline.image_to_3d")  # the package exports a function of that name
+
+    calls = []
+    monkeypatch.setattr(i3d, "warm_stage2_networks", lambda cfg, den: calls.append(den))
+
+    class Plain:
+        pass
+
+    class Graphed:
+        cuda_graphs = True
+
+    warm = i3d._warm_stage2(None)
+    warm(Plain())
+    assert calls == []
+    g = Graphed()
+    warm(g)
+    assert calls == [g]
+
+
+def test_a_cpu_model_never_reports_cuda_graphs():
+    from guidance.models.zero123 import Zero123Denoiser
+    from testing.random_zero123 import cached_tiny_zero123
+
+    den = Zero123Denoiser(cached_tiny_zero123(), device="cpu", dtype="fp32", cuda_graph=True)
+    assert den.cuda_graphs is False
