@@ -204,7 +204,7 @@ MUTATIONS: list[Mutation] = [
         DENSIFY,
     ),
     # -- added: only the loop golden against the authors' code sees these
-    _m("gs_renderer/model.py", "lr=0.0, eps=1e-15,", "lr=0.0, eps=1e-8,", "Adam eps 1e-15 -> 1e-8", LOOP),
+    _m("gs_renderer/model.py", "lr=0.0, eps=1e-15)", "lr=0.0, eps=1e-8)", "Adam eps 1e-15 -> 1e-8", LOOP),
     _m(
         "gs_renderer/densify.py",
         "torch.cat([params[name].detach()[clone], new_split[name]])",
