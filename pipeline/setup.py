@@ -129,6 +129,8 @@ def setup_stage(
 
 
 def _join(thread: threading.Thread | None) -> None:
-    """Wait for the GPU library warm-up (normally long finished by the end of ``prepare``)."""
+    """Wait for the GPU library warm-up (normally long finished by the end of ``prepare``); a stuck
+    driver call there must not hang the run, so give up after two minutes (CUDA graphs are captured
+    in thread_local mode, so a late warm-up call cannot invalidate them)."""
     if thread is not None:
-        thread.join()
+        thread.join(timeout=120)
