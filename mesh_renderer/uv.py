@@ -392,8 +392,10 @@ def _collect(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """Wait for ``proc`` until ``deadline`` (perf_counter; None = forever): its atlas, or None (killed)."""
     timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
-    if timeout == 0.0 and proc.poll() is not None:
-        timeout = None  # finished while an earlier part was awaited: communicate(0) would time out
+    if proc.poll() is not None:
+        # Finished (maybe while an earlier part was awaited): collect it whatever time is left, as
+        # communicate() with a timeout of 0 or a few microseconds raises TimeoutExpired even then.
+        timeout = None
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

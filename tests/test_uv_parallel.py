@@ -336,3 +336,19 @@ def test_ctrl_c_while_waiting_kills_the_xatlas_children(monkeypatch):
     assert time.perf_counter() - t0 < 10
     assert [j["proc"].returncode for j in job.jobs] == [-9, -9, -9]
     assert not Path(job.tmp.name).exists()
+
+
+def test_a_finished_part_is_collected_even_microseconds_before_its_deadline(tmp_path):
+    """A part that finished in time keeps its atlas however little of the budget is left when it
+    is collected (communicate() with a few microseconds left used to time out -> grid fallback)."""
+    import time
+
+    dst = tmp_path / "out.npz"
+    np.savez(dst, vmap=np.arange(3), idx=np.arange(3).reshape(1, 3), uvs=np.zeros((3, 2)), charts=np.int64(1))
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "pass"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        proc.wait()
+        atlas = uvmod._collect(proc, dst, time.perf_counter() + 2e-5)
+        assert atlas is not None and int(atlas[3]) == 1
