@@ -137,6 +137,8 @@ class UnwrapJob:
         self.tmp = tempfile.TemporaryDirectory(prefix="xatlas-")
         self.jobs: list[dict] = []
         self.t_launch = time.perf_counter()
+        self.closed = False
+        self._mesh: Mesh | None = None
 
     def launch_whole(self, max_iterations: int, max_chart_area_ratio: float) -> None:
         """One xatlas process on the whole mesh (``workers == 1``)."""
@@ -201,7 +203,15 @@ class UnwrapJob:
             )
 
     def result(self) -> Mesh:
-        """Wait for the processes (killed past the budget), then the unwrapped mesh on the input's device."""
+        """Wait for the processes (killed past the budget), then the unwrapped mesh on the input's device.
+
+        A second call returns the same mesh; a call after :meth:`close` (or after a failed
+        ``result()``) raises, as the processes and their files are gone.
+        """
+        if self._mesh is not None:
+            return self._mesh
+        if self.closed:
+            raise RuntimeError("UnwrapJob.result() after close(): its xatlas processes were stopped")
         try:
             deadline = None if self.time_budget is None else self.t_launch + self.time_budget
             for job in self.jobs:
@@ -210,7 +220,7 @@ class UnwrapJob:
             self.close()
         t_uv = time.perf_counter() - self.t_launch
         if self.whole:
-            return _whole_mesh(
+            self._mesh = _whole_mesh(
                 self.src,
                 self.jobs[0]["atlas"],
                 self.tex_size,
@@ -219,10 +229,13 @@ class UnwrapJob:
                 self.t_dec,
                 t_uv,
             ).to(self.device)
-        return _assemble(self.src, self.jobs, self.padding, self.t_dec, t_uv).to(self.device)
+        else:
+            self._mesh = _assemble(self.src, self.jobs, self.padding, self.t_dec, t_uv).to(self.device)
+        return self._mesh
 
     def close(self) -> None:
         """Kill any xatlas process still running and remove the temporary files (idempotent)."""
+        self.closed = True
         for job in self.jobs:
             if job["proc"].poll() is None:
                 job["proc"].kill()
@@ -379,8 +392,10 @@ def _collect(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """Wait for ``proc`` until ``deadline`` (perf_counter; None = forever): its atlas, or None (killed)."""
     timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
-    if timeout == 0.0 and proc.poll() is not None:
-        timeout = None  # finished while an earlier part was awaited: communicate(0) would time out
+    if proc.poll() is not None:
+        # Finished (maybe while an earlier part was awaited): collect it whatever time is left, as
+        # communicate() with a timeout of 0 or a few microseconds raises TimeoutExpired even then.
+        timeout = None
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

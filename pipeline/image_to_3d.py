@@ -39,7 +39,13 @@ def _warm_stage2(cfg: DictConfig):
     """``during_unwrap`` of the one-command run: stage 2's network shapes, for a model on CUDA graphs."""
 
     def warm(denoiser: Any) -> None:
-        if getattr(denoiser, "cuda_graphs", False):
+        if not getattr(denoiser, "cuda_graphs", False):
+            return
+        try:
             warm_stage2_networks(cfg, denoiser)
+        except Exception as exc:
+            # Only a head start: stage 1's outputs must not depend on it (it runs before stage 1's
+            # mesh is saved); a real problem at stage 2's shapes shows again in stage 2 itself.
+            log.warning("stage-2 warm-up failed (%s: %s); stage 2 starts cold", type(exc).__name__, exc)
 
     return warm

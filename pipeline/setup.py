@@ -94,6 +94,20 @@ def setup_stage(
     # The weights are about to load: initialise the GPU libraries meanwhile. Joined before this
     # returns, so no helper thread makes CUDA calls once the SIR loop captures CUDA graphs.
     warmup = start_library_warmup(device, str(cfg.model.get("dtype", "fp16"))) if denoiser is None else None
+    try:
+        return _setup(cfg, denoiser, load_denoiser, device)
+    finally:
+        # Also on an error: no warm-up thread left making CUDA calls while the error is reported.
+        _join(warmup)
+
+
+def _setup(
+    cfg: DictConfig,
+    denoiser: Any,
+    load_denoiser: Callable[[DictConfig, torch.device], Any],
+    device: torch.device,
+) -> StageSetup:
+    """:func:`setup_stage` after the device is resolved and the GPU library warm-up started."""
     preflight(cfg, device)
     rng = seed_everything(cfg.seed)
     timer = PhaseTimer(device)
@@ -105,7 +119,6 @@ def setup_stage(
             if hasattr(denoiser, "set_prompt"):  # stand-ins such as the oracle ignore the prompt
                 denoiser.set_prompt(str(cfg.prompt))
         noise = TorchNoise(torch.Generator(device=device).manual_seed(cfg.seed))
-        _join(warmup)
         return StageSetup(device, rng, noise, timer, denoiser, None, None, None, denoiser.nfe)
     ref = reference_view(cfg) if cfg.input else None
     with timer.phase("load_model"):
@@ -124,7 +137,6 @@ def setup_stage(
             device=device,
         )
     noise = TorchNoise(torch.Generator(device=device).manual_seed(cfg.seed))
-    _join(warmup)
     return StageSetup(device, rng, noise, timer, denoiser, ref_rgb, ref_mask, ref_cam, denoiser.nfe)
 
 

@@ -180,3 +180,64 @@ def test_a_cpu_model_never_reports_cuda_graphs():
 
     den = Zero123Denoiser(cached_tiny_zero123(), device="cpu", dtype="fp32", cuda_graph=True)
     assert den.cuda_graphs is False
+
+
+def test_a_failed_stage2_warm_up_costs_no_stage1_output(tmp_path, monkeypatch, caplog):
+    """The warm-up is a head start only: a failure there (e.g. out of memory at stage 2's batch)
+    is logged and both stages still run; it used to abort stage 1 before its mesh was written."""
+    import importlib
+
+    from guidance import load_denoiser
+
+    i3d = importlib.import_module("pipeline.image_to_3d")
+
+    def boom(cfg, den):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(i3d, "warm_stage2_networks", boom)
+    spot = ROOT.parent / "shared" / "data" / "meshes" / "spot.obj"
+    cfg = load_config(
+        [
+            "--config",
+            str(ROOT / "tests" / "data" / "oracle_tiny.yaml"),
+            f"oracle.mesh={spot}",
+            f"outdir={tmp_path}",
+        ]
+    )
+    oracle = load_denoiser(cfg, torch.device("cpu"))
+    oracle.cuda_graphs = True  # as a model on CUDA graphs: the warm-up is attempted
+    with caplog.at_level("WARNING"):
+        reports = i3d.image_to_3d(cfg, oracle)
+    assert Path(reports["stage1"]["outputs"]["mesh"]).is_file()
+    assert Path(reports["stage2"]["outputs"]["glb"]).is_file()
+    assert any("warm-up" in r.getMessage() and "simulated" in r.getMessage() for r in caplog.records)
+
+
+def test_setup_joins_the_library_warmup_when_it_fails(monkeypatch):
+    """An error during setup (a full disk, a bad image, a broken checkpoint) still waits for the
+    warm-up thread: none is left making CUDA calls while the process reports the error and exits."""
+    import threading
+    import time
+
+    import pipeline.setup
+    from core.errors import UserError
+    from guidance import load_denoiser
+
+    threads = []
+
+    def slow_warmup(device, dtype="fp16"):
+        t = threading.Thread(target=time.sleep, args=(0.5,), daemon=True)
+        t.start()
+        threads.append(t)
+        return t
+
+    def no_disk(cfg, device):
+        raise UserError("not enough free disk space (simulated)")
+
+    monkeypatch.setattr(pipeline.setup, "start_library_warmup", slow_warmup)
+    monkeypatch.setattr(pipeline.setup, "preflight", no_disk)
+    spot = ROOT.parent / "shared" / "data" / "meshes" / "spot.obj"
+    cfg = load_config(["--config", str(ROOT / "tests" / "data" / "oracle_tiny.yaml"), f"oracle.mesh={spot}"])
+    with pytest.raises(UserError, match="simulated"):
+        pipeline.setup.setup_stage(cfg, None, load_denoiser)
+    assert len(threads) == 1 and not threads[0].is_alive()

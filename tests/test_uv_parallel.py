@@ -258,3 +258,97 @@ def test_started_unwrap_runs_in_child_processes_and_close_kills_them():
     stopped.close()
     assert all(j["proc"].poll() is not None for j in stopped.jobs)
     assert not Path(stopped.tmp.name).exists()
+
+
+def _fake_xatlas(code: str):
+    """A ``_launch`` stand-in running ``python -c code`` (stderr piped as the real one)."""
+
+    def launch(src, dst):
+        return subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+
+    return launch
+
+
+def test_unwrap_job_result_and_close_in_any_order():
+    """result() twice gives the same mesh; close() twice is fine; result() after close() says so
+    (it used to fail with 'read of closed file' from subprocess)."""
+    from pathlib import Path
+
+    m = bumpy_sphere()
+    for workers in (1, 3):
+        job = uvmod.start_unwrap(m, tex_size=TEX, time_budget=None, workers=workers)
+        u = job.result()
+        assert job.result() is u
+        job.close()
+        job.close()
+        assert job.result() is u
+        stopped = uvmod.start_unwrap(m, tex_size=TEX, time_budget=None, workers=workers)
+        stopped.close()
+        stopped.close()
+        with pytest.raises(RuntimeError, match=r"after close\(\)"):
+            stopped.result()
+        assert not Path(stopped.tmp.name).exists()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_failing_xatlas_child_raises_and_stops_the_others(monkeypatch, workers):
+    from pathlib import Path
+
+    launches = []
+
+    def launch(src, dst):
+        code = "import sys; sys.exit('xatlas exploded')" if not launches else "import time; time.sleep(60)"
+        proc = _fake_xatlas(code)(src, dst)
+        launches.append(proc)
+        return proc
+
+    monkeypatch.setattr(uvmod, "_launch", launch)
+    job = uvmod.start_unwrap(bumpy_sphere(), tex_size=TEX, time_budget=None, workers=workers)
+    with pytest.raises(RuntimeError, match="xatlas exploded"):
+        job.result()
+    assert len(launches) == workers
+    assert all(p.poll() is not None for p in launches)  # the sleeping parts were killed and reaped
+    assert not Path(job.tmp.name).exists()
+
+
+def test_ctrl_c_while_waiting_kills_the_xatlas_children(monkeypatch):
+    import signal
+    import time
+    from pathlib import Path
+
+    monkeypatch.setattr(uvmod, "_launch", _fake_xatlas("import time; time.sleep(60)"))
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        job = uvmod.start_unwrap(bumpy_sphere(), tex_size=TEX, time_budget=30.0, workers=3)
+        t0 = time.perf_counter()
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            job.result()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.perf_counter() - t0 < 10
+    assert [j["proc"].returncode for j in job.jobs] == [-9, -9, -9]
+    assert not Path(job.tmp.name).exists()
+
+
+def test_a_finished_part_is_collected_even_microseconds_before_its_deadline(tmp_path):
+    """A part that finished in time keeps its atlas however little of the budget is left when it
+    is collected (communicate() with a few microseconds left used to time out -> grid fallback)."""
+    import time
+
+    dst = tmp_path / "out.npz"
+    np.savez(dst, vmap=np.arange(3), idx=np.arange(3).reshape(1, 3), uvs=np.zeros((3, 2)), charts=np.int64(1))
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "pass"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        proc.wait()
+        atlas = uvmod._collect(proc, dst, time.perf_counter() + 2e-5)
+        assert atlas is not None and int(atlas[3]) == 1
