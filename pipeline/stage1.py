@@ -105,12 +105,13 @@ def stage1_with_model(
         )
         plan = stage1_plan(cfg, denoiser)
 
-    if device.type == "cuda" and export:
-        # The SIR loop keeps the GPU busy and the main thread waiting: import the export's modules now
-        # (pure imports: no CUDA call from another thread while the loop captures CUDA graphs).
-        prefetch(EXPORT_MODULES)
+    # The SIR loop keeps the GPU busy and the main thread waiting: import the export's modules now
+    # (pure imports: no CUDA call from another thread while the loop captures CUDA graphs).
+    imports = prefetch(EXPORT_MODULES) if device.type == "cuda" and export else None
     with progress(len(plan.t_pairs) + (plan.init_steps > 0), "stage 1 (Gaussians)", cfg.quiet) as on_iter:
         stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
+    if imports is not None:
+        imports.join()  # normally long done; the export then never imports alongside it
 
     outputs = {}
     # Stage 1's files appear together; its commit also retires the final set built on an older mesh.
