@@ -19,8 +19,6 @@ __all__ = ["start_library_warmup"]
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 def _touch_libraries(device: torch.device, dtype: torch.dtype) -> None:
     """One small channels-last convolution, GroupNorm, matrix product and attention in ``dtype``."""
@@ -38,14 +36,14 @@ def _touch_libraries(device: torch.device, dtype: torch.dtype) -> None:
         F.scaled_dot_product_attention(q, q, q)
 
 
-def start_library_warmup(device: torch.device, dtype: str = "fp16") -> threading.Thread | None:
+def start_library_warmup(device: torch.device, dtype: torch.dtype = torch.float16) -> threading.Thread | None:
     """Start :func:`_touch_libraries` on a daemon thread for a CUDA ``device`` (None elsewhere)."""
     if device.type != "cuda":
         return None
 
     def work() -> None:
         try:
-            _touch_libraries(device, _DTYPES.get(dtype, torch.float16))
+            _touch_libraries(device, dtype)
         except Exception as exc:  # no head start, nothing else
             log.debug("GPU library warm-up failed: %s", exc)
 

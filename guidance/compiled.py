@@ -2,7 +2,8 @@
 
 Inductor fuses the GroupNorm+SiLU and elementwise chains the eager networks launch one by one;
 the compiled code is then captured by :class:`guidance.cuda_graphs.GraphRunner` as before. The
-first call of each shape compiles (cached on disk by Inductor across processes).
+first call of each shape compiles: about 100 s per process on an H200, which Inductor's on-disk
+cache did not remove in a second process (README, GPU notes), so it pays in long-lived processes.
 """
 
 from __future__ import annotations

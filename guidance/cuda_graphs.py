@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 Out = torch.Tensor | tuple[torch.Tensor, ...]
 
+#: Eager calls of a new input signature before :class:`GraphRunner` captures it (on the next call).
+WARMUP_CALLS = 2
+
 
 def _as_float(out: Out, copy: bool) -> Out:
     if isinstance(out, tuple):
@@ -39,7 +42,7 @@ class GraphRunner:
         fn: Callable[..., Out],
         device: torch.device,
         enabled: bool,
-        warmup: int = 2,
+        warmup: int = WARMUP_CALLS,
         name: str = "network",
     ) -> None:
         self.fn = fn
@@ -77,9 +80,9 @@ class GraphRunner:
                 if self._pool is None:
                     self._pool = torch.cuda.graph_pool_handle()
                 g = torch.cuda.CUDAGraph()
-                # thread_local: other threads (the UV unwrap, import prefetch) may make CUDA calls,
-                # even a CPU tensor's pinned-memory query, while this one captures; in the default
-                # global mode any such call from any thread invalidates the capture.
+                # thread_local: another thread's CUDA call, even a CPU tensor's pinned-memory query,
+                # must not invalidate this capture (the default global mode lets it: a one-command
+                # run once crashed so); the pipeline also keeps its helper threads off CUDA here.
                 with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
                     e["out"] = self.fn(**e["bufs"])
                 e["graph"] = g

@@ -18,6 +18,7 @@ from core.device import resolve_device, seed_everything
 from core.errors import UserError
 from core.gpu_warmup import start_library_warmup
 from core.timing import PhaseTimer
+from guidance.components import DTYPES
 from guidance.denoiser import TorchNoise
 from pipeline.preflight import preflight
 
@@ -93,7 +94,8 @@ def setup_stage(
     device = stage_device(cfg.device, bool(cfg.model.get("cudnn_benchmark", False)))
     # The weights are about to load: initialise the GPU libraries meanwhile. Joined before this
     # returns, so no helper thread makes CUDA calls once the SIR loop captures CUDA graphs.
-    warmup = start_library_warmup(device, str(cfg.model.get("dtype", "fp16"))) if denoiser is None else None
+    dtype = DTYPES.get(str(cfg.model.get("dtype", "fp16")), torch.float16)
+    warmup = start_library_warmup(device, dtype) if denoiser is None else None
     try:
         return _setup(cfg, denoiser, load_denoiser, device)
     finally:

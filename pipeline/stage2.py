@@ -18,6 +18,7 @@ import guidance
 from core.cameras import orbit_cameras
 from core.errors import UserError
 from core.outputs import OutputSet
+from guidance.cuda_graphs import WARMUP_CALLS
 from mesh_renderer import load_mesh, save_mesh
 from pipeline.plans import stage2_plan
 from pipeline.previews import write_previews
@@ -50,8 +51,8 @@ def find_stage1_mesh(cfg: DictConfig) -> Path:
 
 
 @torch.no_grad()
-def warm_stage2_networks(cfg: DictConfig, denoiser: Any, calls: int = 3) -> None:
-    """Call the networks at stage 2's shapes ``calls`` times on throwaway inputs.
+def warm_stage2_networks(cfg: DictConfig, denoiser: Any, calls: int = WARMUP_CALLS + 1) -> None:
+    """Call the networks at stage 2's shapes ``calls`` times on throwaway inputs (default: until captured).
 
     With ``model.cuda_graph`` the first calls of a new shape run eagerly and then capture a graph
     (:class:`guidance.cuda_graphs.GraphRunner`); doing that while stage 1 waits for its UV unwrap

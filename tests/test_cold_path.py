@@ -20,6 +20,32 @@ from pipeline.stage2 import warm_stage2_networks
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _oracle_tiny_config():
+    """tests/data/oracle_tiny.yaml on the shared spot mesh (a stage config that loads in a blink)."""
+    spot = ROOT.parent / "shared" / "data" / "meshes" / "spot.obj"
+    return load_config(["--config", str(ROOT / "tests" / "data" / "oracle_tiny.yaml"), f"oracle.mesh={spot}"])
+
+
+@pytest.fixture
+def slow_warmup_threads(monkeypatch) -> list:
+    """setup_stage's GPU library warm-up replaced by a 0.5 s sleeping thread; the threads it started."""
+    import threading
+    import time
+
+    import pipeline.setup
+
+    threads: list = []
+
+    def slow_warmup(device, dtype=torch.float16):
+        t = threading.Thread(target=time.sleep, args=(0.5,), daemon=True)
+        t.start()
+        threads.append(t)
+        return t
+
+    monkeypatch.setattr(pipeline.setup, "start_library_warmup", slow_warmup)
+    return threads
+
+
 def _recording(den) -> list[tuple]:
     """Wrap the denoiser's three network runners; returns the list their input signatures go to."""
     seen: list[tuple] = []
@@ -88,31 +114,18 @@ def test_library_warmup_is_cuda_only():
     assert start_library_warmup(torch.device("cpu")) is None
 
 
-def test_setup_joins_the_library_warmup_before_any_graph_capture(monkeypatch):
+def test_setup_joins_the_library_warmup_before_any_graph_capture(slow_warmup_threads):
     """setup_stage returns only after the warm-up thread ends: no helper thread may make CUDA calls
     once the SIR loop captures CUDA graphs."""
-    import threading
-    import time
-
     import pipeline.setup
     from guidance import load_denoiser
 
-    threads = []
-
-    def slow_warmup(device, dtype="fp16"):
-        t = threading.Thread(target=time.sleep, args=(0.5,), daemon=True)
-        t.start()
-        threads.append(t)
-        return t
-
-    monkeypatch.setattr(pipeline.setup, "start_library_warmup", slow_warmup)
-    spot = ROOT.parent / "shared" / "data" / "meshes" / "spot.obj"
-    cfg = load_config(["--config", str(ROOT / "tests" / "data" / "oracle_tiny.yaml"), f"oracle.mesh={spot}"])
-    st = pipeline.setup.setup_stage(cfg, None, load_denoiser)
+    threads = slow_warmup_threads
+    st = pipeline.setup.setup_stage(_oracle_tiny_config(), None, load_denoiser)
     assert st.denoiser is not None and len(threads) == 1
     assert not threads[0].is_alive()
     # A given model (stage 2 of a one-command run) loads nothing: no warm-up thread at all.
-    pipeline.setup.setup_stage(cfg, st.denoiser, load_denoiser)
+    pipeline.setup.setup_stage(_oracle_tiny_config(), st.denoiser, load_denoiser)
     assert len(threads) == 1
 
 
@@ -213,31 +226,19 @@ def test_a_failed_stage2_warm_up_costs_no_stage1_output(tmp_path, monkeypatch, c
     assert any("warm-up" in r.getMessage() and "simulated" in r.getMessage() for r in caplog.records)
 
 
-def test_setup_joins_the_library_warmup_when_it_fails(monkeypatch):
+def test_setup_joins_the_library_warmup_when_it_fails(monkeypatch, slow_warmup_threads):
     """An error during setup (a full disk, a bad image, a broken checkpoint) still waits for the
     warm-up thread: none is left making CUDA calls while the process reports the error and exits."""
-    import threading
-    import time
-
     import pipeline.setup
     from core.errors import UserError
     from guidance import load_denoiser
 
-    threads = []
-
-    def slow_warmup(device, dtype="fp16"):
-        t = threading.Thread(target=time.sleep, args=(0.5,), daemon=True)
-        t.start()
-        threads.append(t)
-        return t
+    threads = slow_warmup_threads
 
     def no_disk(cfg, device):
         raise UserError("not enough free disk space (simulated)")
 
-    monkeypatch.setattr(pipeline.setup, "start_library_warmup", slow_warmup)
     monkeypatch.setattr(pipeline.setup, "preflight", no_disk)
-    spot = ROOT.parent / "shared" / "data" / "meshes" / "spot.obj"
-    cfg = load_config(["--config", str(ROOT / "tests" / "data" / "oracle_tiny.yaml"), f"oracle.mesh={spot}"])
     with pytest.raises(UserError, match="simulated"):
-        pipeline.setup.setup_stage(cfg, None, load_denoiser)
+        pipeline.setup.setup_stage(_oracle_tiny_config(), None, load_denoiser)
     assert len(threads) == 1 and not threads[0].is_alive()

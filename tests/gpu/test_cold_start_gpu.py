@@ -13,7 +13,7 @@ def test_library_warmup_finishes_without_touching_the_rng():
 
     dev = torch.device("cuda")
     cpu_rng, gpu_rng = torch.get_rng_state(), torch.cuda.get_rng_state(dev)
-    for dtype in ("fp16", "bf16"):
+    for dtype in (torch.float16, torch.bfloat16):
         t = start_library_warmup(dev, dtype)
         assert t is not None
         t.join(120)
