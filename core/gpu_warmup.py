@@ -3,14 +3,17 @@
 The first convolution, matrix product and attention call of a process load and initialise cuDNN,
 cuBLAS/cuBLASLt and their kernels: seconds of a one-shot run that would otherwise land in the first
 network call after the weights are read. Tiny calls of the same kinds on a daemon thread, started
-before the weights load, pay that cost in parallel (the ops release the GIL). Nothing here draws
-random numbers or changes a setting the run reads; a failure only means no head start.
+before the weights load, pay that cost in parallel (the ops release the GIL). The same thread then
+runs the caller's ``preload`` callables (the renderers' kernel loads: gsplat's and nvdiffrast's
+extension modules take ~0.5 s each to find and load). Nothing here draws random numbers or changes
+a setting the run reads; a failure only means no head start.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,16 +39,22 @@ def _touch_libraries(device: torch.device, dtype: torch.dtype) -> None:
         F.scaled_dot_product_attention(q, q, q)
 
 
-def start_library_warmup(device: torch.device, dtype: torch.dtype = torch.float16) -> threading.Thread | None:
-    """Start :func:`_touch_libraries` on a daemon thread for a CUDA ``device`` (None elsewhere)."""
+def start_library_warmup(
+    device: torch.device,
+    dtype: torch.dtype = torch.float16,
+    preload: Sequence[Callable[[], object]] = (),
+) -> threading.Thread | None:
+    """Start :func:`_touch_libraries`, then each ``preload()``, on a daemon thread for a CUDA
+    ``device`` (None elsewhere). The caller joins the thread before it captures CUDA graphs."""
     if device.type != "cuda":
         return None
 
     def work() -> None:
-        try:
-            _touch_libraries(device, dtype)
-        except Exception as exc:  # no head start, nothing else
-            log.debug("GPU library warm-up failed: %s", exc)
+        for fn in (lambda: _touch_libraries(device, dtype), *preload):
+            try:
+                fn()
+            except Exception as exc:  # no head start, nothing else
+                log.debug("GPU warm-up step failed: %s", exc)
 
     thread = threading.Thread(target=work, name="gpu-library-warmup", daemon=True)
     thread.start()

@@ -12,7 +12,7 @@ from .model import (
     update_learning_rate,
     xyz_lr,
 )
-from .render import gsplat_available, render
+from .render import gsplat_available, preload_kernels, render
 
 __all__ = [
     "DEFAULT_LRS",
@@ -24,6 +24,7 @@ __all__ = [
     "xyz_lr",
     "render",
     "gsplat_available",
+    "preload_kernels",
     "Densifier",
     "final_prune",
     "save_ply",

@@ -3,48 +3,60 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
 
-__all__ = ["render", "gsplat_available"]
+__all__ = ["render", "gsplat_available", "preload_kernels"]
 
 log = logging.getLogger(__name__)
 _GSPLAT_OK: bool | None = None  # cached decision of backend="auto"
+_GSPLAT_LOCK = threading.Lock()  # the check may first run on the GPU warm-up thread
 
 
 def gsplat_available() -> bool:
     """True if gsplat imports and its CUDA kernels run (checked once, on a tiny scene)."""
     global _GSPLAT_OK
-    if _GSPLAT_OK is None:
-        if not torch.cuda.is_available():
-            _GSPLAT_OK = False
-        else:
-            try:
-                import gsplat
-
-                dev = torch.device("cuda")
-                img, _, _ = gsplat.rasterization(
-                    torch.zeros(1, 3, device=dev),
-                    torch.tensor([[1.0, 0, 0, 0]], device=dev),
-                    torch.full((1, 3), 0.1, device=dev),
-                    torch.ones(1, device=dev),
-                    torch.ones(1, 3, device=dev),
-                    torch.eye(4, device=dev)[None]
-                    + torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2.0], [0, 0, 0, 0]], device=dev)[
-                        None
-                    ],
-                    torch.tensor([[[16.0, 0, 8], [0, 16, 8], [0, 0, 1]]], device=dev),
-                    16,
-                    16,
-                )
-                torch.cuda.synchronize()
-                _GSPLAT_OK = bool(torch.isfinite(img).all())
-            except Exception as e:  # missing package, failed JIT build, driver mismatch...
-                log.warning(
-                    "gsplat unusable (%s: %s); using the PyTorch reference renderer", type(e).__name__, e
-                )
+    if _GSPLAT_OK is not None:
+        return _GSPLAT_OK
+    with _GSPLAT_LOCK:
+        if _GSPLAT_OK is None:
+            if not torch.cuda.is_available():
                 _GSPLAT_OK = False
+            else:
+                try:
+                    import gsplat
+
+                    dev = torch.device("cuda")
+                    img, _, _ = gsplat.rasterization(
+                        torch.zeros(1, 3, device=dev),
+                        torch.tensor([[1.0, 0, 0, 0]], device=dev),
+                        torch.full((1, 3), 0.1, device=dev),
+                        torch.ones(1, device=dev),
+                        torch.ones(1, 3, device=dev),
+                        torch.eye(4, device=dev)[None]
+                        + torch.tensor(
+                            [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2.0], [0, 0, 0, 0]], device=dev
+                        )[None],
+                        torch.tensor([[[16.0, 0, 8], [0, 16, 8], [0, 0, 1]]], device=dev),
+                        16,
+                        16,
+                    )
+                    torch.cuda.synchronize()
+                    _GSPLAT_OK = bool(torch.isfinite(img).all())
+                except Exception as e:  # missing package, failed JIT build, driver mismatch...
+                    log.warning(
+                        "gsplat unusable (%s: %s); using the PyTorch reference renderer", type(e).__name__, e
+                    )
+                    _GSPLAT_OK = False
     return _GSPLAT_OK
+
+
+def preload_kernels(backend: str, device: torch.device | str) -> None:
+    """Import gsplat and load its kernels now when ``backend`` would use them on ``device`` (the GPU
+    warm-up thread calls this while the weights load, so the first render does not)."""
+    if backend in ("auto", "gsplat") and torch.device(device).type == "cuda":
+        gsplat_available()
 
 
 def render(

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 Out = torch.Tensor | tuple[torch.Tensor, ...]
 
 #: Eager calls of a new input signature before :class:`GraphRunner` captures it (on the next call).
-WARMUP_CALLS = 2
+WARMUP_CALLS = 1
 
 
 def _as_float(out: Out, copy: bool) -> Out:

@@ -8,7 +8,7 @@ from .bake import bake_cameras, bake_texture
 from .io import load_mesh, save_mesh, split_to_uv_layout
 from .mesh import Mesh, face_normals, vertex_normals
 from .ops import clean_mesh, decimate
-from .raster import Raster, interpolate, nvdiffrast_available, rasterize
+from .raster import Raster, interpolate, nvdiffrast_available, preload_kernels, rasterize
 from .shade import composite, render, sample_texture, shade
 from .uv import unwrap_uv
 
@@ -22,6 +22,7 @@ __all__ = [
     "Raster",
     "interpolate",
     "nvdiffrast_available",
+    "preload_kernels",
     "rasterize",
     "composite",
     "render",

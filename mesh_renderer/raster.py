@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import threading
 import types
 from dataclasses import dataclass, field
 
@@ -30,7 +31,14 @@ from core.cameras import Cameras
 
 from .mesh import Mesh
 
-__all__ = ["Raster", "rasterize", "interpolate", "nvdiffrast_available", "resolve_backend"]
+__all__ = [
+    "Raster",
+    "rasterize",
+    "interpolate",
+    "nvdiffrast_available",
+    "preload_kernels",
+    "resolve_backend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +93,7 @@ class Raster:
 _DR = None
 _DR_ERROR: Exception | None = None
 _CONTEXTS: dict = {}
+_DR_LOCK = threading.Lock()  # the plugin may first load on the GPU warm-up thread
 
 
 def _load_nvdiffrast():
@@ -99,25 +108,28 @@ def _load_nvdiffrast():
     global _DR
     if _DR is not None:
         return _DR
-    import torch.utils.cpp_extension as cpp
+    with _DR_LOCK:
+        if _DR is not None:
+            return _DR
+        import torch.utils.cpp_extension as cpp
 
-    dr = importlib.import_module("nvdiffrast.torch")
-    ops = importlib.import_module("nvdiffrast.torch.ops")
-    orig_load, orig_import = cpp.load, cpp._import_module_from_library
+        dr = importlib.import_module("nvdiffrast.torch")
+        ops = importlib.import_module("nvdiffrast.torch.ops")
+        orig_load, orig_import = cpp.load, cpp._import_module_from_library
 
-    def _register(mod):
-        if isinstance(mod, types.ModuleType):
-            sys.modules.setdefault(mod.__name__, mod)
-        return mod
+        def _register(mod):
+            if isinstance(mod, types.ModuleType):
+                sys.modules.setdefault(mod.__name__, mod)
+            return mod
 
-    cpp.load = lambda *a, **k: _register(orig_load(*a, **k))
-    cpp._import_module_from_library = lambda *a, **k: _register(orig_import(*a, **k))
-    try:
-        ops._get_plugin(gl=False)
-    finally:
-        cpp.load, cpp._import_module_from_library = orig_load, orig_import
-    _DR = dr
-    return dr
+        cpp.load = lambda *a, **k: _register(orig_load(*a, **k))
+        cpp._import_module_from_library = lambda *a, **k: _register(orig_import(*a, **k))
+        try:
+            ops._get_plugin(gl=False)
+        finally:
+            cpp.load, cpp._import_module_from_library = orig_load, orig_import
+        _DR = dr
+        return dr
 
 
 def _cuda_context(device: torch.device):
@@ -152,6 +164,16 @@ def nvdiffrast_available(device: torch.device | str = "cuda") -> bool:
             e,
         )
         return False
+
+
+def preload_kernels(backend: str, device: torch.device | str) -> None:
+    """Load the nvdiffrast plugin now when ``backend`` would use it on ``device``; a failure is left
+    for the first render to report (the GPU warm-up thread calls this while the weights load)."""
+    if backend in ("auto", "nvdiffrast") and torch.device(device).type == "cuda":
+        try:
+            _load_nvdiffrast()
+        except Exception as e:
+            log.debug("nvdiffrast preload failed: %s", e)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

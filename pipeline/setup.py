@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,17 +85,24 @@ def _load_model(
 
 
 def setup_stage(
-    cfg: DictConfig, denoiser: Any, load_denoiser: Callable[[DictConfig, torch.device], Any]
+    cfg: DictConfig,
+    denoiser: Any,
+    load_denoiser: Callable[[DictConfig, torch.device], Any],
+    preload: Sequence[Callable[[torch.device], object]] = (),
 ) -> StageSetup:
     """Resolve the device, check outdir/disk/memory (:func:`pipeline.preflight.preflight`), seed,
     load the input image (so a bad image fails before any model loads), load the denoiser unless
     one is given, and condition it on the input view (a text-conditioned model: on the prompt,
-    encoded once per prompt; no reference view)."""
+    encoded once per prompt; no reference view).
+
+    ``preload``: ``fn(device)`` calls (the renderers' kernel loads) that a CUDA run makes on the GPU
+    warm-up thread while the weights load, instead of in its first render."""
     device = stage_device(cfg.device, bool(cfg.model.get("cudnn_benchmark", False)))
     # The weights are about to load: initialise the GPU libraries meanwhile. Joined before this
     # returns, so no helper thread makes CUDA calls once the SIR loop captures CUDA graphs.
     dtype = DTYPES.get(str(cfg.model.get("dtype", "fp16")), torch.float16)
-    warmup = start_library_warmup(device, dtype) if denoiser is None else None
+    steps = [lambda fn=fn: fn(device) for fn in preload]
+    warmup = start_library_warmup(device, dtype, steps) if denoiser is None else None
     try:
         return _setup(cfg, denoiser, load_denoiser, device)
     finally:

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+import gs_renderer
 import guidance
+import mesh_renderer
 from core.outputs import OutputSet
 from core.timing import PhaseTimer
 from gs_renderer import GaussianModel, save_ply
@@ -90,7 +92,10 @@ def stage1_with_model(
     ``during_unwrap(denoiser)``: GPU work to run while the coarse mesh's UV unwrap runs on the CPU
     (the one-command run warms stage 2's networks there), timed as the ``during_unwrap`` phase.
     """
-    st = setup_stage(cfg, denoiser, guidance.load_denoiser)
+    preload = [lambda d: gs_renderer.preload_kernels(cfg.render.gs_backend, d)]
+    if export:
+        preload.append(lambda d: mesh_renderer.preload_kernels(cfg.render.mesh_backend, d))
+    st = setup_stage(cfg, denoiser, guidance.load_denoiser, preload)
     device, timer, denoiser = st.device, st.timer, st.denoiser
     with timer.phase("prepare"):
         model = GaussianModel.init_ball(

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 import guidance
+import mesh_renderer
 from core.cameras import orbit_cameras
 from core.errors import UserError
 from core.outputs import OutputSet
@@ -86,7 +87,8 @@ def run_stage2(cfg: DictConfig, denoiser: Any = None) -> dict:
     ``denoiser``: a loaded model to reuse (else ``guidance.load_denoiser`` loads one).
     """
     mesh_path = find_stage1_mesh(cfg)
-    st = setup_stage(cfg, denoiser, guidance.load_denoiser)
+    preload = [lambda d: mesh_renderer.preload_kernels(cfg.render.mesh_backend, d)]
+    st = setup_stage(cfg, denoiser, guidance.load_denoiser, preload)
     device, timer, denoiser = st.device, st.timer, st.denoiser
     with timer.phase("prepare"):
         mesh = load_mesh(mesh_path).to(device)

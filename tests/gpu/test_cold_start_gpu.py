@@ -83,3 +83,40 @@ def test_graph_capture_survives_cpu_tensor_work_on_another_thread():
     assert runner.enabled and any(e["graph"] is not None for e in runner._entries.values())
     with torch.no_grad():
         assert torch.equal(out, lin(x).float())
+
+
+def test_renderer_preloads_on_the_warmup_thread_leave_both_renderers_ready():
+    """gsplat and the nvdiffrast plugin load on the warm-up thread; the main thread then renders
+    with both, and gets the same image as a render after a main-thread load would give."""
+    import gs_renderer
+    import mesh_renderer
+    import mesh_renderer.raster as raster
+    from core.cameras import orbit_cameras
+    from core.gpu_warmup import start_library_warmup
+
+    dev = torch.device("cuda")
+    t = start_library_warmup(
+        dev,
+        torch.float16,
+        [
+            lambda: gs_renderer.preload_kernels("auto", dev),
+            lambda: mesh_renderer.preload_kernels("auto", dev),
+        ],
+    )
+    t.join(300)
+    assert not t.is_alive()
+    assert gs_renderer.gsplat_available() and raster._DR is not None
+    model = gs_renderer.GaussianModel.init_ball(500, seed=0, device=dev)
+    cams = orbit_cameras([0.0, 0.0], [0.0, 90.0], height=64, device=dev)
+    bg = torch.ones(3, device=dev)
+    a = gs_renderer.render(model, cams, bg, backend="gsplat").rgb
+    b = gs_renderer.render(model, cams, bg, backend="gsplat").rgb
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+    mesh = mesh_renderer.Mesh(
+        v=torch.tensor([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]], device=dev),
+        f=torch.tensor([[0, 1, 2]], device=dev),
+    )
+    ras = mesh_renderer.rasterize(mesh, cams, backend="nvdiffrast")
+    ref = mesh_renderer.rasterize(mesh, cams, backend="torch")
+    assert ras.alpha.sum() > 100  # the triangle is on screen
+    assert (ras.alpha == ref.alpha).float().mean() > 0.99
