@@ -91,6 +91,8 @@ def config_rules() -> dict:
         "export.iso_target": C.choices("input", "gaussians"),
         "export.iso_size": C.in_range(8, MAX_SIZE),
         "export.merge_ratio": C.in_range(0.0, 0.1),
+        "export.visible_views": C.in_range(0, 1024),
+        "export.visible_size": C.in_range(16, MAX_SIZE),
         "export.remesh_size": C.in_range(0.0, 1.0),
         "export.remesh_iters": C.in_range(0, 100),
         "refine.ssaa_min": C.check(lambda v: 0 < v <= 8, "be > 0 and <= 8"),

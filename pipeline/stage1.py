@@ -25,6 +25,7 @@ from mesh_renderer import Mesh, save_mesh
 from mesh_renderer.bake import bake_cameras, bake_texture
 from mesh_renderer.ops import clean_mesh, decimate, isotropic_remesh
 from mesh_renderer.uv import start_unwrap
+from mesh_renderer.visibility import drop_hidden_faces
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
 from pipeline.isolevel import calibrated_level
 from pipeline.plans import stage1_plan
@@ -174,7 +175,7 @@ def export_coarse_mesh(
     ref: tuple | None = None,
     during_unwrap: Callable[[], None] | None = None,
 ) -> dict:
-    """Marching cubes on the Gaussian density, clean, UV-unwrap, bake colour, save (docs/method.md#coarse-mesh, #texture-bake).
+    """Marching cubes on the Gaussian density, clean, drop hidden faces, UV-unwrap, bake colour, save (docs/method.md#coarse-mesh, #texture-bake).
 
     Stages the mesh in ``out`` and adds its final path as ``outputs["mesh"]``; returns
     ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when the Gaussians have no surface above
@@ -198,6 +199,18 @@ def export_coarse_mesh(
             v, f = isotropic_remesh(v, f, ex.remesh_size, ex.remesh_iters)
         if len(f) > ex.max_faces:
             v, f = decimate(v, f, ex.max_faces)
+        if ex.visible_views > 0 and len(f):
+            n = len(f)
+            v, f = drop_hidden_faces(
+                v,
+                f,
+                ex.visible_views,
+                ex.visible_size,
+                cfg.cameras.radius,
+                cfg.cameras.fovy,
+                cfg.render.mesh_backend,
+            )
+            info["hidden_faces_dropped"] = n - len(f)
     if len(f) == 0:
         log.warning("the Gaussians have no surface above density %.3g: no mesh written", level)
         return {"faces": 0}
