@@ -34,8 +34,8 @@ REF_LATENT_MODES = ("sample", "mode")
 def pipeline_options(cfg: Any, default_id: str) -> dict[str, Any]:
     """Constructor keywords of a :class:`LatentDiffusionDenoiser` from ``model.*`` of the app config.
 
-    Keys read: ``model.{path,id,dtype,cuda_graph,compile,fused_norm,cache_dir,ref_latent}``; ``model.path`` (a local
-    folder) wins over ``model.id``, which defaults to ``default_id``.
+    Keys read: ``model.{path,id,dtype,cuda_graph,compile,fused_norm,cache_dir,ref_latent}``;
+    ``model.path`` (a local folder) wins over ``model.id``, which defaults to ``default_id``.
     """
     return dict(
         model=cfg_get(cfg, "model.path") or cfg_get(cfg, "model.id") or default_id,
@@ -105,8 +105,8 @@ class LatentDiffusionDenoiser(Denoiser):
         ``compile``: ``torch.compile`` the UNet and the VAE coders (CUDA only, see :mod:`guidance.compiled`).
         ``channels_last``: NHWC convolutions on CUDA. ``fused_norm``: with ``channels_last`` (and without
         ``compile``, whose Inductor code fuses them itself), GroupNorm(+SiLU) of the UNet and the VAE by
-        the Triton kernel of :mod:`guidance.nets.fused_norm`; False = torch's GroupNorm. ``config_key``/``cache_dir``/``local_files_only``:
-        see :func:`guidance.components.open_pipeline`.
+        the Triton kernel of :mod:`guidance.nets.fused_norm`; False = torch's GroupNorm.
+        ``config_key``/``cache_dir``/``local_files_only``: see :func:`guidance.components.open_pipeline`.
         """
         super().__init__()
         from guidance.nets.clip_vision import ClipImageProcessor
