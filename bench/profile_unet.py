@@ -10,7 +10,10 @@ elementwise, ...), the top kernels, and kernel time against the wall time of a C
 
 Modes: ``eager``; ``graph`` (CUDA graphs, the default config); ``compile`` (``model.compile``:
 ``torch.compile`` of the UNet and VAE, then CUDA graphs); ``nchw`` (CUDA graphs, contiguous layout
-instead of channels-last).
+instead of channels-last). A ``-exactnorm`` suffix (``fp16:graph-exactnorm``) runs the mode with
+``model.fused_norm=false`` (torch's GroupNorm instead of the fused Triton kernel):
+
+    python -m bench.profile_unet --variants fp16:graph,fp16:graph-exactnorm
 """
 
 from __future__ import annotations
@@ -85,21 +88,30 @@ def kernel_table(fn, calls: int = 3) -> dict:
             k[0] += ev.device_time_total / 1e6 / calls
             k[1] += 1 / calls
     by_cat: dict[str, float] = defaultdict(float)
-    for name, (s, _) in per_kernel.items():
+    n_cat: dict[str, float] = defaultdict(float)
+    for name, (s, n) in per_kernel.items():
         by_cat[category(name)] += s
+        n_cat[category(name)] += n
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:20]
     return {
         "kernel_s": sum(s for s, _ in per_kernel.values()),
         "kernels_per_call": sum(n for _, n in per_kernel.values()),
         "by_category_s": dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
+        "by_category_n": {c: round(n_cat[c], 1) for c in sorted(by_cat, key=lambda c: -by_cat[c])},
         "top": [{"name": n[:120], "s": s, "count": c, "category": category(n)} for n, (s, c) in top],
     }
 
 
 def build(folder: Path, dtype: str, mode: str, views: int):
-    """A Zero123 denoiser in ``dtype``/``mode`` conditioned on a random reference, its timed calls, load seconds."""
+    """A Zero123 denoiser in ``dtype``/``mode`` conditioned on a random reference, its timed calls, load seconds.
+
+    ``mode``: one of the module's modes, with an optional ``-exactnorm``.
+    """
     from guidance.models.zero123 import Zero123Denoiser
 
+    mode, _, option = mode.partition("-")
+    if option not in ("", "exactnorm"):
+        raise SystemExit(f"unknown variant option -{option} (only -exactnorm)")
     dev = torch.device("cuda")
     t0 = time.perf_counter()
     den = Zero123Denoiser(
@@ -107,6 +119,8 @@ def build(folder: Path, dtype: str, mode: str, views: int):
         device=dev,
         dtype=dtype,
         cuda_graph=mode != "eager",
+        channels_last=mode != "nchw",
+        fused_norm=option != "exactnorm",
         **({"fp8": True} if mode == "fp8" else {}),
     )
     if mode == "compile":
@@ -134,7 +148,13 @@ def build(folder: Path, dtype: str, mode: str, views: int):
 def run_variant(folder: Path, dtype: str, mode: str, views: int, reps: int, ref: torch.Tensor | None) -> dict:
     """Times, first-call (capture/compile) cost, kernel tables and the CFG output against ``ref``."""
     den, calls, load_s = build(folder, dtype, mode, views)
-    res: dict = {"dtype": dtype, "mode": mode, "load_s": round(load_s, 3), "calls": {}}
+    res: dict = {
+        "dtype": dtype,
+        "mode": mode,
+        "fused_norm": den.fused_norm,
+        "load_s": round(load_s, 3),
+        "calls": {},
+    }
     with torch.no_grad():
         for name, fn in calls.items():
             torch.cuda.synchronize()
@@ -195,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} {v['median_s'] * 1e3:6.2f} ms (first 3: {v['first3_s']:.2f} s)"
             for k, v in r["calls"].items()
         )
-        print(f"{dtype}:{mode}  {line}", flush=True)
+        print(f"{dtype}:{mode} (fused_norm {r['fused_norm']})  {line}", flush=True)
         ke = r["cfg_kernels_eager"]
-        cats = ", ".join(f"{c} {s * 1e3:.2f}" for c, s in ke["by_category_s"].items())
+        cats = ", ".join(
+            f"{c} {s * 1e3:.2f} (x{ke['by_category_n'][c]:.0f})" for c, s in ke["by_category_s"].items()
+        )
         print(
             f"  CFG kernels {ke['kernel_s'] * 1e3:.2f} ms in {ke['kernels_per_call']:.0f} kernels [{cats}] "
             f"vs wall {r['cfg_call_wall_s'] * 1e3:.2f} ms; vs first variant {r.get('cfg_vs_reference')}",

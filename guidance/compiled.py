@@ -16,6 +16,15 @@ __all__ = ["compile_networks"]
 
 
 def compile_networks(den: Any) -> None:
-    """Replace the forward of ``den.unet`` and of the VAE's encoder and decoder by compiled ones."""
+    """Replace the forward of ``den.unet`` and of the VAE's encoder and decoder by compiled ones.
+
+    The fused GroupNorm kernel (:mod:`guidance.nets.fused_norm`) is turned off first: Inductor fuses
+    torch's GroupNorm+SiLU itself, and the exact path is what it was measured on.
+    """
+    from guidance.nets.fused_norm import set_fused_norm
+
+    for net in (den.unet, den.vae):
+        set_fused_norm(net, False)
+    den.fused_norm = False
     for module in (den.unet, den.vae.encoder, den.vae.decoder):
         module.forward = torch.compile(module.forward, dynamic=False, fullgraph=False)

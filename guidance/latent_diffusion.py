@@ -22,6 +22,7 @@ from core.errors import UserError
 from guidance.components import clip_pixels, open_pipeline, reference_pixels, resolve_dtype
 from guidance.cuda_graphs import GraphRunner
 from guidance.denoiser import Denoiser, NoiseSource, TorchNoise
+from guidance.nets.fused_norm import set_fused_norm, triton_available
 from guidance.options import cfg_get
 from guidance.schedule import DDIMSchedule
 
@@ -33,14 +34,15 @@ REF_LATENT_MODES = ("sample", "mode")
 def pipeline_options(cfg: Any, default_id: str) -> dict[str, Any]:
     """Constructor keywords of a :class:`LatentDiffusionDenoiser` from ``model.*`` of the app config.
 
-    Keys read: ``model.{path,id,dtype,cuda_graph,compile,cache_dir,ref_latent}``; ``model.path`` (a local
-    folder) wins over ``model.id``, which defaults to ``default_id``.
+    Keys read: ``model.{path,id,dtype,cuda_graph,compile,fused_norm,cache_dir,ref_latent}``;
+    ``model.path`` (a local folder) wins over ``model.id``, which defaults to ``default_id``.
     """
     return dict(
         model=cfg_get(cfg, "model.path") or cfg_get(cfg, "model.id") or default_id,
         dtype=cfg_get(cfg, "model.dtype", "fp16"),
         cuda_graph=bool(cfg_get(cfg, "model.cuda_graph", False)),
         compile=bool(cfg_get(cfg, "model.compile", False)),
+        fused_norm=bool(cfg_get(cfg, "model.fused_norm", True)),
         ref_latent=cfg_get(cfg, "model.ref_latent", "sample"),
         config_key="model.path",
         cache_dir=cfg_get(cfg, "model.cache_dir"),
@@ -91,6 +93,7 @@ class LatentDiffusionDenoiser(Denoiser):
         cuda_graph: bool = False,
         compile: bool = False,
         channels_last: bool = True,
+        fused_norm: bool = True,
         config_key: str = "model.path",
         cache_dir: str | Path | None = None,
         local_files_only: bool | None = None,
@@ -100,8 +103,10 @@ class LatentDiffusionDenoiser(Denoiser):
         ``ref_latent``: ``sample`` (the authors: posterior sample) or ``mode`` (posterior mean) for the
         reference latent. ``cuda_graph``: replay the UNet and VAE as CUDA graphs (CUDA only).
         ``compile``: ``torch.compile`` the UNet and the VAE coders (CUDA only, see :mod:`guidance.compiled`).
-        ``channels_last``: NHWC convolutions on CUDA. ``config_key``/``cache_dir``/``local_files_only``:
-        see :func:`guidance.components.open_pipeline`.
+        ``channels_last``: NHWC convolutions on CUDA. ``fused_norm``: with ``channels_last`` (and without
+        ``compile``, whose Inductor code fuses them itself), GroupNorm(+SiLU) of the UNet and the VAE by
+        the Triton kernel of :mod:`guidance.nets.fused_norm`; False = torch's GroupNorm.
+        ``config_key``/``cache_dir``/``local_files_only``: see :func:`guidance.components.open_pipeline`.
         """
         super().__init__()
         from guidance.nets.clip_vision import ClipImageProcessor
@@ -136,6 +141,10 @@ class LatentDiffusionDenoiser(Denoiser):
         if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
+        #: True when the UNet's and the VAE's GroupNorms run the fused channels-last kernel.
+        self.fused_norm = fused_norm and self.channels_last and not compile and triton_available()
+        for net in (self.unet, self.vae):
+            set_fused_norm(net, self.fused_norm)
         if compile and self.device.type == "cuda":
             from guidance.compiled import compile_networks
 

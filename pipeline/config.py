@@ -60,6 +60,7 @@ def config_rules() -> dict:
         "cameras.ref_azimuth": C.in_range(-360.0, 360.0),
         "model.dtype": C.choices("fp16", "bf16", "fp32"),
         "model.ref_latent": C.choices("sample", "mode"),
+        "model.fused_norm": C.choices(True, False),
         "render.gs_backend": C.choices("auto", "gsplat", "torch"),
         "render.mesh_backend": C.choices("auto", "nvdiffrast", "torch"),
         "gaussians.num_pts": C.in_range(1, 100_000_000),

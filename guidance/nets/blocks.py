@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from guidance.nets.fused_norm import group_norm_act
+
 __all__ = ["ResnetBlock", "Downsample", "Upsample", "multihead_attention"]
 
 
@@ -49,10 +51,10 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``[B,Cin,H,W]``, ``temb`` ``[B,T]`` (or None) -> ``[B,Cout,H,W]``."""
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(group_norm_act(x, self.norm1, silu=True))
         if self.time_emb_proj is not None and temb is not None:
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(group_norm_act(h, self.norm2, silu=True))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         out = skip + h
         return out if self.output_scale == 1.0 else out / self.output_scale

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guidance.nets.blocks import Downsample, ResnetBlock, Upsample, multihead_attention
+from guidance.nets.fused_norm import group_norm_act, uses_fused
 from guidance.nets.weights import ModelFolderError, check_config, config_namespace, load_module, read_config
 
 __all__ = ["SDUNet", "UNetOutput", "load_sd_unet", "sinusoidal_embedding", "UNET_FIXED"]
@@ -190,7 +191,8 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``x`` ``[B,C,H,W]``, ``context`` ``[B,M,ctx]`` -> ``[B,C,H,W]``."""
         b, c, h, w = x.shape
-        y = self.norm(x)
+        fused = uses_fused(x, self.norm)
+        y = group_norm_act(x, self.norm, silu=False)
         if not self.linear:
             y = self.proj_in(y)
         y = y.permute(0, 2, 3, 1).reshape(b, h * w, c)
@@ -200,7 +202,10 @@ class SpatialTransformer(nn.Module):
             y = block(y, context)
         if self.linear:
             y = self.proj_out(y)
-        y = y.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+        y = y.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        # The fused (channels-last) path keeps the layout: the permuted view already is channels-last,
+        # where .contiguous() would copy to NCHW and the next conv copy back. The exact path is unchanged.
+        y = y.contiguous(memory_format=torch.channels_last) if fused else y.contiguous()
         if not self.linear:
             y = self.proj_out(y)
         return y + x
@@ -420,7 +425,7 @@ class SDUNet(nn.Module):
             ):
                 size = tuple(skips[-1].shape[-2:])  # odd sizes: upsample to the skip's size
             x = block(x, mine, temb, encoder_hidden_states, size)
-        x = self.conv_out(F.silu(self.conv_norm_out(x)))
+        x = self.conv_out(group_norm_act(x, self.conv_norm_out, silu=True))
         return UNetOutput(x) if return_dict else (x,)
 
 

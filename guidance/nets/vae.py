@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from guidance.nets.blocks import Downsample, ResnetBlock, Upsample, multihead_attention
+from guidance.nets.fused_norm import group_norm_act, uses_fused
 from guidance.nets.weights import ModelFolderError, check_config, config_namespace, load_module, read_config
 
 __all__ = ["AutoencoderKL", "DiagonalGaussian", "load_vae"]
@@ -92,7 +92,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B,C,H,W]`` -> ``[B,C,H,W]``."""
         b, c, h, w = x.shape
-        y = self.group_norm(x.reshape(b, c, h * w)).transpose(1, 2)
+        if uses_fused(x, self.group_norm):
+            # Channels-last: the normalised [B,H,W,C] memory is already the [B,HW,C] token layout.
+            y = group_norm_act(x, self.group_norm, silu=False).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        else:
+            y = self.group_norm(x.reshape(b, c, h * w)).transpose(1, 2)
         y = self.to_out[0](multihead_attention(self.to_q(y), self.to_k(y), self.to_v(y), heads=1))
         return y.transpose(1, 2).reshape(b, c, h, w) + x
 
@@ -155,7 +159,7 @@ class Encoder(nn.Module):
         x = self.conv_in(x)
         for block in self.down_blocks:
             x = block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(self.mid_block(x))))
+        return self.conv_out(group_norm_act(self.mid_block(x), self.conv_norm_out, silu=True))
 
 
 class Decoder(nn.Module):
@@ -178,7 +182,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(group_norm_act(x, self.conv_norm_out, silu=True))
 
 
 class AutoencoderKL(nn.Module):

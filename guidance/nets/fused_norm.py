@@ -1,0 +1,153 @@
+"""GroupNorm (+ SiLU) of channels-last tensors in one Triton pass pair, with the exact torch path kept.
+
+Why: PyTorch's CUDA GroupNorm needs NCHW-contiguous input, so on the channels-last networks every
+GroupNorm copies NHWC -> NCHW and the next convolution copies back, and the SiLU after it is one more
+elementwise kernel (measured on an H200: ~120 layout copies per Stable Zero123 UNet call). The
+kernels of :mod:`guidance.nets.fused_norm_kernels` read and write channels-last directly, with fp32
+statistics and the SiLU fused into the store.
+
+The switch is a flag on each ``nn.GroupNorm`` module (:func:`set_fused_norm`), off unless set, so
+the networks compute exactly what they did before on CPU, in tests and with ``model.fused_norm=false``.
+Triton is imported only when a fused call is first attempted; without it the exact path runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["group_norm_act", "fused_group_norm", "set_fused_norm", "uses_fused", "triton_available"]
+
+log = logging.getLogger(__name__)
+
+#: The attribute :func:`set_fused_norm` sets on each ``nn.GroupNorm``.
+FLAG = "fused_norm"
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_TILE = 2048  # elements per tile (rows x padded group channels)
+_TARGET_PROGRAMS = 1024  # programs per launch to aim for (several per SM on current GPUs)
+_broken = False  # set when a fused launch raised: the exact path from then on
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when triton imports (it ships with torch's CUDA wheels; absent on some CPU installs)."""
+    try:
+        import guidance.nets.fused_norm_kernels  # noqa: F401
+    except Exception:  # ImportError, or a triton that fails on import on this machine
+        return False
+    return True
+
+
+def set_fused_norm(module: nn.Module, enabled: bool) -> int:
+    """Turn the fused kernel on or off for every ``nn.GroupNorm`` under ``module``; -> how many were set."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, nn.GroupNorm):
+            setattr(m, FLAG, bool(enabled))
+            n += 1
+    return n
+
+
+def _device_ok(x: torch.Tensor) -> bool:
+    """CUDA tensors only (the CPU tests patch this to run the nets under Triton's interpreter)."""
+    return x.is_cuda
+
+
+def uses_fused(x: torch.Tensor, norm: nn.GroupNorm) -> bool:
+    """Whether :func:`group_norm_act` takes the fused kernel for ``x`` (flag on, CUDA, channels-last, ...)."""
+    return (
+        getattr(norm, FLAG, False)
+        and not _broken
+        and _device_ok(x)
+        and x.dim() == 4
+        and x.dtype in _DTYPES
+        and norm.affine
+        and x.is_contiguous(memory_format=torch.channels_last)
+        # no backward for the kernel: gradients take the exact path
+        and not (torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad))
+        and triton_available()
+    )
+
+
+def group_norm_act(x: torch.Tensor, norm: nn.GroupNorm, silu: bool) -> torch.Tensor:
+    """``F.silu(norm(x))`` (``silu``) or ``norm(x)`` for ``x`` ``[B,C,H,W]``; fused when :func:`uses_fused`.
+
+    The exact path is the torch calls themselves (bit-identical to calling them directly); the fused
+    one returns a channels-last tensor of ``x``'s dtype, statistics in fp32.
+    """
+    global _broken
+    if uses_fused(x, norm):
+        try:
+            return fused_group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps, silu)
+        except Exception as exc:  # a kernel that does not compile here: warn once, stay correct
+            _broken = True
+            log.warning("fused GroupNorm failed (%s: %s); using torch's GroupNorm", type(exc).__name__, exc)
+    y = norm(x)
+    return F.silu(y) if silu else y
+
+
+def _plan(batch: int, groups: int, hw: int, cg: int) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_HW, tiles per split, splits S) for one launch; no split is empty."""
+    block_c = triton_next_pow2(cg)
+    block_hw = max(1, _TILE // block_c)
+    n_tiles = -(-hw // block_hw)
+    want = max(1, min(n_tiles, -(-_TARGET_PROGRAMS // (batch * groups))))
+    tiles_per_split = -(-n_tiles // want)
+    return block_c, block_hw, tiles_per_split, -(-n_tiles // tiles_per_split)
+
+
+def triton_next_pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (>= 1)."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def fused_group_norm(
+    x: torch.Tensor,
+    groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    silu: bool,
+) -> torch.Tensor:
+    """GroupNorm (+ SiLU) of a channels-last ``x`` ``[B,C,H,W]`` by the Triton kernels -> same shape, dtype, layout.
+
+    ``weight``/``bias`` ``[C]`` (any float dtype); statistics and arithmetic in fp32, biased variance
+    as ``F.group_norm``. No device check: under ``TRITON_INTERPRET=1`` CPU tensors work (the tests).
+    """
+    from guidance.nets.fused_norm_kernels import group_norm_apply, group_norm_stats
+
+    B, C, H, W = x.shape
+    if C % groups:
+        raise ValueError(f"{C} channels are not divisible into {groups} groups")
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("fused_group_norm needs a channels-last contiguous tensor")
+    hw, cg = H * W, C // groups
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    if x.numel() == 0:
+        return y
+    block_c, block_hw, tps, S = _plan(B, groups, hw, cg)
+    stats = torch.empty(B * groups * S * 3, device=x.device, dtype=torch.float32)
+    grid = (B * groups * S,)
+    group_norm_stats[grid](x, stats, hw, C, cg, tps, S, BLOCK_HW=block_hw, BLOCK_C=block_c)
+    group_norm_apply[grid](
+        x,
+        y,
+        weight,
+        bias,
+        stats,
+        hw,
+        C,
+        cg,
+        tps,
+        S,
+        float(eps),
+        SILU=bool(silu),
+        BLOCK_HW=block_hw,
+        BLOCK_C=block_c,
+        BLOCK_S=triton_next_pow2(S),
+    )
+    return y

@@ -1,0 +1,125 @@
+"""The Triton kernels of :mod:`guidance.nets.fused_norm` (imports triton: import this module lazily).
+
+A channels-last ``[B,C,H,W]`` tensor is ``[B,H*W,C]`` in memory; group ``g`` is the column block
+``g*Cg .. (g+1)*Cg`` of every row. Each group's rows are cut into ``S`` contiguous splits (several
+programs per group, so a big VAE group does not stream through one SM). Two kernels:
+
+* ``group_norm_stats``: one program per (batch, group, split) -> the split's count, mean and M2
+  (sum of squared deviations), accumulated in fp32 around a shift (the mean of the split's first
+  tile), so ``E[x^2] - mean^2`` does not cancel when ``|mean| >> std``;
+* ``group_norm_apply``: one program per (batch, group, split): merges the ``S`` splits' statistics
+  (Chan et al.'s pairwise formula, exact in exact arithmetic), then writes
+  ``act((x - mean) * rstd * weight + bias)`` in the input's dtype, act = SiLU or identity.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["group_norm_stats", "group_norm_apply"]
+
+
+@triton.jit
+def group_norm_stats(
+    x_ptr,
+    stats_ptr,  # float32 [B*G*S, 3]: count, mean, M2
+    HW,
+    C,
+    Cg,
+    tiles_per_split,
+    S,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Count, mean and M2 of one split of one (batch, group)."""
+    pid = tl.program_id(0)
+    s = pid % S
+    bg = pid // S
+    G = C // Cg
+    b = bg // G
+    g = bg % G
+    base = x_ptr + b.to(tl.int64) * HW * C + g * Cg
+    rows = tl.arange(0, BLOCK_HW)
+    cols = tl.arange(0, BLOCK_C)
+    col_ok = cols < Cg
+    row0 = s * tiles_per_split * BLOCK_HW
+    # Shift: the mean of the split's first tile (never empty: the host makes no empty split).
+    r = row0 + rows
+    m = (r < HW)[:, None] & col_ok[None, :]
+    x = tl.load(base + r[:, None].to(tl.int64) * C + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    shift = tl.sum(tl.sum(x, axis=1), axis=0) / tl.sum(tl.sum(m.to(tl.float32), axis=1), axis=0)
+    acc1 = tl.zeros((BLOCK_HW, BLOCK_C), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_HW, BLOCK_C), dtype=tl.float32)
+    for i in range(0, tiles_per_split):
+        r = row0 + i * BLOCK_HW + rows
+        m = (r < HW)[:, None] & col_ok[None, :]
+        x = tl.load(base + r[:, None].to(tl.int64) * C + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        d = tl.where(m, x - shift, 0.0)
+        acc1 += d
+        acc2 += d * d
+    n_rows = tl.minimum(HW - row0, tiles_per_split * BLOCK_HW)
+    n = (n_rows * Cg).to(tl.float32)
+    s1 = tl.sum(tl.sum(acc1, axis=1), axis=0)
+    s2 = tl.sum(tl.sum(acc2, axis=1), axis=0)
+    out = stats_ptr + pid * 3
+    tl.store(out, n)
+    tl.store(out + 1, shift + s1 / n)
+    tl.store(out + 2, tl.maximum(s2 - s1 * s1 / n, 0.0))
+
+
+@triton.jit
+def group_norm_apply(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    stats_ptr,
+    HW,
+    C,
+    Cg,
+    tiles_per_split,
+    S,
+    eps,
+    SILU: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Normalise one split of one (batch, group) with the group's merged statistics; affine; SiLU."""
+    pid = tl.program_id(0)
+    s = pid % S
+    bg = pid // S
+    G = C // Cg
+    b = bg // G
+    g = bg % G
+    # Merge the S splits of this group (each program redoes it: S is small, the loads are cached).
+    k = tl.arange(0, BLOCK_S)
+    k_ok = k < S
+    st = stats_ptr + (bg * S + k) * 3
+    cnt = tl.load(st, mask=k_ok, other=0.0)
+    mean_k = tl.load(st + 1, mask=k_ok, other=0.0)
+    m2_k = tl.load(st + 2, mask=k_ok, other=0.0)
+    total = tl.sum(cnt, axis=0)
+    mean = tl.sum(cnt * mean_k, axis=0) / total
+    dev = mean_k - mean
+    var = (tl.sum(m2_k, axis=0) + tl.sum(cnt * dev * dev, axis=0)) / total
+    rstd = 1.0 / tl.sqrt(var + eps)
+
+    cols = tl.arange(0, BLOCK_C)
+    col_ok = cols < Cg
+    w = tl.load(w_ptr + g * Cg + cols, mask=col_ok, other=0.0).to(tl.float32)
+    bias = tl.load(b_ptr + g * Cg + cols, mask=col_ok, other=0.0).to(tl.float32)
+    scale = w * rstd  # y = (x - mean) * scale + bias: no x * scale - mean * scale cancellation
+    off = b.to(tl.int64) * HW * C + g * Cg
+    rows = tl.arange(0, BLOCK_HW)
+    row0 = s * tiles_per_split * BLOCK_HW
+    for i in range(0, tiles_per_split):
+        r = row0 + i * BLOCK_HW + rows
+        m = (r < HW)[:, None] & col_ok[None, :]
+        idx = off + r[:, None].to(tl.int64) * C + cols[None, :]
+        x = tl.load(x_ptr + idx, mask=m, other=0.0).to(tl.float32)
+        y = (x - mean) * scale[None, :] + bias[None, :]
+        if SILU:
+            y = y / (1.0 + tl.exp(-y))
+        tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=m)
