@@ -83,7 +83,11 @@ def _fake_step(rep: GaussianRepresentation) -> None:
 
 
 def _run(stats: str, steps: int = 320) -> tuple[dict[int, dict], list[float], GaussianRepresentation]:
-    cfg = load_config(["guidance=oracle", "device=cpu"])  # configs/image.yaml: the paper's values
+    # configs/image.yaml's schedule, without the scale cap and screen-size prune the defaults add
+    # (the hand computation in the module docstring is the paper's densification)
+    cfg = load_config(
+        ["guidance=oracle", "device=cpu", "gaussians.max_scale=0", "gaussians.max_screen_frac=0"]
+    )
     settings = replace(gaussian_settings(cfg), densify_stats=stats)
     ref_cam = orbit_cameras(0.0, 0.0, height=S)
     rep = GaussianRepresentation(_model(), settings, torch.ones(3, S, S), torch.ones(1, S, S), ref_cam)

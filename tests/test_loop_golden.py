@@ -177,10 +177,16 @@ def test_stage1_iteration_matches_the_authors(golden, monkeypatch):
 
 
 def test_default_config_densifies_as_the_authors(golden, monkeypatch):
-    """The default config clones/splits exactly the authors' Gaussians (last-view statistics), and
-    all-view statistics (``gaussians.densify_stats=all``) would clone/split others."""
+    """The default config, without the scale cap and screen-size prune it adds (README, geometry),
+    clones/splits exactly the authors' Gaussians (last-view statistics); all-view statistics
+    (``gaussians.densify_stats=all``) would clone/split others, and so does the cap."""
     meta, _ = golden
-    _, _, _, counts = _run(golden, monkeypatch, "configs/image.yaml")
+    paper_densify = ("gaussians.max_scale=0", "gaussians.max_screen_frac=0")
+    _, _, _, counts = _run(golden, monkeypatch, "configs/image.yaml", *paper_densify)
     assert counts == meta["counts"]
-    _, _, _, counts_all = _run(golden, monkeypatch, "configs/image.yaml", "gaussians.densify_stats=all")
+    _, _, _, counts_all = _run(
+        golden, monkeypatch, "configs/image.yaml", *paper_densify, "gaussians.densify_stats=all"
+    )
     assert counts_all[0][:2] == [100, 300] and counts_all[0][2] != meta["counts"][0][2]
+    _, _, _, counts_cap = _run(golden, monkeypatch, "configs/image.yaml")
+    assert counts_cap[0][:2] == [100, 300] and counts_cap[0][2] > meta["counts"][0][2]  # capped ones split

@@ -348,9 +348,16 @@ def test_paper_configs_differ_only_on_the_listed_points(toy, paper, base, extra)
 
     p, b = (_flat(OmegaConf.to_container(_cfg(config=c))) for c in (paper, base))
     diff = {k: p[k] for k in p if p[k] != b.get(k)}
-    # the defaults follow the authors everywhere else (measured: README "Paper mode"), except that
-    # they drop the coarse mesh's hidden faces (docs/method.md#coarse-mesh)
-    assert diff == {"export.remesh_size": 0.015, "export.visible_views": 0, **extra}
+    # the defaults follow the authors everywhere else (measured: README "Paper mode"), except for
+    # the geometry additions (README "geometry"): scale cap, screen-size prune, background-alpha
+    # loss and the coarse mesh's hidden-face drop
+    geometry = {
+        "gaussians.max_scale": 0.0,
+        "gaussians.max_screen_frac": 0.0,
+        "sir.bg_alpha_loss": 0.0,
+        "export.visible_views": 0,
+    }
+    assert diff == {"export.remesh_size": 0.015, **geometry, **extra}
 
 
 def test_isotropic_remesh_is_optional(monkeypatch):

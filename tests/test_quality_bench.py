@@ -95,3 +95,24 @@ def test_collect_meshes_folder(tmp_path):
     assert [p.name for p in quality.collect_meshes([str(tmp_path)])] == ["a.glb", "b.obj"]
     with pytest.raises(SystemExit):
         quality.collect_meshes([str(tmp_path / "missing.obj")])
+
+
+def test_warmup_runs_the_first_mesh_once_untimed_and_unrecorded(tmp_path, monkeypatch):
+    """With ``warmup`` the first mesh runs once before the timed loop, into its own folder, and
+    is neither recorded nor timed; without it (the CPU default) no extra run happens."""
+    calls = []
+
+    def fake_run_one(mesh, config, overrides, outdir, eval_size, samples, quiet):
+        calls.append(Path(outdir).name)
+        raise RuntimeError("stub")  # recorded as a failed mesh, skipped by the warm-up
+
+    monkeypatch.setattr(quality, "run_one", fake_run_one)
+    meshes = [MESH, MESH.with_name("cow.obj")]
+    for warmup, expected in ((True, ["_warmup", "suzanne", "cow"]), (None, ["suzanne", "cow"])):
+        calls.clear()
+        result = quality.run_benchmark(
+            meshes, str(TINY_CONFIG), [], out=tmp_path / "q.json", workdir=tmp_path / "w", warmup=warmup
+        )
+        assert calls == expected
+        assert [r["name"] for r in result["meshes"]] == ["suzanne", "cow"]
+        assert result["warmup"] is bool(warmup)

@@ -145,6 +145,7 @@ ORACLE_CPU = [
     "render.gs_backend=torch",
     "render.mesh_backend=torch",
     "gaussians.num_pts=2000",
+    "gaussians.max_scale=0",  # as configs/oracle_cpu.yaml: no scale cap at these sizes
     "sir.render_size=64",
     "sir.iters=10",
     "sir.init_steps=10",
