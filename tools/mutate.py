@@ -253,6 +253,29 @@ MUTATIONS: list[Mutation] = [
         "max(self.ssaa[0], float(self.rng.random()))",
         "paper mode: supersampling scale in [0, 1]",
     ),
+    # -- issue 15: geometry defaults and the hidden-face drop; issue 20: the fused GroupNorm
+    _m(
+        "mesh_renderer/visibility.py",
+        "keep = seen | touched[mesh.f].all(1)",
+        "keep = torch.ones_like(seen)",
+        "hidden faces kept",
+        "tests/test_hidden_faces.py",
+    ),
+    _m("configs/image.yaml", "  max_scale: 0.02 ", "  max_scale: 0.0  ", "default: no scale cap", LOOP),
+    _m(
+        "configs/image.yaml",
+        "  bg_alpha_loss: 1.0 ",
+        "  bg_alpha_loss: 0.0 ",
+        "default: no background-alpha loss",
+    ),
+    _m("configs/image_paper.yaml", "  max_scale: 0.0 ", "  max_scale: 0.02", "paper mode: scale cap"),
+    _m(
+        "guidance/nets/fused_norm_kernels.py",
+        "rstd = 1.0 / tl.sqrt(var + eps)",
+        "rstd = 1.0 / tl.sqrt(var)",
+        "fused GroupNorm without eps",
+        "tests/test_fused_norm.py",
+    ),
 ]
 
 
