@@ -158,3 +158,13 @@ def test_preflight_counts_the_visibility_views(tmp_path):
         preflight.check_memory(cfg, 8e9)
     cfg = load_config([*base, "export.visible_views=0", "export.visible_size=8192"])
     assert preflight.memory_estimates(cfg)["export.visible_size"] == 0
+
+
+def test_a_mesh_no_view_resolves_is_kept_whole(caplog):
+    """Under 2 % of the faces seen (here: a speck below a pixel in every view) is a degenerate case:
+    the mesh comes back unchanged, with a warning, rather than cut down to nothing."""
+    v, f = _sphere(1e-4, 1)
+    with caplog.at_level("WARNING", logger="mesh_renderer.visibility"):
+        nv, nf = drop_hidden_faces(v, f, views=16, size=32, backend="torch")
+    assert nv is v and nf is f
+    assert any("kept whole" in r.message for r in caplog.records)
