@@ -93,6 +93,7 @@ class Raster:
 _DR = None
 _DR_ERROR: Exception | None = None
 _CONTEXTS: dict = {}
+_DR_LOAD_ERROR: Exception | None = None  # a failed import/build, raised again without retrying it
 _DR_LOCK = threading.Lock()  # the plugin may first load on the GPU warm-up thread
 
 
@@ -104,32 +105,46 @@ def _load_nvdiffrast():
     ``ModuleNotFoundError: nvdiffrast_plugin_...`` at its ``importlib.import_module``. Upstream
     0.3.4 registers the returned module itself; we do the same from outside by wrapping those two
     functions only while the plugin is built, so site-packages stays untouched.
+
+    A failure is kept and raised again by later calls: a JIT build that cannot compile costs its
+    attempt once (the GPU warm-up thread's preload, then the first render, would each pay it).
     """
-    global _DR
+    global _DR, _DR_LOAD_ERROR
     if _DR is not None:
         return _DR
     with _DR_LOCK:
         if _DR is not None:
             return _DR
-        import torch.utils.cpp_extension as cpp
-
-        dr = importlib.import_module("nvdiffrast.torch")
-        ops = importlib.import_module("nvdiffrast.torch.ops")
-        orig_load, orig_import = cpp.load, cpp._import_module_from_library
-
-        def _register(mod):
-            if isinstance(mod, types.ModuleType):
-                sys.modules.setdefault(mod.__name__, mod)
-            return mod
-
-        cpp.load = lambda *a, **k: _register(orig_load(*a, **k))
-        cpp._import_module_from_library = lambda *a, **k: _register(orig_import(*a, **k))
+        if _DR_LOAD_ERROR is not None:
+            raise _DR_LOAD_ERROR
         try:
-            ops._get_plugin(gl=False)
-        finally:
-            cpp.load, cpp._import_module_from_library = orig_load, orig_import
-        _DR = dr
-        return dr
+            _DR = _import_and_build()
+        except Exception as e:
+            _DR_LOAD_ERROR = e
+            raise
+        return _DR
+
+
+def _import_and_build():
+    """:func:`_load_nvdiffrast`'s work: import ``nvdiffrast.torch``, build its plugin -> the module."""
+    import torch.utils.cpp_extension as cpp
+
+    dr = importlib.import_module("nvdiffrast.torch")
+    ops = importlib.import_module("nvdiffrast.torch.ops")
+    orig_load, orig_import = cpp.load, cpp._import_module_from_library
+
+    def _register(mod):
+        if isinstance(mod, types.ModuleType):
+            sys.modules.setdefault(mod.__name__, mod)
+        return mod
+
+    cpp.load = lambda *a, **k: _register(orig_load(*a, **k))
+    cpp._import_module_from_library = lambda *a, **k: _register(orig_import(*a, **k))
+    try:
+        ops._get_plugin(gl=False)
+    finally:
+        cpp.load, cpp._import_module_from_library = orig_load, orig_import
+    return dr
 
 
 def _cuda_context(device: torch.device):

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from core.errors import UserError
 from mesh_renderer.bake import BAKE_AZIMUTHS
+from mesh_renderer.visibility import views_per_chunk
 
 __all__ = [
     "check_disk",
@@ -46,11 +47,16 @@ def memory_estimates(cfg: DictConfig) -> dict[str, float]:
     g, s, ex, r = cfg.gaussians, cfg.sir, cfg.export, cfg.refine
     per_pt = 16 * _floats_per_gaussian(g.sh_degree) + 128 * s.views  # param+grad+Adam; per-view projections
     n_bake = len(BAKE_AZIMUTHS)
+    # hidden-face drop: one chunk of its views is rasterised at a time (no gradients)
+    n_vis = min(
+        int(ex.get("visible_views", 0)), views_per_chunk(ex.get("visible_size", 0) ** 2, ex.max_faces)
+    )
     return {
         "gaussians.num_pts": float(g.num_pts) * per_pt,
         "sir.render_size": float(s.views) * s.render_size**2 * PX_BYTES,
         "refine.render_size": float(r.views) * r.render_size**2 * PX_BYTES,
         "export.bake_size": float(n_bake) * ex.bake_size**2 * PX_BYTES / 8,  # no gradients
+        "export.visible_size": float(n_vis) * ex.get("visible_size", 0) ** 2 * PX_BYTES,
         "export.grid_resolution": float(ex.grid_resolution) ** 3 * 4 * 3,  # grid, marching-cubes work
         # texture + grad + 2 Adam states (3 channels) and per-texel bake data (points, normals, ids)
         "export.texture_size": float(ex.texture_size) ** 2 * 4 * (3 * 4 + 8),

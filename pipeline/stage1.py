@@ -180,7 +180,8 @@ def export_coarse_mesh(
     Stages the mesh in ``out`` and adds its final path as ``outputs["mesh"]``; returns
     ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when the Gaussians have no surface above
     ``export.density_thresh``). With ``export.iso_levels`` the level is calibrated per object
-    (:mod:`pipeline.isolevel`) and reported as ``iso_level``; ``ref = (ref_cam, ref_mask [1,H,W])``
+    (:mod:`pipeline.isolevel`) and reported as ``iso_level``; with ``export.visible_views`` the count
+    of hidden faces dropped is ``hidden_faces_dropped``. ``ref = (ref_cam, ref_mask [1,H,W])``
     is the input view, the calibration's ground truth. ``during_unwrap()`` runs on the main thread
     while xatlas works (after the bake views are rendered).
     """

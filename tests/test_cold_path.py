@@ -304,3 +304,36 @@ def test_renderer_preloads_do_nothing_off_cuda(monkeypatch):
     for backend in ("auto", "nvdiffrast", "torch"):
         mesh_renderer.preload_kernels(backend, "cpu")
     mesh_renderer.preload_kernels("torch", "cuda")
+
+
+def test_a_failed_nvdiffrast_preload_is_not_tried_again(monkeypatch, caplog):
+    """The warm-up thread's plugin load fails (e.g. a JIT build that cannot compile): the first
+    render's availability check reuses that failure instead of paying the build again, reports it
+    once, and an explicit nvdiffrast backend still raises it."""
+    import torch.utils.cpp_extension  # noqa: F401  (imported before import_module is patched)
+
+    import mesh_renderer.raster as raster
+
+    tries = []
+    real_import = raster.importlib.import_module
+
+    def failing_import(name, *args):
+        if not name.startswith("nvdiffrast"):
+            return real_import(name, *args)
+        tries.append(name)
+        raise ImportError("plugin build failed (simulated)")
+
+    monkeypatch.setattr(raster, "_DR", None)
+    monkeypatch.setattr(raster, "_DR_ERROR", None)
+    monkeypatch.setattr(raster, "_DR_LOAD_ERROR", None)
+    monkeypatch.setattr(raster.importlib, "import_module", failing_import)
+    monkeypatch.setattr(raster.torch.cuda, "is_available", lambda: True)
+    raster.preload_kernels("auto", "cuda")
+    with caplog.at_level("WARNING", logger="mesh_renderer.raster"):
+        assert raster.nvdiffrast_available("cuda") is False
+        assert raster.nvdiffrast_available("cuda") is False
+    assert len(tries) == 1
+    assert sum("nvdiffrast unavailable" in r.message for r in caplog.records) == 1
+    with pytest.raises(ImportError, match="simulated"):
+        raster._load_nvdiffrast()
+    assert len(tries) == 1

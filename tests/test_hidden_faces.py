@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -85,3 +88,83 @@ def test_stage1_export_drops_the_inner_walls(tmp_path):
     assert faces[0][1] is None
     assert faces[32][1] is not None and faces[32][0] + faces[32][1] >= faces[0][0] - 1
     assert np.isfinite(faces[32][0]) and faces[32][0] > 0
+
+
+def _bubble_in_shell() -> tuple[torch.Tensor, torch.Tensor, int]:
+    """An outer sphere (radius 0.6) around an inner bubble (0.25); -> (v, f, outer face count)."""
+    vo, fo = _sphere(0.6)
+    vi, fi = _sphere(0.25)
+    return torch.cat([vo, vi]), torch.cat([fo, fi + len(vo)]), fo.shape[0]
+
+
+def test_cameras_inside_or_close_to_the_mesh_keep_its_outer_surface():
+    """A camera radius inside the object (or so close that the views see only small caps of it)
+    must not drop the real surface: the views back off until the whole mesh is in view."""
+    v, f, n_outer = _bubble_in_shell()
+    for radius in (0.1, 0.4, 0.7):
+        nv, nf = drop_hidden_faces(v, f, views=32, size=96, radius=radius, backend="torch")
+        assert nf.shape[0] == n_outer, radius
+        assert torch.allclose(nv.norm(dim=1), torch.full((len(nv),), 0.6), atol=1e-4), radius
+
+
+def test_visibility_cameras_back_off_only_when_the_mesh_does_not_fit():
+    from mesh_renderer.visibility import view_distance
+
+    fovy = 49.1
+    assert view_distance(2.0, fovy, 0.8) == 2.0  # the stage's cameras already see all of it
+    d = view_distance(0.4, fovy, 0.6)
+    assert abs(d - 0.6 / math.sin(math.radians(fovy / 2))) < 1e-6
+
+
+def test_views_are_rasterised_in_chunks_of_bounded_size(monkeypatch):
+    """Large export.visible_size: few views per rasterisation (tri_id etc. per chunk stay bounded),
+    the same faces seen as in one chunk."""
+    import mesh_renderer.visibility as vis
+    from mesh_renderer import Mesh
+
+    v, f, _ = _bubble_in_shell()
+    mesh = Mesh(v=v, f=f)
+    monkeypatch.setattr(vis, "CHUNK_ELEMENTS", 1 << 18)  # 3 views of 256 px per call, cheap on a CPU
+    cams = sphere_cameras(8, size=256)
+    pixels = []
+    real = vis.rasterize
+
+    def recording(m, c, backend="auto"):
+        pixels.append(len(c) * c.height * c.width)
+        return real(m, c, backend=backend)
+
+    monkeypatch.setattr(vis, "rasterize", recording)
+    seen = visible_faces(mesh, cams, backend="torch")
+    assert pixels == [3 * 256 * 256, 3 * 256 * 256, 2 * 256 * 256]
+    assert torch.equal(seen, visible_faces(mesh, cams, backend="torch", chunk=8))
+    monkeypatch.undo()
+    assert vis.views_per_chunk(256 * 256, 100_000) == 16  # the default export: unchanged
+    assert vis.views_per_chunk(8192 * 8192, 100_000) == 1
+
+
+def test_preflight_counts_the_visibility_views(tmp_path):
+    """export.visible_size drives a buffer like the other sizes: an infeasible one is refused
+    before the run, naming the key; views=0 costs nothing."""
+    import pytest
+
+    from core.errors import UserError
+    from pipeline import load_config, preflight
+
+    root = Path(__file__).resolve().parents[1]
+    base = ["--config", str(root / "tests" / "data" / "oracle_tiny.yaml"), f"outdir={tmp_path}"]
+    cfg = load_config([*base, "export.visible_size=8192"])
+    assert preflight.memory_estimates(cfg)["export.visible_size"] > 8e9
+    with pytest.raises(UserError, match="'export.visible_size'=8192"):
+        preflight.check_memory(cfg, 8e9)
+    cfg = load_config([*base, "export.visible_views=0", "export.visible_size=8192"])
+    assert preflight.memory_estimates(cfg)["export.visible_size"] == 0
+
+
+def test_a_mesh_no_view_resolves_is_kept_whole(caplog):
+    """Under 2 % of the faces seen (here: a speck below a pixel in every view) is a degenerate case:
+    the mesh comes back unchanged, with a warning, rather than cut down to nothing."""
+    v, f = _sphere(1e-4, 1)
+    with caplog.at_level("WARNING", logger="mesh_renderer.visibility"):
+        nv, nf = drop_hidden_faces(v, f, views=16, size=32, backend="torch")
+    assert nv is v and nf is f
+    assert any("kept whole" in r.message for r in caplog.records)

@@ -2,13 +2,15 @@
 
 Why: PyTorch's CUDA GroupNorm needs NCHW-contiguous input, so on the channels-last networks every
 GroupNorm copies NHWC -> NCHW and the next convolution copies back, and the SiLU after it is one more
-elementwise kernel (measured on an H200: ~120 layout copies per Stable Zero123 UNet call). The
-kernels of :mod:`guidance.nets.fused_norm_kernels` read and write channels-last directly, with fp32
-statistics and the SiLU fused into the store.
+elementwise kernel (measured on an H200: 158 layout copies per Stable Zero123 UNet call, 4 with the
+kernels; bench/results/profile_unet_fusednorm_h200.json). The kernels of
+:mod:`guidance.nets.fused_norm_kernels` read and write channels-last directly, with fp32 statistics
+and the SiLU fused into the store.
 
 The switch is a flag on each ``nn.GroupNorm`` module (:func:`set_fused_norm`), off unless set, so
 the networks compute exactly what they did before on CPU, in tests and with ``model.fused_norm=false``.
-Triton is imported only when a fused call is first attempted; without it the exact path runs.
+Triton is imported only by :func:`triton_available` (a channels-last CUDA denoiser asks at
+construction); without it the exact path runs.
 """
 
 from __future__ import annotations
