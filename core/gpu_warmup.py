@@ -50,11 +50,14 @@ def start_library_warmup(
         return None
 
     def work() -> None:
-        for fn in (lambda: _touch_libraries(device, dtype), *preload):
-            try:
-                fn()
-            except Exception as exc:  # no head start, nothing else
-                log.debug("GPU warm-up step failed: %s", exc)
+        # The run's device is this thread's current one too: a preload that makes CUDA calls on
+        # "the current device" (gsplat's check) must not set up a context on GPU 0 for cuda:N.
+        with torch.cuda.device(device):
+            for fn in (lambda: _touch_libraries(device, dtype), *preload):
+                try:
+                    fn()
+                except Exception as exc:  # no head start, nothing else
+                    log.debug("GPU warm-up step failed: %s", exc)
 
     thread = threading.Thread(target=work, name="gpu-library-warmup", daemon=True)
     thread.start()

@@ -120,3 +120,14 @@ def test_renderer_preloads_on_the_warmup_thread_leave_both_renderers_ready():
     ref = mesh_renderer.rasterize(mesh, cams, backend="torch")
     assert ras.alpha.sum() > 100  # the triangle is on screen
     assert (ras.alpha == ref.alpha).float().mean() > 0.99
+
+
+def test_warmup_thread_runs_on_the_runs_device():
+    """Preloads run with the stage's device current (cuda:N must not get work on GPU 0)."""
+    from core.gpu_warmup import start_library_warmup
+
+    last = torch.device("cuda", torch.cuda.device_count() - 1)
+    seen = []
+    t = start_library_warmup(last, torch.float16, [lambda: seen.append(torch.cuda.current_device())])
+    t.join(120)
+    assert seen == [last.index]
