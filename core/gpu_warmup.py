@@ -11,6 +11,7 @@ a setting the run reads; a failure only means no head start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -52,7 +53,7 @@ def start_library_warmup(
     def work() -> None:
         # The run's device is this thread's current one too: a preload that makes CUDA calls on
         # "the current device" (gsplat's check) must not set up a context on GPU 0 for cuda:N.
-        with torch.cuda.device(device):
+        with torch.cuda.device(device) if device.index is not None else contextlib.nullcontext():
             for fn in (lambda: _touch_libraries(device, dtype), *preload):
                 try:
                     fn()
