@@ -21,35 +21,35 @@ def gsplat_available() -> bool:
         return _GSPLAT_OK
     with _GSPLAT_LOCK:
         if _GSPLAT_OK is None:
-            if not torch.cuda.is_available():
-                _GSPLAT_OK = False
-            else:
-                try:
-                    import gsplat
-
-                    dev = torch.device("cuda")
-                    img, _, _ = gsplat.rasterization(
-                        torch.zeros(1, 3, device=dev),
-                        torch.tensor([[1.0, 0, 0, 0]], device=dev),
-                        torch.full((1, 3), 0.1, device=dev),
-                        torch.ones(1, device=dev),
-                        torch.ones(1, 3, device=dev),
-                        torch.eye(4, device=dev)[None]
-                        + torch.tensor(
-                            [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2.0], [0, 0, 0, 0]], device=dev
-                        )[None],
-                        torch.tensor([[[16.0, 0, 8], [0, 16, 8], [0, 0, 1]]], device=dev),
-                        16,
-                        16,
-                    )
-                    torch.cuda.synchronize()
-                    _GSPLAT_OK = bool(torch.isfinite(img).all())
-                except Exception as e:  # missing package, failed JIT build, driver mismatch...
-                    log.warning(
-                        "gsplat unusable (%s: %s); using the PyTorch reference renderer", type(e).__name__, e
-                    )
-                    _GSPLAT_OK = False
+            _GSPLAT_OK = _gsplat_works()
     return _GSPLAT_OK
+
+
+def _gsplat_works() -> bool:
+    """:func:`gsplat_available`'s check: import gsplat and rasterise one Gaussian (warns on failure)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import gsplat
+
+        dev = torch.device("cuda")
+        img, _, _ = gsplat.rasterization(
+            torch.zeros(1, 3, device=dev),
+            torch.tensor([[1.0, 0, 0, 0]], device=dev),
+            torch.full((1, 3), 0.1, device=dev),
+            torch.ones(1, device=dev),
+            torch.ones(1, 3, device=dev),
+            torch.eye(4, device=dev)[None]
+            + torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2.0], [0, 0, 0, 0]], device=dev)[None],
+            torch.tensor([[[16.0, 0, 8], [0, 16, 8], [0, 0, 1]]], device=dev),
+            16,
+            16,
+        )
+        torch.cuda.synchronize()
+        return bool(torch.isfinite(img).all())
+    except Exception as e:  # missing package, failed JIT build, driver mismatch...
+        log.warning("gsplat unusable (%s: %s); using the PyTorch reference renderer", type(e).__name__, e)
+        return False
 
 
 def preload_kernels(backend: str, device: torch.device | str) -> None:
