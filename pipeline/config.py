@@ -85,6 +85,7 @@ def config_rules() -> dict:
         "gaussians.max_scale": C.in_range(0.0, 10.0),
         "gaussians.max_screen_frac": C.in_range(0.0, 10.0),
         "sir.bg_alpha_loss": C.in_range(0.0, MAX_WEIGHT),
+        "sir.fg_alpha_loss": C.in_range(0.0, MAX_WEIGHT),
         "sir.bg_threshold": C.in_range(0.0, 1.0),
         "export.iso_levels": C.check(
             lambda v: all(0 < x <= 100 for x in v), "be a list of levels in (0, 100]"

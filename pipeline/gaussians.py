@@ -43,6 +43,7 @@ class GaussianSettings:
     backend: str = "auto"  # Gaussian rasteriser: auto | gsplat | torch
     # Issue 15 (each 0 = off, the paper's behaviour):
     bg_alpha_loss: float = 0.0  # weight of sum(alpha where the refined view is background) / V
+    fg_alpha_loss: float = 0.0  # weight of sum(1 - alpha where the refined view is object) / V
     bg_threshold: float = 0.02  # a target pixel is background when every channel is >= 1 - this
     max_scale: float = 0.0  # cap on every Gaussian's scale (world units), applied after each step
     max_screen_frac: float = 0.0  # at densification prune Gaussians wider than this x image height
@@ -112,12 +113,16 @@ class GaussianRepresentation:
         """The paper's stage-1 loss (sum reductions, see the class docstring)."""
         V = self.views
         loss = self.lambda_target * (out.rgb[:V] - target).abs().sum() / V
-        if self.g.bg_alpha_loss > 0:
-            # White Gaussians on the white background cost nothing in the RGB loss (invisible
-            # ghosts that marching cubes turns into surface): penalise any coverage where the
-            # refined view shows background.
+        if self.g.bg_alpha_loss > 0 or self.g.fg_alpha_loss > 0:
+            # Pale Gaussians against the white background barely move the RGB loss, in either
+            # direction: white ghosts cost nothing where the view shows background, and a pale
+            # object is matched as well by half-transparent Gaussians as by an opaque surface (which
+            # marching cubes then misses). So the refined view, a photo on white, is also read as
+            # a mask: coverage is pushed to 0 on its background pixels and to 1 on its object pixels.
             bg = (target.amin(1, keepdim=True) >= 1.0 - self.g.bg_threshold).float()
-            loss = loss + self.g.bg_alpha_loss * (out.alpha[:V] * bg).sum() / V
+            alpha = out.alpha[:V]
+            loss = loss + self.g.bg_alpha_loss * (alpha * bg).sum() / V
+            loss = loss + self.g.fg_alpha_loss * ((1.0 - alpha) * (1.0 - bg)).sum() / V
         if self.use_ref:
             if self.batched_ref:
                 ref_rgb, ref_alpha = out.rgb[V], out.alpha[V]

@@ -67,6 +67,7 @@ def gaussian_settings(cfg: DictConfig) -> GaussianSettings:
         ref_mask_loss=s.ref_mask_loss,
         backend=cfg.render.gs_backend,
         bg_alpha_loss=s.bg_alpha_loss,
+        fg_alpha_loss=s.fg_alpha_loss,
         bg_threshold=s.bg_threshold,
         max_scale=g.max_scale,
         max_screen_frac=g.max_screen_frac,

@@ -11,6 +11,7 @@ formulas on fixed tensors (sum-reduced L1 in stage 1, mean MSE in stage 2, refer
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -261,18 +262,33 @@ def test_stage1_loss_is_the_papers(toy):
     V, S = 3, 8
     ref_rgb, ref_mask = torch.rand(3, S, S, generator=g), (torch.rand(1, S, S, generator=g) > 0.5).float()
     ref_cam = orbit_cameras(0.0, 0.0, height=S)
-    rep = GaussianRepresentation(_tiny_gaussians(), gaussian_settings(_cfg()), ref_rgb, ref_mask, ref_cam)
-    rep.begin_iteration(orbit_cameras([0.0] * V, [0.0, 120.0, 240.0], height=S))
+    default = gaussian_settings(_cfg())
+    paper = replace(default, bg_alpha_loss=0.0, fg_alpha_loss=0.0)
+    rep = GaussianRepresentation(_tiny_gaussians(), paper, ref_rgb, ref_mask, ref_cam)
+    cams = orbit_cameras([0.0] * V, [0.0, 120.0, 240.0], height=S)
+    rep.begin_iteration(cams)
     out = RenderOutput(
         rgb=torch.rand(V + 1, 3, S, S, generator=g), alpha=torch.rand(V + 1, 1, S, S, generator=g)
     )
     target = torch.rand(V, 3, S, S, generator=g)
+    target[:, :, :3] = 0.99  # some background rows (every channel within bg_threshold of white)
     want = (
         (out.rgb[:V] - target).abs().sum() / V
         + 0.3 * (out.rgb[V] - ref_rgb).abs().sum()
         + 0.01 * ((out.alpha[V] - ref_mask) ** 2).sum()
     )
     torch.testing.assert_close(rep.loss(out, target), want)
+    # The defaults add alpha on background pixels and (1 - alpha) on object pixels, each / V.
+    rep = GaussianRepresentation(_tiny_gaussians(), default, ref_rgb, ref_mask, ref_cam)
+    rep.begin_iteration(cams)
+    bg = torch.zeros(V, 1, S, S)
+    bg[:, :, :3] = 1.0
+    a = out.alpha[:V]
+    extra = (
+        default.bg_alpha_loss * (a * bg).sum() / V + default.fg_alpha_loss * ((1 - a) * (1 - bg)).sum() / V
+    )
+    assert default.bg_alpha_loss == 1.0 and default.fg_alpha_loss == 1.0
+    torch.testing.assert_close(rep.loss(out, target), want + extra)
 
 
 # ----------------------------------------------------------------------------------- stage-2 loss
@@ -349,12 +365,13 @@ def test_paper_configs_differ_only_on_the_listed_points(toy, paper, base, extra)
     p, b = (_flat(OmegaConf.to_container(_cfg(config=c))) for c in (paper, base))
     diff = {k: p[k] for k in p if p[k] != b.get(k)}
     # the defaults follow the authors everywhere else (measured: README "Paper mode"), except for
-    # the geometry additions (README "geometry"): scale cap, screen-size prune, background-alpha
-    # loss and the coarse mesh's hidden-face drop
+    # the geometry additions (README "geometry"): scale cap, screen-size prune, background- and
+    # foreground-alpha losses and the coarse mesh's hidden-face drop
     geometry = {
         "gaussians.max_scale": 0.0,
         "gaussians.max_screen_frac": 0.0,
         "sir.bg_alpha_loss": 0.0,
+        "sir.fg_alpha_loss": 0.0,
         "export.visible_views": 0,
     }
     assert diff == {"export.remesh_size": 0.015, **geometry, **extra}

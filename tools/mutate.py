@@ -268,6 +268,20 @@ MUTATIONS: list[Mutation] = [
         "  bg_alpha_loss: 0.0 ",
         "default: no background-alpha loss",
     ),
+    _m(
+        "configs/image.yaml",
+        "  fg_alpha_loss: 1.0 ",
+        "  fg_alpha_loss: 0.0 ",
+        "default: no foreground-alpha loss",
+        "tests/test_geometry_quality.py",
+    ),
+    _m(
+        "pipeline/gaussians.py",
+        "((1.0 - alpha) * (1.0 - bg)).sum()",
+        "((1.0 - alpha) * bg).sum()",
+        "foreground-alpha loss on the background",
+        "tests/test_geometry_quality.py",
+    ),
     _m("configs/image_paper.yaml", "  max_scale: 0.0 ", "  max_scale: 0.02", "paper mode: scale cap"),
     _m(
         "guidance/nets/fused_norm_kernels.py",

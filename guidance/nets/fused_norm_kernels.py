@@ -21,6 +21,17 @@ __all__ = ["group_norm_stats", "group_norm_apply"]
 
 
 @triton.jit
+def _split_of(pid, S, HW, C, Cg):
+    """Program ``pid``'s (split, batch*G + group, group, offset of its (batch, group)'s first element)."""
+    s = pid % S
+    bg = pid // S
+    G = C // Cg
+    b = bg // G
+    g = bg % G
+    return s, bg, g, b.to(tl.int64) * HW * C + g * Cg
+
+
+@triton.jit
 def group_norm_stats(
     x_ptr,
     stats_ptr,  # float32 [B*G*S, 3]: count, mean, M2
@@ -34,12 +45,8 @@ def group_norm_stats(
 ):
     """Count, mean and M2 of one split of one (batch, group)."""
     pid = tl.program_id(0)
-    s = pid % S
-    bg = pid // S
-    G = C // Cg
-    b = bg // G
-    g = bg % G
-    base = x_ptr + b.to(tl.int64) * HW * C + g * Cg
+    s, _, _, off = _split_of(pid, S, HW, C, Cg)
+    base = x_ptr + off
     rows = tl.arange(0, BLOCK_HW)
     cols = tl.arange(0, BLOCK_C)
     col_ok = cols < Cg
@@ -87,12 +94,7 @@ def group_norm_apply(
     BLOCK_S: tl.constexpr,
 ):
     """Normalise one split of one (batch, group) with the group's merged statistics; affine; SiLU."""
-    pid = tl.program_id(0)
-    s = pid % S
-    bg = pid // S
-    G = C // Cg
-    b = bg // G
-    g = bg % G
+    s, bg, g, off = _split_of(tl.program_id(0), S, HW, C, Cg)
     # Merge the S splits of this group (each program redoes it: S is small, the loads are cached).
     k = tl.arange(0, BLOCK_S)
     k_ok = k < S
@@ -111,7 +113,6 @@ def group_norm_apply(
     w = tl.load(w_ptr + g * Cg + cols, mask=col_ok, other=0.0).to(tl.float32)
     bias = tl.load(b_ptr + g * Cg + cols, mask=col_ok, other=0.0).to(tl.float32)
     scale = w * rstd  # y = (x - mean) * scale + bias: no x * scale - mean * scale cancellation
-    off = b.to(tl.int64) * HW * C + g * Cg
     rows = tl.arange(0, BLOCK_HW)
     row0 = s * tiles_per_split * BLOCK_HW
     for i in range(0, tiles_per_split):
