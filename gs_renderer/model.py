@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from core.adam import Adam
+from core.cameras import Cameras
 
 __all__ = [
     "SH_C0",
@@ -98,6 +99,13 @@ def knn_mean_sq_dist(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> tor
     return torch.cat(out)
 
 
+def _ball_points(n: int, radius: float, g: torch.Generator) -> torch.Tensor:
+    """``n`` points ``[n,3]`` uniform in the volume of a ball (CPU, from ``g``)."""
+    r = radius * torch.rand(n, generator=g).pow(1.0 / 3.0)  # cube root: uniform in volume, not on radius
+    d = F.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    return d * r[:, None]
+
+
 def xyz_lr(step: int, lr_init: float = 1e-2, lr_final: float = 2e-4, max_steps: int = 500) -> float:
     """The authors' exponential xyz schedule (docs/method.md#learning-rates): log-linear ``lr_init -> lr_final``."""
     t = min(max(step / max_steps, 0.0), 1.0)
@@ -164,10 +172,72 @@ class GaussianModel:
         Draws on a CPU ``torch.Generator`` (seeded) so the init is the same on every device.
         """
         g = generator if generator is not None else torch.Generator().manual_seed(seed)
-        u = torch.rand(num_pts, generator=g)
-        r = radius * u.pow(1.0 / 3.0)  # cube root: uniform in volume, not on radius
-        d = F.normalize(torch.randn(num_pts, 3, generator=g), dim=-1)
-        means = (d * r[:, None]).to(device)
+        means = _ball_points(num_pts, radius, g).to(device)
+        return cls._grey_at(means, g, sh_degree)
+
+    @classmethod
+    def init_silhouette(
+        cls,
+        num_pts: int,
+        radius: float,
+        outer_radius: float,
+        cams: Cameras,
+        mask: torch.Tensor,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        sh_degree: int = 0,
+    ) -> "GaussianModel":
+        """Points uniform in the silhouette's cone: within ``radius``, and out to ``outer_radius`` on the rays the ball misses.
+
+        ``mask``: ``[1,H,W]`` at ``cams[0]``, the input view. A point is kept when it projects onto
+        the mask and either lies in the ball of ``radius`` (the paper's) or on a ray from the camera
+        that misses that ball. Why: the ball misses object parts towards the corners of the unit
+        box (a small object beside a big one): no Gaussian starts there and none is ever cloned
+        there; within the ball, points off the silhouette would only start as ghosts. Candidates
+        are drawn in rounds from the seeded CPU generator; a mask covering nothing falls back to
+        :meth:`init_ball`.
+        """
+        g = torch.Generator().manual_seed(seed)
+        m = (mask.detach().float().cpu()[0] > 0.5).float()
+        if not bool(m.any()):
+            return cls.init_ball(num_pts, radius, device=device, sh_degree=sh_degree, generator=g)
+        w2c, K = cams.viewmats()[0].cpu(), cams.Ks()[0].cpu()
+        eye = cams.campos()[0].cpu()
+        H, W = m.shape
+        kept: list[torch.Tensor] = []
+        have = 0
+        for _ in range(64):
+            p = _ball_points(4 * num_pts, max(radius, outer_radius), g)
+            pc = p @ w2c[:3, :3].T + w2c[:3, 3]
+            z = pc[:, 2].clamp_min(1e-6)
+            u = (K[0, 0] * pc[:, 0] / z + K[0, 2]).floor().long()
+            v = (K[1, 1] * pc[:, 1] / z + K[1, 2]).floor().long()
+            ray = F.normalize(p - eye, dim=-1)
+            misses = (
+                torch.linalg.cross(eye.expand_as(ray), ray).norm(dim=-1) > radius
+            )  # ray's distance to the origin
+            ok = (
+                (pc[:, 2] > 1e-6)
+                & (u >= 0)
+                & (u < W)
+                & (v >= 0)
+                & (v < H)
+                & ((p.norm(dim=-1) <= radius) | misses)
+            )
+            ok[ok.clone()] = m[v[ok], u[ok]] > 0
+            kept.append(p[ok])
+            have += int(ok.sum())
+            if have >= num_pts:
+                break
+        means = torch.cat(kept)[:num_pts]
+        if len(means) == 0:
+            return cls.init_ball(num_pts, radius, device=device, sh_degree=sh_degree, generator=g)
+        return cls._grey_at(means.to(device), g, sh_degree)
+
+    @classmethod
+    def _grey_at(cls, means: torch.Tensor, g: torch.Generator, sh_degree: int) -> "GaussianModel":
+        """The authors' initial attributes at ``means`` ``[N,3]``: grey, isotropic at the 3-NN distance, opacity 0.1."""
+        num_pts, device = len(means), means.device
         # Authors: colours = SH2RGB(U/255), then f_dc = RGB2SH(colours) = U/255 (grey ~0.5).
         sh0 = (torch.rand(num_pts, 1, 3, generator=g) / 255.0).to(device)
         d2 = knn_mean_sq_dist(means).clamp_min(1e-7)

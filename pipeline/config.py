@@ -65,6 +65,8 @@ def config_rules() -> dict:
         "render.mesh_backend": C.choices("auto", "nvdiffrast", "torch"),
         "gaussians.num_pts": C.in_range(1, 100_000_000),
         "gaussians.init_radius": C.in_range(1e-4, 100.0),
+        "gaussians.init": C.choices("silhouette", "ball"),
+        "gaussians.init_silhouette_radius": C.in_range(1e-4, 100.0),
         "gaussians.sh_degree": C.in_range(0, 3),  # what the .ply layout and the renderers support
         "gaussians.position_lr_init": _lr(),
         "gaussians.position_lr_final": _lr(),
@@ -94,6 +96,7 @@ def config_rules() -> dict:
         "export.iso_size": C.in_range(8, MAX_SIZE),
         "export.merge_ratio": C.in_range(0.0, 0.1),
         "export.visible_views": C.in_range(0, 1024),
+        "export.hull_alpha": C.in_range(0.0, 0.99),
         "export.visible_size": C.in_range(16, MAX_SIZE),
         "export.remesh_size": C.in_range(0.0, 1.0),
         "export.remesh_iters": C.in_range(0, 100),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from core.cameras import Cameras
 from core.errors import UserError
@@ -118,11 +119,16 @@ class GaussianRepresentation:
             # direction: white ghosts cost nothing where the view shows background, and a pale
             # object is matched as well by half-transparent Gaussians as by an opaque surface (which
             # marching cubes then misses). So the refined view, a photo on white, is also read as
-            # a mask: coverage is pushed to 0 on its background pixels and to 1 on its object pixels.
+            # a mask: coverage is pushed to 0 on its background pixels and to 1 on its object
+            # pixels, those whose 3x3 neighbourhood is all object (an edge pixel partly covered
+            # is object by colour, and pushing it opaque would fatten the silhouette: flat objects
+            # seen edge-on are a few pixels thick).
             bg = (target.amin(1, keepdim=True) >= 1.0 - self.g.bg_threshold).float()
             alpha = out.alpha[:V]
             loss = loss + self.g.bg_alpha_loss * (alpha * bg).sum() / V
-            loss = loss + self.g.fg_alpha_loss * ((1.0 - alpha) * (1.0 - bg)).sum() / V
+            if self.g.fg_alpha_loss > 0:
+                fg = 1.0 - F.max_pool2d(bg, 3, stride=1, padding=1)
+                loss = loss + self.g.fg_alpha_loss * ((1.0 - alpha) * fg).sum() / V
         if self.use_ref:
             if self.batched_ref:
                 ref_rgb, ref_alpha = out.rgb[V], out.alpha[V]

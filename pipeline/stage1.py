@@ -16,11 +16,12 @@ from omegaconf import DictConfig
 import gs_renderer
 import guidance
 import mesh_renderer
+from core.cameras import Cameras
 from core.outputs import OutputSet
 from core.timing import PhaseTimer
 from gs_renderer import GaussianModel, save_ply
 from gs_renderer import render as render_gaussians
-from gs_renderer.extract import density_grid, grid_marching_cubes
+from gs_renderer.extract import carve_to_silhouettes, density_grid, grid_marching_cubes
 from mesh_renderer import Mesh, save_mesh
 from mesh_renderer.bake import bake_cameras, bake_texture
 from mesh_renderer.ops import clean_mesh, decimate, isotropic_remesh
@@ -74,6 +75,27 @@ def gaussian_settings(cfg: DictConfig) -> GaussianSettings:
     )
 
 
+def initial_gaussians(
+    cfg: DictConfig, ref_cam: Cameras | None, ref_mask: torch.Tensor | None, device: torch.device
+) -> GaussianModel:
+    """Stage 1's starting Gaussians (``gaussians.init``; docs/method.md#gaussian-init); the ball without an input view."""
+    g = cfg.gaussians
+    if g.init == "silhouette" and ref_cam is not None and ref_mask is not None:
+        return GaussianModel.init_silhouette(
+            g.num_pts,
+            g.init_radius,
+            g.init_silhouette_radius,
+            ref_cam,
+            ref_mask,
+            cfg.seed,
+            device,
+            g.sh_degree,
+        )
+    return GaussianModel.init_ball(
+        g.num_pts, radius=g.init_radius, sh_degree=g.sh_degree, seed=cfg.seed, device=device
+    )
+
+
 def run_stage1(cfg: DictConfig, denoiser: Any = None, export: bool = True) -> dict:
     """Run stage 1 for one input; returns the report dict (also written as JSON).
 
@@ -100,13 +122,7 @@ def stage1_with_model(
     st = setup_stage(cfg, denoiser, guidance.load_denoiser, preload)
     device, timer, denoiser = st.device, st.timer, st.denoiser
     with timer.phase("prepare"):
-        model = GaussianModel.init_ball(
-            cfg.gaussians.num_pts,
-            radius=cfg.gaussians.init_radius,
-            sh_degree=cfg.gaussians.sh_degree,
-            seed=cfg.seed,
-            device=device,
-        )
+        model = initial_gaussians(cfg, st.ref_cam, st.ref_mask, device)
         rep = GaussianRepresentation(
             model, gaussian_settings(cfg), st.ref_rgb, st.ref_mask, st.ref_cam, bg=WHITE
         )
@@ -176,18 +192,27 @@ def export_coarse_mesh(
     ref: tuple | None = None,
     during_unwrap: Callable[[], None] | None = None,
 ) -> dict:
-    """Marching cubes on the Gaussian density, clean, drop hidden faces, UV-unwrap, bake colour, save (docs/method.md#coarse-mesh, #texture-bake).
+    """Marching cubes on the Gaussian density (cut by the Gaussians' silhouettes), clean, drop hidden faces, UV-unwrap, bake colour, save (docs/method.md#coarse-mesh, #texture-bake).
 
     Stages the mesh in ``out`` and adds its final path as ``outputs["mesh"]``; returns
     ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when the Gaussians have no surface above
     ``export.density_thresh``). With ``export.iso_levels`` the level is calibrated per object
     (:mod:`pipeline.isolevel`) and reported as ``iso_level``; with ``export.visible_views`` the count
-    of hidden faces dropped is ``hidden_faces_dropped``. ``ref = (ref_cam, ref_mask [1,H,W])``
+    of hidden faces dropped is ``hidden_faces_dropped``; with ``export.hull_alpha`` the density is
+    first cut by the bake views' ``alpha > hull_alpha`` (:func:`gs_renderer.extract.carve_to_silhouettes`). ``ref = (ref_cam, ref_mask [1,H,W])``
     is the input view, the calibration's ground truth. ``during_unwrap()`` runs on the main thread
     while xatlas works (after the bake views are rendered).
     """
     ex = cfg.export
     info: dict = {}
+    cams = bake_cameras(ex.bake_size, radius=cfg.cameras.radius, fovy=cfg.cameras.fovy, device=device)
+    views = None
+    if ex.hull_alpha > 0:
+        # The bake views, rendered before the mesh exists: their alpha also cuts the density.
+        with timer.phase("bake_render"), torch.no_grad():
+            views = render_gaussians(
+                model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
+            )
     with timer.phase("extract"):
         occ, center, scale = density_grid(model, ex.grid_resolution)
         level = float(ex.density_thresh)
@@ -195,6 +220,8 @@ def export_coarse_mesh(
             level, scores = _calibrate(cfg, model, occ, center, scale, device, ref)
             info["iso_level"] = level
             info["iso_scores"] = {f"{k:g}": round(s, 4) for k, s in scores.items()}
+        if views is not None:
+            occ = _carve(occ, center, scale, level, cams, views.alpha, ex.hull_alpha, info)
         v, f = grid_marching_cubes(occ, center, scale, level)
         v, f = clean_mesh(v, f, merge_ratio=ex.merge_ratio)
         if ex.remesh_size > 0:  # paper mode (needs pymeshlab)
@@ -217,7 +244,6 @@ def export_coarse_mesh(
         log.warning("the Gaussians have no surface above density %.3g: no mesh written", level)
         return {"faces": 0}
     mesh = Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.int64))
-    cams = bake_cameras(ex.bake_size, radius=cfg.cameras.radius, fovy=cfg.cameras.fovy, device=device)
     # xatlas runs in child processes while the GPU renders the bake views (no Python thread: this
     # one stays the only thread making torch calls, as ``during_unwrap`` may capture CUDA graphs).
     with timer.phase("uv_unwrap"):
@@ -229,10 +255,11 @@ def export_coarse_mesh(
             workers=ex.uv_workers or None,
         )
     try:
-        with timer.phase("bake_render"), torch.no_grad():
-            views = render_gaussians(
-                model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
-            )
+        if views is None:
+            with timer.phase("bake_render"), torch.no_grad():
+                views = render_gaussians(
+                    model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
+                )
         if during_unwrap is not None:
             with timer.phase("during_unwrap"):
                 during_unwrap()
@@ -249,6 +276,28 @@ def export_coarse_mesh(
         save_mesh(mesh.to("cpu"), out.path(suffix))
         outputs["mesh"] = str(out.final_path(suffix))
     return {"vertices": int(mesh.v.shape[0]), "faces": int(mesh.f.shape[0]), **info}
+
+
+#: Below this fraction of the surface's voxels kept, the Gaussians' silhouettes disagree with
+#: their own density (too transparent, or not one object): the density is contoured uncut.
+MIN_HULL_KEPT = 0.5
+
+
+def _carve(occ, center, scale, level, cams, alpha, threshold, info: dict) -> torch.Tensor:
+    """:func:`carve_to_silhouettes`, unless it would keep under ``MIN_HULL_KEPT`` of the voxels at or above ``level``."""
+    inside = int((occ >= level).sum())
+    carved = carve_to_silhouettes(occ, center, scale, level, cams, alpha, threshold)
+    kept = int((carved >= level).sum()) / max(inside, 1)
+    info["hull_kept"] = round(kept, 4)
+    if kept < MIN_HULL_KEPT:
+        log.warning(
+            "the Gaussians' silhouettes (alpha > %g) would keep only %.0f%% of their dense volume: "
+            "the coarse mesh is not cut by them",
+            threshold,
+            100 * kept,
+        )
+        return occ
+    return carved
 
 
 def _calibrate(cfg: DictConfig, model: GaussianModel, occ, center, scale, device, ref) -> tuple[float, dict]:

@@ -319,9 +319,10 @@ def test_stage1_step_matches_authors_loss_and_adam():
             str(Path(__file__).resolve().parents[1] / "configs" / "image.yaml"),
             "render.gs_backend=torch",
             "gaussians.density_start_iter=1000",
-            # The authors' behaviour: issue 15's scale cap and background-alpha loss off.
+            # The authors' behaviour: issue 15's scale cap and alpha losses off.
             "gaussians.max_scale=0",
             "sir.bg_alpha_loss=0",
+            "sir.fg_alpha_loss=0",
         ]
     )
     g = torch.Generator().manual_seed(3)

@@ -17,7 +17,7 @@ from core.cameras import orbit_cameras
 from core.types import RenderOutput
 from gs_renderer import GaussianModel
 from gs_renderer.densify import Densifier
-from gs_renderer.extract import grid_marching_cubes
+from gs_renderer.extract import carve_to_silhouettes, grid_marching_cubes
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
 from pipeline.isolevel import calibrated_level, silhouette_iou
 
@@ -130,6 +130,46 @@ def test_calibrated_level_matches_the_true_silhouette():
     assert silhouette_iou(v[:0], f[:0], cams, alpha > 0.5, "torch") == 0.0
 
 
+def test_carving_cuts_the_surface_to_the_views_silhouettes():
+    from mesh_renderer import Mesh
+    from mesh_renderer.bake import bake_cameras
+    from mesh_renderer.raster import rasterize
+
+    occ, c, s = _sphere_grid(64)  # the level-0.2 surface: a sphere of radius 0.8
+    cams = bake_cameras(64, radius=3.0)  # 26 views all round
+
+    def silhouettes(radius: float) -> torch.Tensor:
+        v, f = grid_marching_cubes(occ, c, s, 1.0 - radius)  # a sphere of that radius
+        return rasterize(Mesh(v=v, f=f), cams, backend="torch").alpha
+
+    carved = carve_to_silhouettes(occ, c, s, 0.2, cams, silhouettes(0.5), 0.5)
+    v, _ = grid_marching_cubes(carved, c, s, 0.2)
+    r = v.norm(dim=1)
+    assert float(r.max()) < 0.53 and float(r.mean()) == pytest.approx(0.5, abs=0.02)  # cut to the hull
+    assert torch.equal(occ, _sphere_grid(64)[0])  # the input grid is not modified
+    # Silhouettes wider than the surface change nothing; an empty view set changes nothing.
+    wide = carve_to_silhouettes(occ, c, s, 0.2, cams, silhouettes(0.9), 0.5)
+    v2, _ = grid_marching_cubes(wide, c, s, 0.2)
+    assert float(v2.norm(dim=1).mean()) == pytest.approx(0.8, abs=0.01)
+    # A point no view sees (projecting outside every image) is kept: views say nothing there.
+    narrow = orbit_cameras(torch.tensor([0.0]), torch.tensor([0.0]), 3.0, 5.0, 64)  # 5 degree field of view
+    kept = carve_to_silhouettes(occ, c, s, 0.2, narrow, torch.ones(1, 1, 64, 64) * 0.0, 0.5)
+    v3, _ = grid_marching_cubes(kept, c, s, 0.2)
+    r3 = v3.norm(dim=1)
+    # Only the narrow cone around the view axis is cut.
+    assert float(r3.max()) > 0.79 and float(r3.min()) < 0.2
+    # The export's guard: silhouettes that would remove most of the dense volume are not used.
+    from pipeline.stage1 import _carve
+
+    info: dict = {}
+    assert _carve(occ, c, s, 0.2, cams, torch.zeros(26, 1, 64, 64), 0.5, info) is occ
+    assert info["hull_kept"] == 0.0
+    assert _carve(occ, c, s, 0.2, cams, silhouettes(0.5), 0.5, info) is occ  # keeps (0.5 / 0.8)^3 = 24 %
+    cut = _carve(occ, c, s, 0.2, cams, silhouettes(0.7), 0.5, info)
+    want = carve_to_silhouettes(occ, c, s, 0.2, cams, silhouettes(0.7), 0.5)
+    assert torch.equal(cut, want) and 0.6 < info["hull_kept"] < 0.75  # (0.7 / 0.8)^3 = 67 %
+
+
 # ---------------------------------------------------------------------------------- ghost case
 GHOST_OVERRIDES = ["sir.iters=6", "export.grid_resolution=48", "gaussians.num_pts=1500"]
 #: Issue 15's settings (image.yaml keeps the paper's until the full-size GPU run decides).
@@ -198,3 +238,30 @@ def test_pale_object_is_opaque_and_whole(tmp_path):
     # Measured: e0 0.749, e30 0.740; sir.fg_alpha_loss=0: e0 0.224, e30 0.310.
     iou = _ghost_iou(tmp_path, ["export.iso_levels=[]"], "white_vase", small=())
     assert iou["e0"] >= 0.6 and iou["e30"] >= 0.6, iou
+
+
+def test_silhouette_init_starts_on_every_part_the_input_shows():
+    cam = orbit_cameras(0.0, 0.0, 2.0, 49.1, 64)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 20:44, 8:20] = 1.0  # a big part left of centre
+    mask[:, 50:54, 56:60] = 1.0  # a small one near the image corner, outside the ball of radius 0.5
+    m = GaussianModel.init_silhouette(4000, 0.5, 0.87, cam, mask, seed=1)
+    means = m.means.detach()
+    assert m.num_points == 4000 and float(means.norm(dim=1).max()) <= 0.87
+    K, w2c = cam.Ks()[0], cam.viewmats()[0]
+    pc = means @ w2c[:3, :3].T + w2c[:3, 3]
+    u = (K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2]).floor().long()
+    v = (K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2]).floor().long()
+    assert bool((mask[0, v, u] > 0).all())  # every point projects onto the mask
+    small = (u >= 56) & (v >= 50)
+    assert int(small.sum()) >= 10  # the small far part has Gaussians
+    assert float(means[small].norm(dim=1).min()) > 0.5  # where the paper's ball has none
+    out = means.norm(dim=1) > 0.5  # beyond the paper's ball: only on rays that miss it
+    eye = cam.campos()[0]
+    ray = torch.nn.functional.normalize(means[out] - eye, dim=-1)
+    assert bool((torch.linalg.cross(eye.expand_as(ray), ray).norm(dim=-1) > 0.5).all())
+    again = GaussianModel.init_silhouette(4000, 0.5, 0.87, cam, mask, seed=1)
+    assert torch.equal(again.means, m.means)  # seeded
+    # No mask: the paper's ball.
+    ball = GaussianModel.init_silhouette(100, 0.5, 0.87, cam, torch.zeros(1, 64, 64), seed=1)
+    assert ball.num_points == 100 and float(ball.means.detach().norm(dim=1).max()) <= 0.5

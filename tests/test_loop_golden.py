@@ -177,11 +177,16 @@ def test_stage1_iteration_matches_the_authors(golden, monkeypatch):
 
 
 def test_default_config_densifies_as_the_authors(golden, monkeypatch):
-    """The default config, without the scale cap and screen-size prune it adds (README, geometry),
-    clones/splits exactly the authors' Gaussians (last-view statistics); all-view statistics
+    """The default config, without the scale cap, screen-size prune and alpha losses it adds (README,
+    geometry), clones/splits exactly the authors' Gaussians (last-view statistics); all-view statistics
     (``gaussians.densify_stats=all``) would clone/split others, and so does the cap."""
     meta, _ = golden
-    paper_densify = ("gaussians.max_scale=0", "gaussians.max_screen_frac=0")
+    paper_densify = (
+        "gaussians.max_scale=0",
+        "gaussians.max_screen_frac=0",
+        "sir.bg_alpha_loss=0",
+        "sir.fg_alpha_loss=0",
+    )
     _, _, _, counts = _run(golden, monkeypatch, "configs/image.yaml", *paper_densify)
     assert counts == meta["counts"]
     _, _, _, counts_all = _run(

@@ -278,15 +278,15 @@ def test_stage1_loss_is_the_papers(toy):
         + 0.01 * ((out.alpha[V] - ref_mask) ** 2).sum()
     )
     torch.testing.assert_close(rep.loss(out, target), want)
-    # The defaults add alpha on background pixels and (1 - alpha) on object pixels, each / V.
+    # The defaults add alpha on background pixels and (1 - alpha) on inner object pixels, each / V.
     rep = GaussianRepresentation(_tiny_gaussians(), default, ref_rgb, ref_mask, ref_cam)
     rep.begin_iteration(cams)
     bg = torch.zeros(V, 1, S, S)
     bg[:, :, :3] = 1.0
     a = out.alpha[:V]
-    extra = (
-        default.bg_alpha_loss * (a * bg).sum() / V + default.fg_alpha_loss * ((1 - a) * (1 - bg)).sum() / V
-    )
+    fg = torch.zeros(V, 1, S, S)
+    fg[:, :, 4:] = 1.0  # object pixels whose 3x3 neighbourhood is all object (row 3 touches background)
+    extra = default.bg_alpha_loss * (a * bg).sum() / V + default.fg_alpha_loss * ((1 - a) * fg).sum() / V
     assert default.bg_alpha_loss == 1.0 and default.fg_alpha_loss == 1.0
     torch.testing.assert_close(rep.loss(out, target), want + extra)
 
@@ -368,11 +368,13 @@ def test_paper_configs_differ_only_on_the_listed_points(toy, paper, base, extra)
     # the geometry additions (README "geometry"): scale cap, screen-size prune, background- and
     # foreground-alpha losses and the coarse mesh's hidden-face drop
     geometry = {
+        "gaussians.init": "ball",
         "gaussians.max_scale": 0.0,
         "gaussians.max_screen_frac": 0.0,
         "sir.bg_alpha_loss": 0.0,
         "sir.fg_alpha_loss": 0.0,
         "export.visible_views": 0,
+        "export.hull_alpha": 0.0,
     }
     assert diff == {"export.remesh_size": 0.015, **geometry, **extra}
 

@@ -277,7 +277,14 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "pipeline/gaussians.py",
-        "((1.0 - alpha) * (1.0 - bg)).sum()",
+        "fg = 1.0 - F.max_pool2d(bg, 3, stride=1, padding=1)",
+        "fg = 1.0 - bg",
+        "foreground-alpha loss on edge pixels too",
+        "tests/test_method_plumbing.py",
+    ),
+    _m(
+        "pipeline/gaussians.py",
+        "((1.0 - alpha) * fg).sum()",
         "((1.0 - alpha) * bg).sum()",
         "foreground-alpha loss on the background",
         "tests/test_geometry_quality.py",
