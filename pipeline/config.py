@@ -96,7 +96,10 @@ def config_rules() -> dict:
         "export.iso_size": C.in_range(8, MAX_SIZE),
         "export.merge_ratio": C.in_range(0.0, 0.1),
         "export.visible_views": C.in_range(0, 1024),
-        "export.hull_alpha": C.in_range(0.0, 0.99),
+        "export.hull": C.check(
+            lambda v: all(x in ("input", "gaussians") for x in v), "be a list of input, gaussians"
+        ),
+        "export.hull_alpha": C.in_range(0.01, 0.99),
         "export.visible_size": C.in_range(16, MAX_SIZE),
         "export.remesh_size": C.in_range(0.0, 1.0),
         "export.remesh_iters": C.in_range(0, 100),

@@ -198,8 +198,9 @@ def export_coarse_mesh(
     ``{"vertices", "faces"}`` (``{"faces": 0}`` and no file when the Gaussians have no surface above
     ``export.density_thresh``). With ``export.iso_levels`` the level is calibrated per object
     (:mod:`pipeline.isolevel`) and reported as ``iso_level``; with ``export.visible_views`` the count
-    of hidden faces dropped is ``hidden_faces_dropped``; with ``export.hull_alpha`` the density is
-    first cut by the bake views' ``alpha > hull_alpha`` (:func:`gs_renderer.extract.carve_to_silhouettes`). ``ref = (ref_cam, ref_mask [1,H,W])``
+    of hidden faces dropped is ``hidden_faces_dropped``; with ``export.hull`` the density is first cut
+    by the input mask and/or the bake views' Gaussian alpha, ``> export.hull_alpha``
+    (:func:`gs_renderer.extract.carve_to_silhouettes`). ``ref = (ref_cam, ref_mask [1,H,W])``
     is the input view, the calibration's ground truth. ``during_unwrap()`` runs on the main thread
     while xatlas works (after the bake views are rendered).
     """
@@ -207,7 +208,7 @@ def export_coarse_mesh(
     info: dict = {}
     cams = bake_cameras(ex.bake_size, radius=cfg.cameras.radius, fovy=cfg.cameras.fovy, device=device)
     views = None
-    if ex.hull_alpha > 0:
+    if "gaussians" in ex.hull:
         # The bake views, rendered before the mesh exists: their alpha also cuts the density.
         with timer.phase("bake_render"), torch.no_grad():
             views = render_gaussians(
@@ -220,8 +221,10 @@ def export_coarse_mesh(
             level, scores = _calibrate(cfg, model, occ, center, scale, device, ref)
             info["iso_level"] = level
             info["iso_scores"] = {f"{k:g}": round(s, 4) for k, s in scores.items()}
+        if "input" in ex.hull and ref is not None:
+            occ = _carve(occ, center, scale, level, ref[0], ref[1][None], ex.hull_alpha, info, "input")
         if views is not None:
-            occ = _carve(occ, center, scale, level, cams, views.alpha, ex.hull_alpha, info)
+            occ = _carve(occ, center, scale, level, cams, views.alpha, ex.hull_alpha, info, "gaussians")
         v, f = grid_marching_cubes(occ, center, scale, level)
         v, f = clean_mesh(v, f, merge_ratio=ex.merge_ratio)
         if ex.remesh_size > 0:  # paper mode (needs pymeshlab)
@@ -283,16 +286,20 @@ def export_coarse_mesh(
 MIN_HULL_KEPT = 0.5
 
 
-def _carve(occ, center, scale, level, cams, alpha, threshold, info: dict) -> torch.Tensor:
-    """:func:`carve_to_silhouettes`, unless it would keep under ``MIN_HULL_KEPT`` of the voxels at or above ``level``."""
+def _carve(occ, center, scale, level, cams, alpha, threshold, info: dict, source: str) -> torch.Tensor:
+    """:func:`carve_to_silhouettes`, unless it would keep under ``MIN_HULL_KEPT`` of the voxels at or above ``level``.
+
+    Reports the kept fraction as ``info["hull_kept_<source>"]``.
+    """
     inside = int((occ >= level).sum())
     carved = carve_to_silhouettes(occ, center, scale, level, cams, alpha, threshold)
     kept = int((carved >= level).sum()) / max(inside, 1)
-    info["hull_kept"] = round(kept, 4)
+    info[f"hull_kept_{source}"] = round(kept, 4)
     if kept < MIN_HULL_KEPT:
         log.warning(
-            "the Gaussians' silhouettes (alpha > %g) would keep only %.0f%% of their dense volume: "
+            "the %s silhouettes (alpha > %g) would keep only %.0f%% of the Gaussians' dense volume: "
             "the coarse mesh is not cut by them",
+            source,
             threshold,
             100 * kept,
         )

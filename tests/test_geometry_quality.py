@@ -162,12 +162,14 @@ def test_carving_cuts_the_surface_to_the_views_silhouettes():
     from pipeline.stage1 import _carve
 
     info: dict = {}
-    assert _carve(occ, c, s, 0.2, cams, torch.zeros(26, 1, 64, 64), 0.5, info) is occ
-    assert info["hull_kept"] == 0.0
-    assert _carve(occ, c, s, 0.2, cams, silhouettes(0.5), 0.5, info) is occ  # keeps (0.5 / 0.8)^3 = 24 %
-    cut = _carve(occ, c, s, 0.2, cams, silhouettes(0.7), 0.5, info)
+    assert _carve(occ, c, s, 0.2, cams, torch.zeros(26, 1, 64, 64), 0.5, info, "gaussians") is occ
+    assert info["hull_kept_gaussians"] == 0.0
+    assert (
+        _carve(occ, c, s, 0.2, cams, silhouettes(0.5), 0.5, info, "gaussians") is occ
+    )  # keeps (0.5 / 0.8)^3 = 24 %
+    cut = _carve(occ, c, s, 0.2, cams, silhouettes(0.7), 0.5, info, "gaussians")
     want = carve_to_silhouettes(occ, c, s, 0.2, cams, silhouettes(0.7), 0.5)
-    assert torch.equal(cut, want) and 0.6 < info["hull_kept"] < 0.75  # (0.7 / 0.8)^3 = 67 %
+    assert torch.equal(cut, want) and 0.6 < info["hull_kept_gaussians"] < 0.75  # (0.7 / 0.8)^3 = 67 %
 
 
 # ---------------------------------------------------------------------------------- ghost case
@@ -265,3 +267,55 @@ def test_silhouette_init_starts_on_every_part_the_input_shows():
     # No mask: the paper's ball.
     ball = GaussianModel.init_silhouette(100, 0.5, 0.87, cam, torch.zeros(1, 64, 64), seed=1)
     assert ball.num_points == 100 and float(ball.means.detach().norm(dim=1).max()) <= 0.5
+
+
+@pytest.mark.parametrize("hull", [[], ["input"]])
+def test_export_cuts_the_coarse_mesh_by_the_input_mask(tmp_path, hull):
+    """A ball of opaque Gaussians (radius ~0.4) whose input mask shows a disk of radius 0.3: with
+    ``export.hull=[input]`` the coarse mesh fits inside the mask's cone, without it keeps the ball."""
+    from core.outputs import OutputSet
+    from core.timing import PhaseTimer
+    from mesh_renderer import load_mesh
+    from mesh_renderer.raster import rasterize
+    from pipeline import load_config
+    from pipeline.stage1 import export_coarse_mesh
+
+    cfg = load_config(
+        [
+            "--config",
+            str(ROOT / "configs" / "oracle_cpu.yaml"),
+            f"outdir={tmp_path}",
+            "save_path=ball",
+            "quiet=true",
+            f"export.hull=[{','.join(hull)}]",
+            "export.visible_views=0",
+            "export.grid_resolution=48",
+        ]
+    )
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    means = d * (0.35 * torch.rand(n, 1, generator=g).pow(1 / 3))
+    quats = torch.zeros(n, 4)
+    quats[:, 0] = 1.0
+    model = GaussianModel(
+        means, torch.full((n, 3), math.log(0.03)), quats, torch.full((n,), 4.0), torch.zeros(n, 1, 3), None, 0
+    )
+    ref_cam = orbit_cameras(0.0, 0.0, 2.0, 49.1, 64)
+    disk = torch.zeros(1, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+    f = ref_cam.focal
+    disk[0][(xx - 32) ** 2 + (yy - 32) ** 2 < (0.3 * f / 2.0) ** 2] = 1.0  # radius 0.3 at depth 2
+    outputs: dict = {}
+    with OutputSet(tmp_path, "ball", "_report.json") as out:
+        info = export_coarse_mesh(
+            cfg, model, PhaseTimer(), torch.device("cpu"), outputs, out, (ref_cam, disk)
+        )
+        out.commit(lambda p: p.write_text("{}"))
+    mesh = load_mesh(outputs["mesh"])
+    cover = rasterize(mesh, ref_cam, backend="torch").alpha[0, 0] > 0.5
+    outside = int((cover & (disk[0] == 0)).sum())
+    if hull:
+        assert 0.5 < info["hull_kept_input"] < 0.95 and outside <= 8, (info, outside)
+    else:
+        assert "hull_kept_input" not in info and outside > 100, outside

@@ -374,7 +374,7 @@ def test_paper_configs_differ_only_on_the_listed_points(toy, paper, base, extra)
         "sir.bg_alpha_loss": 0.0,
         "sir.fg_alpha_loss": 0.0,
         "export.visible_views": 0,
-        "export.hull_alpha": 0.0,
+        "export.hull": [],
     }
     assert diff == {"export.remesh_size": 0.015, **geometry, **extra}
 
