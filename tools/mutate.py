@@ -290,6 +290,13 @@ MUTATIONS: list[Mutation] = [
         "tests/test_geometry_quality.py",
     ),
     _m(
+        "pipeline/gaussians.py",
+        "loss = loss + self.g.fg_alpha_loss * ((1.0 - ref_alpha) * self.ref_fg).sum()",
+        "loss = loss + 0.0",
+        "foreground-alpha loss not on the input view",
+        "tests/test_method_plumbing.py",
+    ),
+    _m(
         "pipeline/stage1.py",
         'if "input" in ex.hull and ref is not None:',
         "if False:",
@@ -301,7 +308,7 @@ MUTATIONS: list[Mutation] = [
         "  hull: [input] ",
         "  hull: []      ",
         "default: no input-mask hull",
-        "tests/test_geometry_quality.py",
+        "tests/test_method_plumbing.py",
     ),
     _m(
         "gs_renderer/extract.py",
