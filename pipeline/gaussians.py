@@ -96,11 +96,6 @@ class GaussianRepresentation:
         # No reference view (text to 3D): no reference terms.
         self.use_ref = ref_rgb is not None and (self.ref_weight > 0 or self.ref_mask_weight > 0)
         self.ref_rgb, self.ref_mask, self.ref_cam = ref_rgb, ref_mask, ref_cam
-        if self.use_ref:
-            # The input's own mask, read like a refined view (background / inner object pixels).
-            t = g.bg_threshold
-            self.ref_bg = (ref_mask <= t).float()
-            self.ref_fg = 1.0 - F.max_pool2d((ref_mask < 1.0 - t).float()[None], 3, stride=1, padding=1)[0]
         self.step_count = 0
         self.cams: Cameras | None = None
 
@@ -142,11 +137,6 @@ class GaussianRepresentation:
                 ref_rgb, ref_alpha = ref.rgb[0], ref.alpha[0]
             loss = loss + self.ref_weight * (ref_rgb - self.ref_rgb).abs().sum()
             loss = loss + self.ref_mask_weight * ((ref_alpha - self.ref_mask) ** 2).sum()
-            # The same alpha terms on the input view, from its mask: the one exact silhouette.
-            if self.g.bg_alpha_loss > 0:
-                loss = loss + self.g.bg_alpha_loss * (ref_alpha * self.ref_bg).sum()
-            if self.g.fg_alpha_loss > 0:
-                loss = loss + self.g.fg_alpha_loss * ((1.0 - ref_alpha) * self.ref_fg).sum()
         return loss
 
     def step(self, loss: torch.Tensor, out: RenderOutput) -> None:

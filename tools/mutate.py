@@ -290,13 +290,6 @@ MUTATIONS: list[Mutation] = [
         "tests/test_geometry_quality.py",
     ),
     _m(
-        "pipeline/gaussians.py",
-        "loss = loss + self.g.fg_alpha_loss * ((1.0 - ref_alpha) * self.ref_fg).sum()",
-        "loss = loss + 0.0",
-        "foreground-alpha loss not on the input view",
-        "tests/test_method_plumbing.py",
-    ),
-    _m(
         "pipeline/stage1.py",
         'if "input" in ex.hull and ref is not None:',
         "if False:",
