@@ -103,10 +103,12 @@ from guidance.nets.sd_unet import load_sd_unet
 from guidance.nets.vae import load_vae
 from testing.random_zero123 import cached_tiny_zero123
 
-fn._device_ok = lambda x: True  # CPU tensors through the interpreted kernel
-calls = []
-kernel = fn.fused_group_norm
+import guidance.nets.fused_geglu as fg
+fn._device_ok = lambda x: True  # CPU tensors through the interpreted kernels
+calls, gcalls = [], []
+kernel, gkernel = fn.fused_group_norm, fg.fused_geglu
 fn.fused_group_norm = lambda *a, **k: calls.append(1) or kernel(*a, **k)
+fg.fused_geglu = lambda h: gcalls.append(1) or gkernel(h)
 folder = cached_tiny_zero123()
 unet = load_sd_unet(folder / "unet", torch.float32, "cpu").to(memory_format=torch.channels_last)
 vae = load_vae(folder / "vae", torch.float32, "cpu").to(memory_format=torch.channels_last)
@@ -127,11 +129,14 @@ with torch.no_grad():
         ref = fn_()
         set_fused_norm(net, True)
         calls.clear()
+        gcalls.clear()
         out = fn_()
         rows[name] = dict(
             rel=float((out - ref).norm() / ref.norm()),
             calls=len(calls),
             norms=sum(isinstance(m, nn.GroupNorm) for m in part.modules()),
+            geglu_calls=len(gcalls),
+            ffs=sum(hasattr(m, fg.FLAG) for m in part.modules()),
         )
 print(json.dumps(rows))
 """
@@ -141,11 +146,14 @@ print(json.dumps(rows))
 def test_nets_run_every_group_norm_through_the_kernel():
     """Tiny UNet and VAE (channels-last, fp32) with the flag on, kernels interpreted on the CPU: every
     GroupNorm of the network goes through the kernel once per call (every site is converted, the VAE
-    attention's included), and the outputs match the exact path."""
+    attention's included), so does every GEGLU feed-forward of the UNet, and the outputs match the
+    exact path."""
     rows = _interpreted(NETS_SCRIPT)
     for name, r in rows.items():
         assert r["calls"] == r["norms"] > 0, (name, r)
+        assert r["geglu_calls"] == r["ffs"], (name, r)
         assert r["rel"] < 1e-5, (name, r)
+    assert rows["unet"]["ffs"] > 0
 
 
 # ---------------------------------------------------------------- the exact path (no triton needed)
@@ -192,7 +200,9 @@ def test_flag_on_cpu_tensors_is_bit_identical(nets, channels_last):
     unet, vae = nets
     ref = _outputs(unet, vae, channels_last)
     try:
-        assert set_fused_norm(unet, True) == sum(isinstance(m, nn.GroupNorm) for m in unet.modules())
+        n_ff = sum(hasattr(m, "fused_geglu") for m in unet.modules())
+        assert n_ff > 0
+        assert set_fused_norm(unet, True) == sum(isinstance(m, nn.GroupNorm) for m in unet.modules()) + n_ff
         set_fused_norm(vae, True)
         out = _outputs(unet, vae, channels_last)
     finally:
@@ -244,3 +254,30 @@ def test_model_fused_norm_reaches_the_denoiser():
     den = Zero123Denoiser(cached_tiny_zero123(), device="cpu", dtype="fp32", fused_norm=True)
     assert den.fused_norm is False
     assert not any(getattr(m, FLAG, False) for m in den.unet.modules())
+
+
+GEGLU_SCRIPT = """
+import json, torch, torch.nn.functional as F
+import guidance.nets.fused_geglu as fg
+fg._BLOCK = 64  # several programs, a partial last block
+rows = []
+for i, (shape, dt) in enumerate([((3, 5, 2 * 24), "float32"), ((2, 7, 2 * 40), "float16"), ((37, 2 * 3), "bfloat16")]):
+    dt = getattr(torch, dt)
+    h = (torch.randn(*shape, generator=torch.Generator().manual_seed(i)) * 3).to(dt)
+    y = fg.fused_geglu(h)
+    v, g = h.double().chunk(2, dim=-1)
+    ref = v * F.gelu(g)
+    tol = torch.finfo(dt).eps * ref.abs() + 1e-6
+    rows.append(dict(ratio=float(((y.double() - ref).abs() / tol).max()), shape=list(y.shape), dtype=str(y.dtype)))
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.slow
+def test_geglu_kernel_matches_torch_under_the_interpreter():
+    """value * GELU(gate) (exact erf GELU) against float64 torch: one rounding to the output dtype."""
+    rows = _interpreted(GEGLU_SCRIPT)
+    assert [r["shape"] for r in rows] == [[3, 5, 24], [2, 7, 40], [37, 3]]
+    assert [r["dtype"] for r in rows] == ["torch.float32", "torch.float16", "torch.bfloat16"]
+    for r in rows:
+        assert r["ratio"] <= 1.0, r

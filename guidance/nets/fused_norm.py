@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: The attribute :func:`set_fused_norm` sets on each ``nn.GroupNorm``.
 FLAG = "fused_norm"
+#: ... and on each module that declares it (the GEGLU feed-forwards; guidance.nets.fused_geglu).
+GEGLU_FLAG = "fused_geglu"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TILE = 2048  # elements per tile (rows x padded group channels)
 _TARGET_PROGRAMS = 1024  # programs per launch to aim for (several per SM on current GPUs)
@@ -38,6 +40,7 @@ _broken = False  # set when a fused launch raised: the exact path from then on
 def triton_available() -> bool:
     """True when triton imports (it ships with torch's CUDA wheels; absent on some CPU installs)."""
     try:
+        import guidance.nets.fused_geglu_kernel
         import guidance.nets.fused_norm_kernels  # noqa: F401
     except Exception:  # ImportError, or a triton that fails on import on this machine
         return False
@@ -45,11 +48,15 @@ def triton_available() -> bool:
 
 
 def set_fused_norm(module: nn.Module, enabled: bool) -> int:
-    """Turn the fused kernel on or off for every ``nn.GroupNorm`` under ``module``; -> how many were set."""
+    """Turn the fused kernels on or off under ``module``: every ``nn.GroupNorm``, and every module
+    declaring a ``fused_geglu`` flag (:mod:`guidance.nets.fused_geglu`); -> how many were set."""
     n = 0
     for m in module.modules():
         if isinstance(m, nn.GroupNorm):
             setattr(m, FLAG, bool(enabled))
+            n += 1
+        elif hasattr(m, GEGLU_FLAG):
+            setattr(m, GEGLU_FLAG, bool(enabled))
             n += 1
     return n
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guidance.nets.blocks import Downsample, ResnetBlock, Upsample, multihead_attention
+from guidance.nets.fused_geglu import geglu
 from guidance.nets.fused_norm import group_norm_act, uses_fused
 from guidance.nets.weights import ModelFolderError, check_config, config_namespace, load_module, read_config
 
@@ -135,6 +136,8 @@ class CrossAttention(nn.Module):
 class GEGLUFeedForward(nn.Module):
     """``net.0.proj`` (dim -> 2*4dim), value * GELU(gate), ``net.2`` (4dim -> dim)."""
 
+    fused_geglu = False  # set by guidance.nets.fused_norm.set_fused_norm (model.fused_norm)
+
     def __init__(self, dim: int, mult: int = 4) -> None:
         super().__init__()
         proj = nn.Module()
@@ -143,8 +146,7 @@ class GEGLUFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B,N,dim]`` -> ``[B,N,dim]``."""
-        value, gate = self.net[0].proj(x).chunk(2, dim=-1)
-        return self.net[2](value * F.gelu(gate))
+        return self.net[2](geglu(self.net[0].proj(x), self))
 
 
 class TransformerBlock(nn.Module):

@@ -1,4 +1,4 @@
-"""The fused channels-last GroupNorm(+SiLU) Triton kernel on CUDA (guidance/nets/fused_norm.py).
+"""The fused channels-last GroupNorm(+SiLU) and GEGLU Triton kernels on CUDA (guidance/nets/fused_norm.py, fused_geglu.py).
 
 Tolerances, and why:
 * kernel vs ``F.group_norm`` in fp32 on the same half-precision input: ``|y - ref| <= 2 eps_dtype |ref|
@@ -61,6 +61,26 @@ def test_kernel_matches_group_norm_at_real_shapes(shape, dtype):
         err = (y.float() - ref).abs()
         bound = 2 * torch.finfo(dtype).eps * ref.abs() + _tol(dtype)
         assert bool((err <= bound).all()), (shape, silu, float(err.max()))
+
+
+# The GEGLU projections of the UNet's feed-forwards at batch 12: [B, tokens, 2 * 4 * width].
+GEGLU_SHAPES = [(12, 1024, 2560), (12, 256, 5120), (12, 64, 10240), (12, 16, 10240)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", GEGLU_SHAPES)
+def test_geglu_kernel_matches_torch_at_real_shapes(shape, dtype):
+    from guidance.nets.fused_geglu import fused_geglu
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h = (torch.randn(shape, generator=g, device="cuda") * 2).to(dtype)
+    y = fused_geglu(h)
+    assert y.dtype == dtype and y.shape == (*shape[:-1], shape[-1] // 2) and y.is_contiguous()
+    value, gate = h.float().chunk(2, dim=-1)
+    ref = value * F.gelu(gate)
+    err = (y.float() - ref).abs()
+    bound = 2 * torch.finfo(dtype).eps * ref.abs() + _tol(dtype)
+    assert bool((err <= bound).all()), (shape, float(err.max()))
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +185,13 @@ def test_fused_unet_launches_far_fewer_copies(full_folder):
         counts[fused] = (
             sum(category(n) == "copy/layout" for n in names),
             sum("group_norm_apply" in n for n in names),
+            sum("geglu_kernel" in n for n in names),
         )
     norms = sum(isinstance(m, torch.nn.GroupNorm) for m in den.unet.modules())
-    print(f"copy kernels: fused {counts[True][0]}, exact {counts[False][0]}; {norms} GroupNorms")
+    ffs = sum(hasattr(m, "fused_geglu") for m in den.unet.modules())
+    print(
+        f"copy kernels: fused {counts[True][0]}, exact {counts[False][0]}; {norms} GroupNorms, {ffs} GEGLUs"
+    )
     assert norms == 61 and counts[True][1] == norms and counts[False][1] == 0
+    assert ffs == 16 and counts[True][2] == ffs and counts[False][2] == 0
     assert counts[False][0] - counts[True][0] >= 100
