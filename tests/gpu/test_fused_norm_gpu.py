@@ -5,8 +5,11 @@ Tolerances, and why:
   + 1e-3 (bf16: 1e-2)``: one rounding of the output (half an ulp) plus fp32 arithmetic, which the
   exact fp16 path (GroupNorm rounded, then SiLU rounded again) does not beat;
 * full-size Stable Zero123 UNet (random weights, CFG batch 12): fused vs exact eps within relative L2
-  1e-2 (fp16; 3e-2 bf16), and the fused path no further from an fp32 (no TF32) reference than
-  1.25 x the exact half-precision path is (+1e-4): the kernel adds no error beyond the dtype's own;
+  1e-2 (fp16; 5e-2 bf16), and the fused path no further from an fp32 (no TF32) reference than
+  1.25 x the exact half-precision path is (+1e-4): the kernels add no error beyond the dtype's own.
+  In bf16 each path is ~3.5e-2 from fp32 (H200: fused 3.28e-2, exact 3.65e-2, fused vs exact
+  3.85e-2 with the GEGLU kernel, which rounds once where torch rounds GELU and product), so the
+  direct bound only catches gross errors; the fp32 comparison is the accuracy check;
 * one SIR refine step (full size, fp16, CUDA graphs): refined images (in [0,1]) fused vs exact,
   mean abs < 5e-3 and max abs < 0.1, the bounds of the ``model.compile`` test (reordered sums).
 """
@@ -131,7 +134,7 @@ def test_full_unet_fused_vs_exact(full_folder, dtype, monkeypatch):
     direct = _rel(fused, exact)
     fused_err, exact_err = _rel(fused, ref), _rel(exact, ref)
     print(f"{dtype}: fused vs exact {direct:.2e}; vs fp32: fused {fused_err:.2e}, exact {exact_err:.2e}")
-    assert direct < (1e-2 if dtype == "fp16" else 3e-2)
+    assert direct < (1e-2 if dtype == "fp16" else 5e-2)
     assert fused_err <= 1.25 * exact_err + 1e-4
 
 
