@@ -326,6 +326,13 @@ MUTATIONS: list[Mutation] = [
     ),
     _m("configs/image_paper.yaml", "  max_scale: 0.0 ", "  max_scale: 0.02", "paper mode: scale cap"),
     _m(
+        "guidance/nets/fused_geglu_kernel.py",
+        "y = a * (0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476)))",
+        "y = a * (0.5 * g * (1.0 + tl.math.erf(g)))",
+        "fused GEGLU with a wrong GELU",
+        "tests/test_fused_norm.py",
+    ),
+    _m(
         "guidance/nets/fused_norm_kernels.py",
         "rstd = 1.0 / tl.sqrt(var + eps)",
         "rstd = 1.0 / tl.sqrt(var)",
