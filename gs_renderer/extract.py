@@ -154,7 +154,7 @@ def carve_to_silhouettes(
     the marching-cubes mesh is fatter than the object; seen edge-on, flat parts come out twice as
     thick. With ``h(x)`` = the least, over views, of ``alpha`` (``[V,1,H,W]`` at ``cams``, bilinear)
     at ``x``'s projection (1 where ``x`` projects outside a view or behind it: that view says
-    nothing), each grid value becomes ``min(occ, level * h / threshold)``: unchanged where every
+    nothing), each grid value at or above ``level`` becomes ``min(occ, level * h / threshold)``: unchanged where every
     view covers ``x`` with at least ``threshold``, below ``level`` where some view sees background,
     so the new surface is the old one cut by the views' silhouettes (a visual hull). Returns a new
     grid; ``occ`` is not modified.

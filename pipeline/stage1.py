@@ -75,12 +75,22 @@ def gaussian_settings(cfg: DictConfig) -> GaussianSettings:
     )
 
 
+def input_view_fitted(cfg: DictConfig) -> bool:
+    """Whether stage 1's loss fits the Gaussians to the input view (``sir.ref_loss`` or ``sir.ref_mask_loss`` > 0).
+
+    Only then is the input mask a silhouette of the Gaussians: without those terms (ImageDream, whose
+    cameras are absolute and whose input image has none) their pose and scale are the diffusion
+    model's, so the mask neither seeds them (``gaussians.init``) nor cuts them (``export.hull``).
+    """
+    return cfg.sir.ref_loss > 0 or cfg.sir.ref_mask_loss > 0
+
+
 def initial_gaussians(
     cfg: DictConfig, ref_cam: Cameras | None, ref_mask: torch.Tensor | None, device: torch.device
 ) -> GaussianModel:
-    """Stage 1's starting Gaussians (``gaussians.init``; docs/method.md#gaussian-init); the ball without an input view."""
+    """Stage 1's starting Gaussians (``gaussians.init``; docs/method.md#gaussian-init); the ball without a fitted input view."""
     g = cfg.gaussians
-    if g.init == "silhouette" and ref_cam is not None and ref_mask is not None:
+    if g.init == "silhouette" and ref_cam is not None and ref_mask is not None and input_view_fitted(cfg):
         return GaussianModel.init_silhouette(
             g.num_pts,
             g.init_radius,
@@ -199,7 +209,7 @@ def export_coarse_mesh(
     ``export.density_thresh``). With ``export.iso_levels`` the level is calibrated per object
     (:mod:`pipeline.isolevel`) and reported as ``iso_level``; with ``export.visible_views`` the count
     of hidden faces dropped is ``hidden_faces_dropped``; with ``export.hull`` the density is first cut
-    by the input mask and/or the bake views' Gaussian alpha, ``> export.hull_alpha``
+    by the input mask (when :func:`input_view_fitted`) and/or the bake views' Gaussian alpha, ``> export.hull_alpha``
     (:func:`gs_renderer.extract.carve_to_silhouettes`). ``ref = (ref_cam, ref_mask [1,H,W])``
     is the input view, the calibration's ground truth. ``during_unwrap()`` runs on the main thread
     while xatlas works (after the bake views are rendered).
@@ -221,7 +231,7 @@ def export_coarse_mesh(
             level, scores = _calibrate(cfg, model, occ, center, scale, device, ref)
             info["iso_level"] = level
             info["iso_scores"] = {f"{k:g}": round(s, 4) for k, s in scores.items()}
-        if "input" in ex.hull and ref is not None:
+        if "input" in ex.hull and ref is not None and input_view_fitted(cfg):
             occ = _carve(occ, center, scale, level, ref[0], ref[1][None], ex.hull_alpha, info, "input")
         if views is not None:
             occ = _carve(occ, center, scale, level, cams, views.alpha, ex.hull_alpha, info, "gaussians")
@@ -286,14 +296,27 @@ def export_coarse_mesh(
 MIN_HULL_KEPT = 0.5
 
 
-def _carve(occ, center, scale, level, cams, alpha, threshold, info: dict, source: str) -> torch.Tensor:
+def _carve(
+    occ: torch.Tensor,
+    center: torch.Tensor,
+    scale: float,
+    level: float,
+    cams: Cameras,
+    alpha: torch.Tensor,
+    threshold: float,
+    info: dict,
+    source: str,
+) -> torch.Tensor:
     """:func:`carve_to_silhouettes`, unless it would keep under ``MIN_HULL_KEPT`` of the voxels at or above ``level``.
 
     Reports the kept fraction as ``info["hull_kept_<source>"]``.
     """
     inside = int((occ >= level).sum())
+    if inside == 0:  # no surface to cut (export_coarse_mesh reports that itself)
+        info[f"hull_kept_{source}"] = 1.0
+        return occ
     carved = carve_to_silhouettes(occ, center, scale, level, cams, alpha, threshold)
-    kept = int((carved >= level).sum()) / max(inside, 1)
+    kept = int((carved >= level).sum()) / inside
     info[f"hull_kept_{source}"] = round(kept, 4)
     if kept < MIN_HULL_KEPT:
         log.warning(

@@ -269,10 +269,17 @@ def test_silhouette_init_starts_on_every_part_the_input_shows():
     assert ball.num_points == 100 and float(ball.means.detach().norm(dim=1).max()) <= 0.5
 
 
-@pytest.mark.parametrize("hull", [[], ["input"]])
-def test_export_cuts_the_coarse_mesh_by_the_input_mask(tmp_path, hull):
+NO_REF_LOSS = ("sir.ref_loss=0", "sir.ref_mask_loss=0")  # ImageDream's stage 1: the input view is not fitted
+
+
+@pytest.mark.parametrize(
+    "hull, extra, cut", [([], (), False), (["input"], (), True), (["input"], NO_REF_LOSS, False)]
+)
+def test_export_cuts_the_coarse_mesh_by_the_input_mask(tmp_path, hull, extra, cut):
     """A ball of opaque Gaussians (radius ~0.4) whose input mask shows a disk of radius 0.3: with
-    ``export.hull=[input]`` the coarse mesh fits inside the mask's cone, without it keeps the ball."""
+    ``export.hull=[input]`` the coarse mesh fits inside the mask's cone, without it keeps the ball.
+    Without a reference-view loss (ImageDream) nothing ties the Gaussians to the input view's pose
+    and scale, so its mask does not cut them."""
     from core.outputs import OutputSet
     from core.timing import PhaseTimer
     from mesh_renderer import load_mesh
@@ -290,6 +297,7 @@ def test_export_cuts_the_coarse_mesh_by_the_input_mask(tmp_path, hull):
             f"export.hull=[{','.join(hull)}]",
             "export.visible_views=0",
             "export.grid_resolution=48",
+            *extra,
         ]
     )
     g = torch.Generator().manual_seed(0)
@@ -315,7 +323,80 @@ def test_export_cuts_the_coarse_mesh_by_the_input_mask(tmp_path, hull):
     mesh = load_mesh(outputs["mesh"])
     cover = rasterize(mesh, ref_cam, backend="torch").alpha[0, 0] > 0.5
     outside = int((cover & (disk[0] == 0)).sum())
-    if hull:
+    if cut:
         assert 0.5 < info["hull_kept_input"] < 0.95 and outside <= 8, (info, outside)
     else:
         assert "hull_kept_input" not in info and outside > 100, outside
+
+
+def _init_cfg(*extra: str):
+    from pipeline import load_config
+
+    return load_config(
+        ["--config", str(ROOT / "configs" / "oracle_cpu.yaml"), "gaussians.num_pts=500", *extra]
+    )
+
+
+def test_initial_gaussians_use_the_input_mask_only_when_stage1_fits_the_input_view():
+    from pipeline.stage1 import initial_gaussians
+
+    cam = orbit_cameras(0.0, 0.0, 2.0, 49.1, 64)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 24:40, 4:12] = 1.0  # a part left of the ball: the silhouette init puts points there
+    cpu = torch.device("cpu")
+    sil = initial_gaussians(_init_cfg(), cam, mask, cpu).means.detach()
+    assert float(sil.norm(dim=1).max()) > 0.5 and float(sil[:, 0].max()) < 0.0
+    ball = GaussianModel.init_ball(500, 0.5, seed=0).means.detach()
+    # No reference loss (ImageDream): the input view's pose and scale are not the Gaussians', the ball.
+    assert torch.equal(initial_gaussians(_init_cfg(*NO_REF_LOSS), cam, mask, cpu).means.detach(), ball)
+    assert torch.equal(initial_gaussians(_init_cfg(), None, None, cpu).means.detach(), ball)  # text
+    assert torch.equal(
+        initial_gaussians(_init_cfg("gaussians.init=ball"), cam, mask, cpu).means.detach(), ball
+    )
+
+
+def test_carving_follows_the_cameras_axes_and_grid_layout():
+    """An off-centre box's silhouettes cut a big sphere's density down to about the box: any swap of
+    the grid's axes or flip of the image's would move the surface elsewhere (a non-square view too)."""
+    import itertools
+
+    from mesh_renderer import Mesh
+    from mesh_renderer.bake import bake_cameras
+    from mesh_renderer.raster import rasterize
+
+    occ, c, s = _sphere_grid(64)
+    lo, hi = torch.tensor([0.1, 0.2, -0.3]), torch.tensor([0.5, 0.6, 0.1])
+    v = lo + torch.tensor(list(itertools.product([0, 1], repeat=3))).float() * (hi - lo)
+    f = [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1]]
+    f += [[2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]]
+    box = Mesh(v=v, f=torch.tensor(f))
+    cams = bake_cameras(64, radius=3.0)
+    carved = carve_to_silhouettes(occ, c, s, 0.2, cams, rasterize(box, cams, backend="torch").alpha, 0.5)
+    vc, _ = grid_marching_cubes(carved, c, s, 0.2)
+    torch.testing.assert_close(vc.amin(0), lo, atol=0.02, rtol=0)
+    torch.testing.assert_close(vc.amax(0), hi, atol=0.04, rtol=0)  # the 26-view hull is a bit wider
+    # One coarse non-square view (24 x 16 px), mask edges at column 14 and row 6: at depth 2 the cut
+    # lies at x = y = 2 / focal * 2 (bilinear alpha 0.5 between the pixel centres 13.5 and 14.5;
+    # half a pixel is 0.057 here).
+    cam = orbit_cameras(0.0, 0.0, 2.0, 49.1, 16, 24)
+    a = torch.zeros(1, 1, 16, 24)
+    a[..., 6:, :14] = 1.0
+    small = (occ - 0.5).clamp_min(0) * 2  # a sphere of radius 0.4 (world), inside the view
+    vs, _ = grid_marching_cubes(carve_to_silhouettes(small, c, s, 0.2, cam, a, 0.5), c, s, 0.2)
+    mid = vs[vs[:, 2].abs() < 0.02]
+    want = 2 / cam.focal * 2
+    assert float(mid[:, 0].max()) == pytest.approx(want, abs=0.01)  # measured 0.2302 for 0.2284
+    assert float(mid[:, 1].max()) == pytest.approx(want, abs=0.01)
+
+
+def test_hull_guard_on_an_empty_density_says_nothing(caplog):
+    from pipeline.stage1 import _carve
+
+    occ = torch.zeros(16, 16, 16)
+    cams = orbit_cameras(0.0, 0.0, 2.0, 49.1, 16)
+    info: dict = {}
+    with caplog.at_level("WARNING"):
+        assert torch.equal(
+            _carve(occ, torch.zeros(3), 1.0, 0.2, cams, torch.zeros(1, 1, 16, 16), 0.5, info, "input"), occ
+        )
+    assert info["hull_kept_input"] == 1.0 and "silhouettes" not in caplog.text  # nothing to cut
