@@ -8,13 +8,16 @@ normalised), ``opacities [N]`` logit, ``sh0 [N,1,3]`` SH DC (3DGS ``f_dc``), ``s
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 
 from core.adam import Adam
-from core.cameras import Cameras
+from core.cameras import Cameras, orbit_cameras
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SH_C0",
@@ -201,8 +204,12 @@ class GaussianModel:
         m = (mask.detach().float().cpu()[0] > 0.5).float()
         if not bool(m.any()):
             return cls.init_ball(num_pts, radius, device=device, sh_degree=sh_degree, generator=g)
-        w2c, K = cams.viewmats()[0].cpu(), cams.Ks()[0].cpu()
-        eye = cams.campos()[0].cpu()
+        # The pose is rebuilt on the CPU, so the points do not depend on the device the cameras live on.
+        cams = orbit_cameras(
+            cams.elevation[:1].cpu(), cams.azimuth[:1].cpu(), cams.radius[:1].cpu(), cams.fovy, cams.height
+        )
+        w2c, K = cams.viewmats()[0], cams.Ks()[0]
+        eye = cams.campos()[0]
         H, W = m.shape
         kept: list[torch.Tensor] = []
         have = 0
@@ -232,6 +239,10 @@ class GaussianModel:
         means = torch.cat(kept)[:num_pts]
         if len(means) == 0:
             return cls.init_ball(num_pts, radius, device=device, sh_degree=sh_degree, generator=g)
+        if len(means) < num_pts:
+            log.warning(
+                "the input mask's cone is small: %d initial Gaussians instead of %d", len(means), num_pts
+            )
         return cls._grey_at(means.to(device), g, sh_degree)
 
     @classmethod

@@ -400,3 +400,22 @@ def test_hull_guard_on_an_empty_density_says_nothing(caplog):
             _carve(occ, torch.zeros(3), 1.0, 0.2, cams, torch.zeros(1, 1, 16, 16), 0.5, info, "input"), occ
         )
     assert info["hull_kept_input"] == 1.0 and "silhouettes" not in caplog.text  # nothing to cut
+
+
+def test_silhouette_init_depends_on_the_pose_not_its_device_rounding(caplog):
+    from dataclasses import replace
+
+    cam = orbit_cameras(0.0, 0.0, 2.0, 49.1, 64)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 20:44, 8:20] = 1.0
+    a = GaussianModel.init_silhouette(500, 0.5, 0.87, cam, mask, seed=3)
+    # The points come from (elevation, azimuth, radius) alone, rebuilt on the CPU: a c2w that differs
+    # (a GPU's rounding of the same pose; here exaggerated) gives the same init.
+    nudged = replace(cam, c2w=cam.c2w + 1e-2)
+    b = GaussianModel.init_silhouette(500, 0.5, 0.87, nudged, mask, seed=3)
+    assert torch.equal(a.means, b.means)
+    tiny = torch.zeros(1, 64, 64)
+    tiny[:, 31:33, 31:33] = 1.0  # a 2x2 px mask: its cone holds fewer points than asked for
+    with caplog.at_level("WARNING"):
+        c = GaussianModel.init_silhouette(5000, 0.5, 0.87, cam, tiny, seed=3)
+    assert 0 < c.num_points < 5000 and "initial Gaussians instead of 5000" in caplog.text
