@@ -184,6 +184,22 @@ class Cameras:
         K[2, 2].fill_(1.0)
         return K.expand(len(self), 3, 3).contiguous()
 
+    def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """World points ``[P,3]`` -> (pixel coordinates ``[V,P,2]``, depth ``[V,P]``) in every view.
+
+        Pixel coordinates are x right, y down, with pixel ``(i, j)``'s centre at ``(j + 0.5, i + 0.5)``;
+        the depth is along the view axis (positive in front of the camera). Points at depth <= 1e-6
+        are divided by 1e-6 instead: callers test the depth for behind-the-camera points.
+        """
+        w2c = self.viewmats().to(points.device)
+        K = self.Ks().to(points.device)
+        pc = points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]  # [V,P,3] OpenCV
+        z = pc[..., 2]
+        zs = z.clamp_min(1e-6)
+        x = K[:, None, 0, 0] * pc[..., 0] / zs + K[:, None, 0, 2]
+        y = K[:, None, 1, 1] * pc[..., 1] / zs + K[:, None, 1, 2]
+        return torch.stack([x, y], -1), z
+
     def projection(self, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
         """OpenGL projection ``[4,4]`` with y flipped (row 0 of a rasterised image is the top)."""
         f = self.focal

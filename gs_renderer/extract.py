@@ -165,8 +165,6 @@ def carve_to_silhouettes(
     idx = (out >= level).nonzero().squeeze(1)
     if len(idx) == 0:
         return out.reshape(occ.shape)
-    w2c = cams.viewmats().to(dev)  # OpenCV: x right, y down, z forward
-    K = cams.Ks().to(dev)
     a = alpha.to(dev).float()
     H, W = a.shape[-2:]
     step = (res - 1) / 2.0
@@ -174,12 +172,9 @@ def carve_to_silhouettes(
         flat = idx[i : i + chunk]
         ijk = torch.stack([flat // (res * res), (flat // res) % res, flat % res], 1).float()
         p = (ijk / step - 1.0) / scale + center.to(dev)  # world points [P,3]
-        pc = p @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]  # [V,P,3]
-        z = pc[..., 2]
-        u = K[:, None, 0, 0] * pc[..., 0] / z.clamp_min(1e-6) + K[:, None, 0, 2]
-        v = K[:, None, 1, 1] * pc[..., 1] / z.clamp_min(1e-6) + K[:, None, 1, 2]
+        xy, z = cams.project(p)  # [V,P,2], [V,P]
         # Pixel centre j + 0.5 <-> normalised 2 (j + 0.5) / W - 1 (align_corners=False).
-        grid = torch.stack([2.0 * u / W - 1.0, 2.0 * v / H - 1.0], -1)[:, None]  # [V,1,P,2]
+        grid = torch.stack([2.0 * xy[..., 0] / W - 1.0, 2.0 * xy[..., 1] / H - 1.0], -1)[:, None]  # [V,1,P,2]
         seen = F.grid_sample(a, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0, 0]
         inside = (z > 1e-6) & (grid[:, 0].abs() <= 1.0).all(-1)
         h = torch.where(inside, seen, torch.ones_like(seen)).amin(0)  # [P]

@@ -208,23 +208,20 @@ class GaussianModel:
         cams = orbit_cameras(
             cams.elevation[:1].cpu(), cams.azimuth[:1].cpu(), cams.radius[:1].cpu(), cams.fovy, cams.height
         )
-        w2c, K = cams.viewmats()[0], cams.Ks()[0]
         eye = cams.campos()[0]
         H, W = m.shape
         kept: list[torch.Tensor] = []
         have = 0
         for _ in range(64):
             p = _ball_points(4 * num_pts, max(radius, outer_radius), g)
-            pc = p @ w2c[:3, :3].T + w2c[:3, 3]
-            z = pc[:, 2].clamp_min(1e-6)
-            u = (K[0, 0] * pc[:, 0] / z + K[0, 2]).floor().long()
-            v = (K[1, 1] * pc[:, 1] / z + K[1, 2]).floor().long()
+            xy, z = cams.project(p)
+            u, v = xy[0].floor().long().unbind(-1)
             ray = F.normalize(p - eye, dim=-1)
             misses = (
                 torch.linalg.cross(eye.expand_as(ray), ray).norm(dim=-1) > radius
             )  # ray's distance to the origin
             ok = (
-                (pc[:, 2] > 1e-6)
+                (z[0] > 1e-6)
                 & (u >= 0)
                 & (u < W)
                 & (v >= 0)

@@ -123,20 +123,17 @@ def bake_texture(
     if alphas is not None:
         cover = cover * (alphas.to(dev, torch.float32) > 0.5)
 
-    w2c = cams.viewmats()
-    K = cams.Ks()
     color = torch.zeros(len(idx), 3, device=dev)
     weight = torch.zeros(len(idx), device=dev)
     for i in range(V):  # one view at a time bounds memory at [P] per view (P ~ 1e6 texels at 1024^2)
-        pc = pts @ w2c[i, :3, :3].T + w2c[i, :3, 3]
-        z = pc[:, 2].clamp_min(1e-6)
-        x = K[i, 0, 0] * pc[:, 0] / z + K[i, 0, 2]
-        y = K[i, 1, 1] * pc[:, 1] / z + K[i, 1, 2]
+        xy, z = cams[i].project(pts)
+        x, y = xy[0].unbind(-1)
+        z = z[0].clamp_min(1e-6)
         grid = torch.stack([x / W * 2 - 1, y / H * 2 - 1], -1).view(1, 1, -1, 2)
         zbuf = F.grid_sample(depth[i : i + 1], grid, mode="nearest", align_corners=False).view(-1)
         # A nearest-pixel depth differs from the texel's by up to half a pixel's footprint times the
         # slope (<= tan 60 deg at viewcos 0.5): allow 3 pixel footprints (z / focal each).
-        tol = torch.clamp(3.0 * z / K[i, 0, 0], min=5e-3 * z)
+        tol = torch.clamp(3.0 * z / cams.focal, min=5e-3 * z)
         visible = (zbuf > 0) & ((zbuf - z).abs() < tol) & (grid.view(-1, 2).abs() < 1).all(-1)
         viewcos = (nrm * F.normalize(cams.campos()[i] - pts, dim=-1)).sum(-1)
         ok = visible & (viewcos > viewcos_thresh)

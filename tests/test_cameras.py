@@ -57,6 +57,16 @@ def test_origin_projects_to_image_centre(width):
     assert torch.allclose(uv_gl[:, 0], centre.expand(len(cams), 2), atol=1e-3)
 
 
+@pytest.mark.parametrize("width", [None, 320])
+def test_project_matches_the_homogeneous_projection(width):
+    cams = random_cams(width=width)
+    pts = torch.rand(50, 3, generator=torch.Generator().manual_seed(1)) - 0.5
+    uv, depth = cams.project(pts)
+    uv_ref, depth_ref = project_cv(cams, pts)
+    assert uv.shape == (len(cams), 50, 2) and depth.shape == (len(cams), 50)
+    assert torch.allclose(uv, uv_ref, atol=1e-3) and torch.allclose(depth, depth_ref, atol=ATOL)
+
+
 @pytest.mark.parametrize(
     "elev, azim, expected",
     [
