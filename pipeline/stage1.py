@@ -217,13 +217,16 @@ def export_coarse_mesh(
     ex = cfg.export
     info: dict = {}
     cams = bake_cameras(ex.bake_size, radius=cfg.cameras.radius, fovy=cfg.cameras.fovy, device=device)
-    views = None
-    if "gaussians" in ex.hull:
-        # The bake views, rendered before the mesh exists: their alpha also cuts the density.
+
+    def render_bake_views():
         with timer.phase("bake_render"), torch.no_grad():
-            views = render_gaussians(
+            return render_gaussians(
                 model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
             )
+
+    # With the Gaussians' hull the bake views are rendered before the mesh exists (their alpha cuts
+    # the density); otherwise while xatlas runs.
+    views = render_bake_views() if "gaussians" in ex.hull else None
     with timer.phase("extract"):
         occ, center, scale = density_grid(model, ex.grid_resolution)
         level = float(ex.density_thresh)
@@ -269,10 +272,7 @@ def export_coarse_mesh(
         )
     try:
         if views is None:
-            with timer.phase("bake_render"), torch.no_grad():
-                views = render_gaussians(
-                    model, cams, torch.tensor(WHITE, device=device), backend=cfg.render.gs_backend
-                )
+            views = render_bake_views()
         if during_unwrap is not None:
             with timer.phase("during_unwrap"):
                 during_unwrap()
