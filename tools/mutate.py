@@ -291,7 +291,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "pipeline/stage1.py",
-        'if "input" in ex.hull and ref is not None:',
+        'if "input" in ex.hull and ref is not None and input_view_fitted(cfg):',
         "if False:",
         "input-mask hull skipped",
         "tests/test_geometry_quality.py",
