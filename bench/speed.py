@@ -83,6 +83,48 @@ def timed_methods(obj, names: dict[str, str], timer: PhaseTimer) -> None:
         setattr(obj, name, wrapper)
 
 
+def gpu_busy(fn):
+    """``fn()`` under torch.profiler: its result and wall / GPU-busy seconds, kernel counts, top kernels.
+
+    Busy = the union of every traced kernel/memcpy/memset interval (kernels inside CUDA graphs are
+    traced too); wall - busy is the time the GPU waited for the host.
+    """
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        result = fn()
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    spans, per_name = [], defaultdict(lambda: [0.0, 0])
+    for ev in prof.profiler.kineto_results.events():
+        if ev.device_type() != torch.autograd.DeviceType.CUDA or ev.duration_ns() <= 0:
+            continue
+        spans.append((ev.start_ns(), ev.start_ns() + ev.duration_ns()))
+        k = per_name[ev.name()[:100]]
+        k[0] += ev.duration_ns() / 1e9
+        k[1] += 1
+    busy, end = 0, None
+    for a, b in sorted(spans):
+        if end is None or a > end:
+            busy += b - a
+            end = b
+        elif b > end:
+            busy += b - end
+            end = b
+    top = sorted(per_name.items(), key=lambda kv: -kv[1][0])[:15]
+    return result, {
+        "wall_s": round(wall, 3),
+        "gpu_busy_s": round(busy / 1e9, 3),
+        "gpu_busy_fraction": round(busy / 1e9 / wall, 3) if wall > 0 else None,
+        "device_events": len(spans),
+        "top_kernels": [{"name": n, "s": round(v[0], 4), "count": v[1]} for n, (v) in top],
+    }
+
+
 def config(base: str, overrides: list[str]):
     """A validated stage config from ``base`` plus overrides."""
     return load_config(["--config", base, *overrides])
@@ -120,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where the full-size random-weight model is written (reused when present)",
     )
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed runs, one more under torch.profiler: GPU busy time of stage 1 and stage 2",
+    )
     ap.add_argument("--out", default="")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
     args = ap.parse_args(argv)
@@ -233,6 +280,19 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    profile = None
+    if args.profile and cuda:
+        # The same work once more, traced: how much of each stage's wall time the GPU is busy.
+        s1, p1 = gpu_busy(lambda: run_stage1(net_cfg, net, export=args.geometry == "model"))
+        _, p2 = gpu_busy(lambda: run_stage2(s2_cfg, net))
+        profile = {"stage1": p1, "stage2": p2}
+        for k, p in profile.items():
+            print(
+                f"profile {k}: wall {p['wall_s']:.2f} s, GPU busy {p['gpu_busy_s']:.2f} s "
+                f"({100 * p['gpu_busy_fraction']:.0f}%), {p['device_events']} device events",
+                flush=True,
+            )
+
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     timed = runs[1:] or runs
     keys = ("stage1_loop_s", "export_s", "stage2_s", "total_s", "peak_gpu_memory_gb")
@@ -271,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "targets": targets,
         "runs": runs,
+        **({"profile": profile} if profile else {}),
     }
     gpu = "".join(c for c in device_name.lower().replace("nvidia ", "") if c.isalnum())[:12]
     suffix = "_owngeometry" if args.geometry == "model" else ""
