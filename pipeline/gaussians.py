@@ -13,6 +13,7 @@ from core.types import RenderOutput
 from gs_renderer.densify import Densifier
 from gs_renderer.model import update_learning_rate
 from gs_renderer.render import render
+from pipeline.view_loss import ViewLossTerms, view_loss, view_loss_terms
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,14 @@ class GaussianRepresentation:
         self.ref_rgb, self.ref_mask, self.ref_cam = ref_rgb, ref_mask, ref_cam
         self.step_count = 0
         self.cams: Cameras | None = None
+        self._terms_key: tuple | None = None  # the target the cached loss constants were built for
 
     def begin_iteration(self, cams: Cameras) -> None:
         """Remember the iteration's cameras; append the reference camera when sizes match."""
         self.views = len(cams)
         self.batched_ref = self.use_ref and self.ref_cam.height == cams.height
         self.cams = Cameras.cat([cams, self.ref_cam]) if self.batched_ref else cams
+        self._terms_key = None
 
     def render(self, cams: Cameras) -> RenderOutput:
         """Render the V views (+ the reference view as row V) in one call."""
@@ -111,10 +114,31 @@ class GaussianRepresentation:
         return render(self.model, self.cams, self.bg, backend=self.backend, need_means2d=grad)
 
     def loss(self, out: RenderOutput, target: torch.Tensor) -> torch.Tensor:
-        """The paper's stage-1 loss (sum reductions, see the class docstring)."""
+        """The paper's stage-1 loss (sum reductions, see the class docstring), one autograd node.
+
+        The per-row constants depend only on ``target`` (fixed for an iteration's steps), so they
+        are built at its first step (:mod:`pipeline.view_loss`).
+        """
+        key = (id(target), target._version)
+        if self._terms_key != key:
+            self._terms = self._loss_terms(target)
+            self._terms_key, self._terms_target = key, target  # a held target keeps its id unique
+        rows, ref_terms = self._terms
         V = self.views
-        loss = self.lambda_target * (out.rgb[:V] - target).abs().sum() / V
-        if self.g.bg_alpha_loss > 0 or self.g.fg_alpha_loss > 0:
+        if self.batched_ref:
+            return view_loss(out.rgb, out.alpha, rows)
+        loss = view_loss(out.rgb[:V], out.alpha[:V], rows)
+        if ref_terms is not None:
+            ref = render(self.model, self.ref_cam, self.bg, backend=self.backend)
+            loss = loss + view_loss(ref.rgb, ref.alpha, ref_terms)
+        return loss
+
+    def _loss_terms(self, target: torch.Tensor) -> tuple[ViewLossTerms, ViewLossTerms | None]:
+        """The loss constants of the V refined views (plus the reference row or a separate reference render)."""
+        V, g = self.views, self.g
+        target = target.detach()
+        alpha_lin, const = None, 0.0
+        if g.bg_alpha_loss > 0 or g.fg_alpha_loss > 0:
             # Pale Gaussians against the white background barely move the RGB loss, in either
             # direction: white ghosts cost nothing where the view shows background, and a pale
             # object is matched as well by half-transparent Gaussians as by an opaque surface (which
@@ -123,21 +147,38 @@ class GaussianRepresentation:
             # pixels, those whose 3x3 neighbourhood is all object (an edge pixel partly covered
             # is object by colour, and pushing it opaque would fatten the silhouette: flat objects
             # seen edge-on are a few pixels thick).
-            bg = (target.amin(1, keepdim=True) >= 1.0 - self.g.bg_threshold).float()
-            alpha = out.alpha[:V]
-            loss = loss + self.g.bg_alpha_loss * (alpha * bg).sum() / V
-            if self.g.fg_alpha_loss > 0:
-                fg = 1.0 - F.max_pool2d(bg, 3, stride=1, padding=1)
-                loss = loss + self.g.fg_alpha_loss * ((1.0 - alpha) * fg).sum() / V
-        if self.use_ref:
-            if self.batched_ref:
-                ref_rgb, ref_alpha = out.rgb[V], out.alpha[V]
-            else:
-                ref = render(self.model, self.ref_cam, self.bg, backend=self.backend)
-                ref_rgb, ref_alpha = ref.rgb[0], ref.alpha[0]
-            loss = loss + self.ref_weight * (ref_rgb - self.ref_rgb).abs().sum()
-            loss = loss + self.ref_mask_weight * ((ref_alpha - self.ref_mask) ** 2).sum()
-        return loss
+            # bg_w * sum(alpha bg) / V + fg_w * sum((1 - alpha) fg) / V = sum(alpha C) + fg_w sum(fg) / V.
+            bg = (target.amin(1, keepdim=True) >= 1.0 - g.bg_threshold).to(target.dtype)
+            fg = (
+                1.0 - F.max_pool2d(bg, 3, stride=1, padding=1)
+                if g.fg_alpha_loss > 0
+                else torch.zeros_like(bg)
+            )
+            alpha_lin = (g.bg_alpha_loss * bg - g.fg_alpha_loss * fg) / V
+            const = g.fg_alpha_loss * fg.sum() / V
+        w_views = [self.lambda_target / V] * V
+        if not self.use_ref:
+            return view_loss_terms(target, w_views, alpha_lin, const=const), None
+        ref_rgb, ref_mask = self.ref_rgb[None].to(target), self.ref_mask[None].to(target)
+        if not self.batched_ref:
+            views = view_loss_terms(target, w_views, alpha_lin, const=const)
+            return views, view_loss_terms(
+                ref_rgb, [self.ref_weight], mask=ref_mask, w_sq=[self.ref_mask_weight]
+            )
+        H, W = target.shape[-2:]
+        if alpha_lin is None:
+            alpha_lin = torch.zeros(V, 1, H, W, device=target.device, dtype=target.dtype)
+        return (
+            view_loss_terms(
+                torch.cat([target, ref_rgb]),
+                [*w_views, self.ref_weight],
+                alpha_lin=torch.cat([alpha_lin, torch.zeros_like(ref_mask)]),
+                mask=torch.cat([torch.zeros_like(alpha_lin), ref_mask]),
+                w_sq=[0.0] * V + [self.ref_mask_weight],
+                const=const,
+            ),
+            None,
+        )
 
     def step(self, loss: torch.Tensor, out: RenderOutput) -> None:
         """xyz lr schedule, backward, Adam, densification statistics and events (docs/method.md#sir-loop)."""
