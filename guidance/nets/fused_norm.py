@@ -12,7 +12,7 @@ the add done in fp32 as the kernels load ``x``: the ResnetBlock (guidance/nets/b
 first conv without bias and hands ``conv1.bias + time_emb_proj(silu(temb))`` to ``norm2`` here, and
 ends in :func:`resnet_residual`, one kernel for ``(shortcut(x) + conv2(h) + both conv biases) /
 output_scale``. On an H200 the convolutions' bias adds (cuDNN adds a bias in a separate kernel), the
-time-embedding add and the residual add were up to 4 full elementwise passes per ResnetBlock (the
+time-embedding add and the residual add were up to 5 full elementwise passes per ResnetBlock (the
 largest elementwise item of a Stable Zero123 CFG call: 120 broadcasting adds, 0.71 ms of 9.0 ms).
 
 The switch is a flag on each ``nn.GroupNorm`` module (:func:`set_fused_norm`), off unless set, so
