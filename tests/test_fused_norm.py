@@ -105,9 +105,11 @@ from testing.random_zero123 import cached_tiny_zero123
 
 import guidance.nets.fused_geglu as fg
 fn._device_ok = lambda x: True  # CPU tensors through the interpreted kernels
-calls, gcalls = [], []
-kernel, gkernel = fn.fused_group_norm, fg.fused_geglu
+from guidance.nets.blocks import ResnetBlock
+calls, gcalls, rcalls = [], [], []
+kernel, gkernel, rkernel = fn.fused_group_norm, fg.fused_geglu, fn.fused_resnet_residual
 fn.fused_group_norm = lambda *a, **k: calls.append(1) or kernel(*a, **k)
+fn.fused_resnet_residual = lambda *a, **k: rcalls.append(1) or rkernel(*a, **k)
 fg.fused_geglu = lambda h: gcalls.append(1) or gkernel(h)
 folder = cached_tiny_zero123()
 unet = load_sd_unet(folder / "unet", torch.float32, "cpu").to(memory_format=torch.channels_last)
@@ -130,6 +132,7 @@ with torch.no_grad():
         set_fused_norm(net, True)
         calls.clear()
         gcalls.clear()
+        rcalls.clear()
         out = fn_()
         rows[name] = dict(
             rel=float((out - ref).norm() / ref.norm()),
@@ -137,6 +140,8 @@ with torch.no_grad():
             norms=sum(isinstance(m, nn.GroupNorm) for m in part.modules()),
             geglu_calls=len(gcalls),
             ffs=sum(hasattr(m, fg.FLAG) for m in part.modules()),
+            residual_calls=len(rcalls),
+            resnets=sum(isinstance(m, ResnetBlock) for m in part.modules()),
         )
 print(json.dumps(rows))
 """
@@ -146,12 +151,13 @@ print(json.dumps(rows))
 def test_nets_run_every_group_norm_through_the_kernel():
     """Tiny UNet and VAE (channels-last, fp32) with the flag on, kernels interpreted on the CPU: every
     GroupNorm of the network goes through the kernel once per call (every site is converted, the VAE
-    attention's included), so does every GEGLU feed-forward of the UNet, and the outputs match the
-    exact path."""
+    attention's included), so does every GEGLU feed-forward of the UNet, every ResnetBlock ends in the
+    residual kernel (its adds folded), and the outputs match the exact path."""
     rows = _interpreted(NETS_SCRIPT)
     for name, r in rows.items():
         assert r["calls"] == r["norms"] > 0, (name, r)
         assert r["geglu_calls"] == r["ffs"], (name, r)
+        assert r["residual_calls"] == r["resnets"] > 0, (name, r)
         assert r["rel"] < 1e-5, (name, r)
     assert rows["unet"]["ffs"] > 0
 

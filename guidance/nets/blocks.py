@@ -1,6 +1,7 @@
 """Building blocks shared by the SD UNet and the SD VAE, with the parameter names of their checkpoints.
 
-Residual blocks (``norm1/conv1/time_emb_proj/norm2/conv2/conv_shortcut``), strided-conv downsampling,
+Residual blocks (``norm1/conv1/time_emb_proj/norm2/conv2/conv_shortcut``; with the fused GroupNorm on,
+their bias, time-embedding and residual adds folded into the fused kernels), strided-conv downsampling,
 nearest-neighbour upsampling + conv, and multi-head attention through
 :func:`torch.nn.functional.scaled_dot_product_attention`.
 """
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guidance.nets.fused_norm import group_norm_act
+from guidance.nets.fused_norm import group_norm_act, resnet_residual, uses_fused
 
 __all__ = ["ResnetBlock", "Downsample", "Upsample", "multihead_attention"]
 
@@ -51,6 +52,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``[B,Cin,H,W]``, ``temb`` ``[B,T]`` (or None) -> ``[B,Cout,H,W]``."""
+        if self._folds(x):
+            return self._folded(x, temb)
         h = self.conv1(group_norm_act(x, self.norm1, silu=True))
         if self.time_emb_proj is not None and temb is not None:
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
@@ -58,6 +61,33 @@ class ResnetBlock(nn.Module):
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         out = skip + h
         return out if self.output_scale == 1.0 else out / self.output_scale
+
+    def _folds(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`_folded` runs: ``norm2``'s fused kernel is on for tensors like ``x`` and
+        no gradient is wanted (the kernels have no backward)."""
+        return uses_fused(x, self.norm2) and not (torch.is_grad_enabled() and self.conv1.weight.requires_grad)
+
+    def _folded(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`forward` with the adds folded into the kernels: the convolutions run without their
+        bias (cuDNN adds it in a separate pass); ``conv1.bias`` and the time embedding go into
+        ``norm2`` as its per-(batch, channel) shift, and both other biases, the residual add and the
+        output scale into one residual kernel. Equal to :meth:`forward` up to rounding."""
+        h = _conv_no_bias(self.conv1, group_norm_act(x, self.norm1, silu=True))
+        shift = self.conv1.bias
+        if self.time_emb_proj is not None and temb is not None:
+            proj = self.time_emb_proj(F.silu(temb))
+            shift = proj if shift is None else shift + proj
+        h = _conv_no_bias(self.conv2, group_norm_act(h, self.norm2, silu=True, shift=shift))
+        if self.conv_shortcut is None:
+            skip, skip_bias = x, None
+        else:
+            skip, skip_bias = _conv_no_bias(self.conv_shortcut, x), self.conv_shortcut.bias
+        return resnet_residual(skip, h, self.conv2.bias, skip_bias, self.output_scale, fused=True)
+
+
+def _conv_no_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` without its bias (zero padding, as every conv of these nets)."""
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class Downsample(nn.Module):

@@ -10,6 +10,9 @@ Tolerances, and why:
   In bf16 each path is ~3.5e-2 from fp32 (H200: fused 3.28e-2, exact 3.65e-2, fused vs exact
   3.85e-2 with the GEGLU kernel, which rounds once where torch rounds GELU and product), so the
   direct bound only catches gross errors; the fp32 comparison is the accuracy check;
+* the ResnetBlock's folded adds (conv biases and time embedding as the fused GroupNorm's shift, one
+  residual kernel): shifted kernel vs ``F.group_norm(x + shift)`` and residual kernel vs torch in fp32,
+  the bounds above; in the full UNet they sit inside the fused-vs-exact bounds above, not loosened;
 * one SIR refine step (full size, fp16, CUDA graphs): refined images (in [0,1]) fused vs exact,
   mean abs < 5e-3 and max abs < 0.1, the bounds of the ``model.compile`` test (reordered sums).
 """
@@ -66,6 +69,37 @@ def test_kernel_matches_group_norm_at_real_shapes(shape, dtype):
         assert bool((err <= bound).all()), (shape, silu, float(err.max()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", UNET_SHAPES[:4] + VAE_SHAPES[-2:])
+def test_shifted_kernel_and_residual_at_real_shapes(shape, dtype):
+    """GroupNorm(x + shift) + SiLU for a [B,C] and a [C] shift, and the residual kernel, at real shapes."""
+    from guidance.nets.fused_norm import fused_group_norm, fused_resnet_residual
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B, C = shape[:2]
+    x = (torch.randn(shape, generator=g, device="cuda") * 2 + 0.5).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(C, generator=g, device="cuda") * 0.5 + 1).to(dtype)
+    b = (torch.randn(C, generator=g, device="cuda") * 0.5).to(dtype)
+    for shift in (
+        torch.randn(B, C, generator=g, device="cuda").to(dtype),
+        torch.randn(C, generator=g, device="cuda"),
+    ):
+        y = fused_group_norm(x, 32, w, b, 1e-6, True, shift)
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+        full = shift.float().reshape(-1, C)[:, :, None, None]
+        ref = F.silu(F.group_norm(x.float() + full, 32, w.float(), b.float(), 1e-6))
+        err = (y.float() - ref).abs()
+        bound = 2 * torch.finfo(dtype).eps * ref.abs() + _tol(dtype)
+        assert bool((err <= bound).all()), (shape, shift.shape, float(err.max()))
+    h = torch.randn(shape, generator=g, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+    y = fused_resnet_residual(x, h, w, b, 2.0)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    ref = (x.float() + h.float() + w.float()[:, None, None] + b.float()[:, None, None]) / 2.0
+    err = (y.float() - ref).abs()
+    assert bool((err <= torch.finfo(dtype).eps * ref.abs() + 1e-6).all()), (shape, float(err.max()))
+
+
 # The GEGLU projections of the UNet's feed-forwards at batch 12: [B, tokens, 2 * 4 * width].
 GEGLU_SHAPES = [(12, 1024, 2560), (12, 256, 5120), (12, 64, 10240), (12, 16, 10240)]
 
@@ -114,8 +148,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_full_unet_fused_vs_exact(full_folder, dtype, monkeypatch):
-    """CFG eps at batch 12 of the full-size UNet: fused vs exact vs an fp32 reference."""
+    """CFG eps at batch 12 of the full-size UNet: fused (the ResnetBlocks' adds folded too) vs exact
+    vs an fp32 reference."""
     from guidance.models.zero123 import Zero123Denoiser
+    from guidance.nets import fused_norm
     from guidance.nets.fused_norm import set_fused_norm
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -123,7 +159,11 @@ def test_full_unet_fused_vs_exact(full_folder, dtype, monkeypatch):
     den = Zero123Denoiser(full_folder, device="cuda", dtype=dtype, ref_latent="mode")
     assert den.fused_norm  # channels-last CUDA, triton present: on by default
     _, cond, x = _eps_inputs(den)
+    folded = []
+    kernel = fused_norm.fused_resnet_residual
+    monkeypatch.setattr(fused_norm, "fused_resnet_residual", lambda *a: folded.append(1) or kernel(*a))
     fused = den.eps_cfg(x, 501, cond, 3.0)
+    assert len(folded) == 22  # every ResnetBlock of the UNet took the folded path
     for net in (den.unet, den.vae):
         set_fused_norm(net, False)
     exact = den.eps_cfg(x, 501, cond, 3.0)
@@ -198,3 +238,45 @@ def test_fused_unet_launches_far_fewer_copies(full_folder):
     assert norms == 61 and counts[True][1] == norms and counts[False][1] == 0
     assert ffs == 16 and counts[True][2] == ffs and counts[False][2] == 0
     assert counts[False][0] - counts[True][0] >= 100
+
+
+@pytest.mark.slow
+def test_folded_resnets_launch_fewer_kernels(full_folder, monkeypatch):
+    """torch.profiler on one eager CFG call of the fused UNet, the ResnetBlocks' adds folded vs not:
+    each of the 22 blocks loses its conv bias adds (cuDNN adds a bias in a kernel of its own: 44, +17
+    shortcuts), its time-embedding add and its residual add, and gains one [B,C] shift add and the
+    residual kernel: 61 fewer kernels when every bias add was separate; asserted >= 2 per block."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.profile_unet import category
+    from guidance.models.zero123 import Zero123Denoiser
+    from guidance.nets.blocks import ResnetBlock
+
+    den = Zero123Denoiser(full_folder, device="cuda", dtype="fp16", ref_latent="mode")
+    assert den.fused_norm
+    _, cond, x = _eps_inputs(den)
+    counts = {}
+    folds = ResnetBlock._folds
+    for fold in (True, False):
+        monkeypatch.setattr(ResnetBlock, "_folds", folds if fold else lambda self, x: False)
+        den.eps_cfg(x, 501, cond, 3.0)  # warm-up (and the Triton compile)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            den.eps_cfg(x, 501, cond, 3.0)
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        counts[fold] = (
+            len(names),
+            sum(category(n) == "elementwise" for n in names),
+            sum("resnet_residual" in n for n in names),
+            sum("group_norm_apply" in n for n in names),
+        )
+    resnets = sum(isinstance(m, ResnetBlock) for m in den.unet.modules())
+    print(
+        f"kernels per CFG call: folded {counts[True]}, unfolded {counts[False]} (total, elementwise, residual, GN)"
+    )
+    assert resnets == 22 and counts[True][2] == resnets and counts[False][2] == 0
+    assert counts[True][3] == counts[False][3] == 61  # the GroupNorms stay fused either way
+    assert counts[False][0] - counts[True][0] >= 2 * resnets
+    # the elementwise kernels lose the residual adds and >= 2 bias or temb adds per block
+    assert counts[False][1] - counts[True][1] >= 3 * resnets
