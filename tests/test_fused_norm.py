@@ -62,8 +62,8 @@ for i, (B, C, H, W, G, dt, eps, mean, std) in enumerate({cases!r}):
     x = (torch.randn(B, C, H, W, generator=g) * std + mean).to(dt)
     x = x.contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(C, generator=g).to(dt), torch.randn(C, generator=g).to(dt)
-    for silu in (False, True):
-        y = fn.fused_group_norm(x, G, w, b, eps, silu)
+    for silu, onepass in ((False, False), (True, False), (False, True), (True, True)):
+        y = fn.fused_group_norm(x, G, w, b, eps, silu, onepass=onepass)
         ref = F.group_norm(x.double(), G, w.double(), b.double(), eps)
         ref = F.silu(ref) if silu else ref
         # one rounding to the output dtype, fp32 arithmetic, and the mean held in fp32 (its rounding
@@ -71,7 +71,7 @@ for i, (B, C, H, W, G, dt, eps, mean, std) in enumerate({cases!r}):
         f32 = torch.finfo(torch.float32).eps
         tol = torch.finfo(dt).eps * ref.abs() + 1e-5 + 4 * f32 * abs(mean) / std * float(w.abs().max())
         rows.append(dict(
-            case=i, silu=silu, ratio=float(((y.double() - ref).abs() / tol).max()),
+            case=i, silu=silu, onepass=onepass, ratio=float(((y.double() - ref).abs() / tol).max()),
             dtype=str(y.dtype), channels_last=y.is_contiguous(memory_format=torch.channels_last),
             plan=fn._plan(B, G, H * W, C // G), hw=H * W,
         ))
@@ -81,9 +81,9 @@ print(json.dumps(rows))
 
 @pytest.mark.slow
 def test_kernel_matches_group_norm_under_the_interpreter():
-    """Both kernels (statistics, normalise + affine + SiLU) against float64 F.group_norm (+ F.silu)."""
+    """The kernel pair (statistics, normalise + affine + SiLU) and the one-pass kernel against float64 F.group_norm (+ F.silu)."""
     rows = _interpreted(KERNEL_SCRIPT.format(cases=CASES))
-    assert len(rows) == 2 * len(CASES)
+    assert len(rows) == 4 * len(CASES)  # the stats/apply pair and the one-pass kernel
     for r in rows:
         case = CASES[r["case"]]
         assert r["ratio"] <= 1.0, (case, r)

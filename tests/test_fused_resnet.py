@@ -61,15 +61,15 @@ for i, (B, C, H, W, G, dt, kind, sdt, mean, std) in enumerate({cases!r}):
     shape = dict(bc=(B, C), c=(C,), **{{"1c": (1, C)}})[kind]
     shift = (torch.randn(*shape, generator=g) * 50).to(sdt)  # 50 x a std of ~1: a shift that dominates
     full = shift.double().reshape(-1, C)[:, :, None, None]
-    for silu in (False, True):
-        y = fn.fused_group_norm(x, G, w, b, 1e-5, silu, shift)
+    for silu, onepass in ((False, False), (True, False), (False, True), (True, True)):
+        y = fn.fused_group_norm(x, G, w, b, 1e-5, silu, shift, onepass=onepass)
         ref = F.group_norm(x.double() + full, G, w.double(), b.double(), 1e-5)
         ref = F.silu(ref) if silu else ref
         # the existing kernel test's bound, the mean being that of x + shift
         f32 = torch.finfo(torch.float32).eps
         m = abs(mean) + float(shift.abs().max())
         tol = torch.finfo(dt).eps * ref.abs() + 1e-5 + 4 * f32 * m / std * float(w.abs().max())
-        rows.append(dict(case=i, silu=silu, ratio=float(((y.double() - ref).abs() / tol).max()),
+        rows.append(dict(case=i, silu=silu, onepass=onepass, ratio=float(((y.double() - ref).abs() / tol).max()),
                          dtype=str(y.dtype), channels_last=y.is_contiguous(memory_format=torch.channels_last)))
 print(json.dumps(rows))
 """
@@ -79,7 +79,7 @@ print(json.dumps(rows))
 def test_shifted_group_norm_kernel_under_the_interpreter():
     """GroupNorm(x + shift) (+ SiLU) by the kernels against float64 torch, every shift shape and dtype."""
     rows = _interpreted(SHIFT_SCRIPT.format(cases=SHIFT_CASES))
-    assert len(rows) == 2 * len(SHIFT_CASES)
+    assert len(rows) == 4 * len(SHIFT_CASES)  # the stats/apply pair and the one-pass kernel
     for r in rows:
         case = SHIFT_CASES[r["case"]]
         assert r["ratio"] <= 1.0, (case, r)

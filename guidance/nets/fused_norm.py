@@ -50,6 +50,8 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TILE = 2048  # elements per tile (rows x padded group channels)
 _TARGET_PROGRAMS = 1024  # programs per launch to aim for (several per SM on current GPUs)
 _BLOCK = 1024  # elements per program of the residual kernel
+#: Groups up to this many padded elements (next_pow2(H*W) x next_pow2(C/G)) take the one-pass kernel.
+_ONEPASS_MAX = 16384
 _broken = False  # set when a fused launch raised: the exact path from then on
 
 
@@ -145,14 +147,17 @@ def fused_group_norm(
     eps: float,
     silu: bool,
     shift: torch.Tensor | None = None,
+    onepass: bool | None = None,
 ) -> torch.Tensor:
     """GroupNorm (+ SiLU) of a channels-last ``x (+ shift)`` ``[B,C,H,W]`` by the Triton kernels -> same shape, dtype, layout.
 
     ``weight``/``bias`` ``[C]``, ``shift`` ``[B,C]`` or ``[C]`` or None (any float dtype); the shift
     add, statistics and arithmetic in fp32, biased variance as ``F.group_norm``. No device check:
-    under ``TRITON_INTERPRET=1`` CPU tensors work (the tests).
+    under ``TRITON_INTERPRET=1`` CPU tensors work (the tests). ``onepass``: the one-kernel path
+    (a group in registers) or the stats/apply pair; None picks one-pass for groups of at most
+    ``_ONEPASS_MAX`` padded elements (every UNet GroupNorm at 32x32 latents; not the VAE's).
     """
-    from guidance.nets.fused_norm_kernels import group_norm_apply, group_norm_stats
+    from guidance.nets.fused_norm_kernels import group_norm_apply, group_norm_onepass, group_norm_stats
 
     B, C, H, W = x.shape
     if C % groups:
@@ -169,11 +174,33 @@ def fused_group_norm(
     y = torch.empty_like(x, memory_format=torch.channels_last)
     if x.numel() == 0:
         return y
+    has_shift = shift is not None
+    shift = x if shift is None else shift  # any pointer: not read without HAS_SHIFT
+    padded_hw, block_c = triton_next_pow2(hw), triton_next_pow2(cg)
+    if onepass is None:
+        onepass = padded_hw * block_c <= _ONEPASS_MAX
+    if onepass:
+        group_norm_onepass[(B * groups,)](
+            x,
+            shift,
+            y,
+            weight,
+            bias,
+            hw,
+            C,
+            cg,
+            shift_stride_b,
+            float(eps),
+            HAS_SHIFT=has_shift,
+            SILU=bool(silu),
+            BLOCK_HW=padded_hw,
+            BLOCK_C=block_c,
+            num_warps=8 if padded_hw * block_c > 4096 else 4,
+        )
+        return y
     block_c, block_hw, tps, S = _plan(B, groups, hw, cg)
     stats = torch.empty(B * groups * S * 3, device=x.device, dtype=torch.float32)
     grid = (B * groups * S,)
-    has_shift = shift is not None
-    shift = x if shift is None else shift  # any pointer: not read without HAS_SHIFT
     group_norm_stats[grid](
         x,
         shift,

@@ -13,6 +13,10 @@ would otherwise be full passes over the activation). Three kernels:
 * ``group_norm_apply``: one program per (batch, group, split): merges the ``S`` splits' statistics
   (Chan et al.'s pairwise formula, exact in exact arithmetic), then writes
   ``act((x + shift - mean) * rstd * weight + bias)`` in the input's dtype, act = SiLU or identity;
+* ``group_norm_onepass``: one program per (batch, group) holding the whole group in registers
+  (the UNet's groups at 32x32 latents and below: at most ``fused_norm._ONEPASS_MAX`` padded
+  elements): mean, then the variance of the deviations (exact two-pass statistics), then the
+  output, reading the input once instead of twice and launching once instead of twice;
 * ``resnet_residual``: ``(skip + h + bias [+ bias2]) / scale`` elementwise, the end of a ResnetBlock.
 """
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["group_norm_stats", "group_norm_apply", "resnet_residual"]
+__all__ = ["group_norm_onepass", "group_norm_stats", "group_norm_apply", "resnet_residual"]
 
 
 @triton.jit
@@ -44,6 +48,45 @@ def _shift_of(shift_ptr, b, g, Cg, cols, col_ok, stride_b, HAS_SHIFT: tl.constex
     else:
         sh = tl.zeros(cols.shape, dtype=tl.float32)
     return sh
+
+
+@triton.jit
+def group_norm_onepass(
+    x_ptr,
+    shift_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    HW,
+    C,
+    Cg,
+    shift_stride_b,
+    eps,
+    HAS_SHIFT: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """GroupNorm (+ SiLU) of one whole (batch, group) of ``x (+ shift)`` held in registers (``HW <= BLOCK_HW``)."""
+    _, bg, g, off = _split_of(tl.program_id(0), 1, HW, C, Cg)
+    rows = tl.arange(0, BLOCK_HW)
+    cols = tl.arange(0, BLOCK_C)
+    col_ok = cols < Cg
+    m = (rows < HW)[:, None] & col_ok[None, :]
+    idx = off + rows[:, None].to(tl.int64) * C + cols[None, :]
+    sh = _shift_of(shift_ptr, bg // (C // Cg), g, Cg, cols, col_ok, shift_stride_b, HAS_SHIFT)
+    x = tl.load(x_ptr + idx, mask=m, other=0.0).to(tl.float32) + sh[None, :]
+    n = (HW * Cg).to(tl.float32)
+    mean = tl.sum(tl.sum(tl.where(m, x, 0.0), axis=1), axis=0) / n
+    d = tl.where(m, x - mean, 0.0)
+    var = tl.sum(tl.sum(d * d, axis=1), axis=0) / n
+    rstd = 1.0 / tl.sqrt(var + eps)
+    w = tl.load(w_ptr + g * Cg + cols, mask=col_ok, other=0.0).to(tl.float32)
+    bias = tl.load(b_ptr + g * Cg + cols, mask=col_ok, other=0.0).to(tl.float32)
+    y = d * (w * rstd)[None, :] + bias[None, :]
+    if SILU:
+        y = y / (1.0 + tl.exp(-y))
+    tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
