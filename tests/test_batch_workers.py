@@ -25,6 +25,7 @@ ORACLE_CFG = str(ROOT / "configs" / "oracle_cpu.yaml")
 TINY_CFG = str(ROOT / "tests" / "data" / "oracle_tiny.yaml")
 SHARED_IMAGES = ROOT / ".." / "shared" / "data" / "images"
 DIE_ON = "MD_TEST_WORKER_DIES_ON"  # the fake stages end their process with code 3 on this item
+INTERRUPT_ON = "MD_TEST_INTERRUPT_ON"  # the fake stages press Ctrl-C in the driver on this item
 
 
 # ------------------------------------------------------------------ fake stages (run in the workers)
@@ -42,6 +43,12 @@ def _fake_image_to_3d(cfg, denoiser):
     (out / f"{name}_report.json").write_text(json.dumps(r1))
     if name == os.environ.get(DIE_ON):
         os._exit(3)  # as a segfault or the OOM killer would: no answer, no cleanup
+    if name == os.environ.get(INTERRUPT_ON):
+        import signal
+        import time
+
+        os.kill(os.getppid(), signal.SIGINT)  # the driver is this worker's parent
+        time.sleep(60)  # busy until the driver ends this worker
     (out / f"{name}.glb").write_text("glb")
     r2 = {"seconds": {"sir": 0.5}, "nfe": 5, "pid": os.getpid(), "outputs": {"glb": str(out / f"{name}.glb")}}
     (out / f"{name}_final_report.json").write_text(json.dumps(r2))
@@ -169,6 +176,22 @@ def test_a_killed_worker_fails_its_item_and_the_batch_goes_on(tmp_path, monkeypa
     pids = {json.loads((out / f"{n}_rgba_report.json").read_text())["pid"] for n in "abcd"}
     assert len(pids) == 3
     assert "failed: b_rgba: worker process died (exit code 3)" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two worker processes
+def test_ctrl_c_stops_the_workers_and_writes_the_summary(tmp_path, monkeypatch, capsys):
+    import multiprocessing
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    monkeypatch.setenv(INTERRUPT_ON, "b_rgba")
+    t0 = time.perf_counter()
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 130
+    assert time.perf_counter() - t0 < 50  # the sleeping worker was ended, not waited for
+    assert not multiprocessing.active_children()
+    assert "interrupted" in capsys.readouterr().err
+    statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
+    assert statuses["b_rgba"] == "pending" and statuses["a_rgba"] in ("ok", "pending")
 
 
 def test_model_that_cannot_load_stops_the_batch_with_one_line(tmp_path, monkeypatch, capsys):
