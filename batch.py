@@ -772,10 +772,10 @@ def run_workers(
         threads = worker_threads(n, cpu_count(), os.environ)
         meta["workers"] = {"count": n, "gpus": gpus, "threads": threads}
         log.info(
-            "%d items on %d worker processes (GPUs %s, %s threads each)",
+            "%d items on %d worker processes (GPU of each: %s; %s threads each)",
             len(todo),
             n,
-            gpus,
+            ", ".join(g or "unchanged" for g in gpus),
             threads or "OMP_NUM_THREADS",
         )
         ctx = mp.get_context(
