@@ -2,6 +2,7 @@
 
     python batch.py --config configs/image.yaml inputs/ more/cat.png --out logs/ [key=value ...]
     python batch.py --config configs/image.yaml inputs/ --out logs/ --shard 0/4   # machine 0 of 4
+    python batch.py --config configs/image.yaml inputs/ --out logs/ --workers 3   # 3 processes here, sharing the GPU(s)
     python batch.py --config configs/image.yaml inputs/ --out logs/ --ray         # local Ray, one actor per GPU
     python batch.py --config configs/image.yaml inputs/ --out logs/ --ray auto    # the cluster of `ray start`
     python batch.py --config configs/text.yaml prompts.txt --out logs/           # text to 3D: one prompt a line
@@ -24,6 +25,23 @@ output paths, error).
 sharing a folder split it without talking to each other; a sharded run writes
 ``batch_summary.shard-i-of-n.json/.csv`` so shards never overwrite each other.
 
+``--workers N`` (N > 1, without ``--ray``) runs the items on N worker processes of this machine
+(:func:`run_workers`, spawned): each loads the model once, at its first item, and takes the next
+item whenever it finishes one, so a slow item holds back no other. Workers write each item's outputs
+straight into ``--out`` through the same item body as the plain path (:func:`run_one`); this process
+(the driver) keeps the records, resume skips, progress bar, log and summary. With G visible GPUs
+worker i runs on GPU ``i % G`` (its ``CUDA_VISIBLE_DEVICES``, picked inside the user's own list);
+more workers than GPUs share them, which pays: one object's CPU work (Gaussian steps, UV unwrap,
+file writes) overlaps another's GPU work (on one H200: 6.3 objects/min with one process, 8.5 with
+two, 9.1 with four). ``device=cuda:N`` keeps every worker on GPU N. Each worker gets
+``max(1, cpu_count // N)`` torch threads unless ``OMP_NUM_THREADS`` is set (then it keeps that);
+the UV unwrap starts its own xatlas processes per item (``export.uv_workers``, default min(4, cpu
+count)), so with many workers ``export.uv_workers=1`` may suit a machine with few cores. Outputs are
+byte-identical to the plain path's at the same seed and thread count. A worker that dies (killed,
+out of memory, a crash in native code) fails its item with ``worker process died (exit code X)``
+and an error log, and a fresh worker takes the items left. ``--workers 1`` (the default) runs
+everything in this process.
+
 ``--ray [ADDRESS]`` runs the items on a pool of Ray actors (:mod:`pipeline.batch_jobs`): one per
 GPU (``num_gpus=1``), or CPU actors for a ``device=cpu`` config (``--workers`` sets the count).
 Each actor loads the model once, runs an item in a private temporary folder and returns its
@@ -38,12 +56,15 @@ input is a UTF-8 file of prompts, one per line (blank and ``#`` lines skipped,
 (each record has its ``prompt``). A text config with images, or an image config with a prompt file,
 is a usage error before any model loads.
 
-Exit status: 0 all items done, 1 some item failed, 2 a usage/config error (``error: ...``).
+Exit status: 0 all items done, 1 some item failed, 2 a usage/config error (``error: ...``; a model
+that cannot load stops the batch so, with or without workers), 130 Ctrl-C (workers are stopped, the
+summary lists the items finished so far).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -55,7 +76,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,7 +93,11 @@ __all__ = [
     "parse_shard",
     "shard_items",
     "summary_paths",
+    "run_one",
     "run_items",
+    "run_workers",
+    "worker_gpus",
+    "worker_threads",
     "item_done",
     "run_ray",
     "write_summary",
@@ -368,6 +393,112 @@ def _skip(rec: dict, out: Path, name: str) -> None:
     rec.update(status="skipped", seconds=None, error=None)
 
 
+class _Model:
+    """This process's stage functions and denoiser, loaded at the first item that runs and kept.
+
+    ``load``: returns ``(image_to_3d, load_denoiser)``; None: :func:`load_stages` (looked up at load
+    time, so tests may replace it). A worker process gets ``load`` pickled by reference.
+    """
+
+    def __init__(self, load: Callable[[], tuple[Callable, Callable]] | None = None) -> None:
+        self.load = load
+        self.stages: tuple[Callable, Callable] | None = None
+        self.denoiser: Any = None
+
+    def get(self, cfg: Any) -> tuple[Callable, Any]:
+        """``(image_to_3d, denoiser)``, loading either on first use (a UserError when the model cannot load)."""
+        if self.stages is None:
+            self.stages = (self.load or load_stages)()
+        image_to_3d, load_denoiser = self.stages
+        if self.denoiser is None:
+            from core.device import resolve_device
+
+            self.denoiser = load_denoiser(cfg, resolve_device(cfg.device))
+        return image_to_3d, self.denoiser
+
+
+def _error_text(e: BaseException) -> str:
+    """A failed item's one-line error: a UserError's first line, else ``Type: first line``."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, UserError):
+        return first or type(e).__name__
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def run_one(cfg: Any, rec: dict, model: _Model, quiet: bool = False) -> None:
+    """Run both stages on one item in this process and fill its record; the one item body of every path.
+
+    ``cfg``: the item's finished config (:func:`item_config`); ``rec``: its summary record, updated
+    with status ok | failed, error, seconds, the stage figures (stage 1's report of this run when
+    stage 2 failed) and, on failure, ``error_log`` (the traceback, ``<out>/<name>_error.log``).
+    ``quiet``: silence the stages' progress bars. Raises the UserError when the model itself
+    cannot load (every item would fail alike), with the record marked failed.
+    """
+    error_log = Path(cfg.outdir) / f"{cfg.save_path}_error.log"
+    if quiet:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.quiet = True
+    t0 = time.perf_counter()
+    started = time.time()
+    r1 = r2 = None
+    try:
+        image_to_3d, denoiser = model.get(cfg)
+        reports = image_to_3d(cfg, denoiser)
+        r1, r2 = reports["stage1"], reports["stage2"]
+        rec.update(status="ok", error=None)
+        error_log.unlink(missing_ok=True)
+    except UserError as e:
+        if model.denoiser is None:  # the model itself cannot load: no item can run
+            rec.update(status="failed", error=str(e))
+            raise
+        rec.update(status="failed", error=_error_text(e))
+        _atomic_write(error_log, traceback.format_exc())
+    except Exception as e:
+        rec.update(status="failed", error=_error_text(e))
+        _atomic_write(error_log, traceback.format_exc())
+        _free_gpu_memory()
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    if r1 is None:  # a failed item: stage 1 may have finished (its report is this run's)
+        r1 = _fresh_json(Path(cfg.outdir) / f"{cfg.save_path}_report.json", started)
+    _stage_figures(rec, r1, r2)
+    if rec["status"] == "failed":
+        rec["error_log"] = str(error_log)
+
+
+def _free_gpu_memory() -> None:
+    """Release cached GPU memory after a failed item (it may leave big tensors, e.g. after an OOM)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _log_result(rec: dict, idx: int, total: int, name: str) -> None:
+    """The log line of a finished item (ok or failed) of the plain and the worker paths."""
+    if rec["status"] == "failed":
+        log.error(
+            "[%d/%d] %s: FAILED after %.1f s: %s (traceback: %s)",
+            idx + 1,
+            total,
+            name,
+            rec["seconds"],
+            rec["error"],
+            rec.get("error_log"),
+        )
+    else:
+        log.info(
+            "[%d/%d] %s: ok in %.1f s, %s NFEs -> %s",
+            idx + 1,
+            total,
+            name,
+            rec["seconds"],
+            rec["nfe"],
+            rec["final"],
+        )
+
+
 def run_items(
     items: list[Item],
     config: str,
@@ -383,14 +514,11 @@ def run_items(
     Returns one record per item; the summary is rewritten after every item. A UserError from
     loading the model stops the batch (every item would fail alike) and is re-raised.
     """
-    import torch
-
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
     records = [_record(it) for it in items]
-    stages: tuple[Callable, Callable] | None = None
-    denoiser = None
+    model = _Model()
     t_batch = time.perf_counter()
 
     def flush() -> None:
@@ -404,74 +532,19 @@ def run_items(
             cfg = item_config(config, overrides, out, item)
             final = Path(cfg.outdir) / f"{cfg.save_path}.glb"
             rec["final"] = str(final)
-            error_log = Path(cfg.outdir) / f"{cfg.save_path}_error.log"
             if item_done(out, item.name) and not force:
                 _skip(rec, out, item.name)
                 log.info("[%d/%d] %s: skipped (%s is complete)", idx + 1, len(items), item.name, final)
                 bar.advance(item.name, "skipped")
                 flush()
                 continue
-            if bar.enabled:
-                # The batch bar is the one live display; nested stage bars would clash with it.
-                from omegaconf import open_dict
-
-                with open_dict(cfg):
-                    cfg.quiet = True
-            t0 = time.perf_counter()
-            started = time.time()
-            r1 = r2 = None
             try:
-                if stages is None:
-                    stages = load_stages()
-                image_to_3d, load_denoiser = stages
-                if denoiser is None:
-                    from core.device import resolve_device
-
-                    denoiser = load_denoiser(cfg, resolve_device(cfg.device))
-                reports = image_to_3d(cfg, denoiser)
-                r1, r2 = reports["stage1"], reports["stage2"]
-                rec.update(status="ok", error=None)
-                error_log.unlink(missing_ok=True)
-            except UserError as e:
-                if denoiser is None:  # the model itself cannot load: no item can run
-                    rec.update(status="failed", error=str(e))
-                    flush()
-                    raise
-                rec.update(status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-                _atomic_write(error_log, traceback.format_exc())
-            except Exception as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                rec.update(
-                    status="failed", error=f"{type(e).__name__}: {first}" if first else type(e).__name__
-                )
-                _atomic_write(error_log, traceback.format_exc())
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()  # a failed item may leave big tensors (e.g. after OOM)
-            rec["seconds"] = round(time.perf_counter() - t0, 3)
-            if r1 is None:  # a failed item: stage 1 may have finished (its report is this run's)
-                r1 = _fresh_json(Path(cfg.outdir) / f"{cfg.save_path}_report.json", started)
-            _stage_figures(rec, r1, r2)
-            if rec["status"] == "failed":
-                rec["error_log"] = str(error_log)
-                log.error(
-                    "[%d/%d] %s: FAILED after %.1f s: %s (traceback: %s)",
-                    idx + 1,
-                    len(items),
-                    item.name,
-                    rec["seconds"],
-                    rec["error"],
-                    error_log,
-                )
-            else:
-                log.info(
-                    "[%d/%d] %s: ok in %.1f s, %s NFEs -> %s",
-                    idx + 1,
-                    len(items),
-                    item.name,
-                    rec["seconds"],
-                    rec["nfe"],
-                    final,
-                )
+                # The batch bar is the one live display; nested stage bars would clash with it.
+                run_one(cfg, rec, model, quiet=bar.enabled)
+            except UserError:
+                flush()
+                raise
+            _log_result(rec, idx, len(items), item.name)
             bar.advance(item.name, rec["status"])
             flush()
     if not items:
@@ -526,6 +599,296 @@ class _ItemProgress:
             for h in self._saved:
                 root.addHandler(h)
             self._progress.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------- worker processes
+def cpu_count() -> int:
+    """The CPU cores this process may use (its affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def worker_threads(workers: int, cpus: int, environ: dict[str, str] | os._Environ) -> int | None:
+    """Torch threads per worker: ``max(1, cpus // workers)``; None when the user set OMP_NUM_THREADS."""
+    return None if environ.get("OMP_NUM_THREADS") else max(1, cpus // workers)
+
+
+def worker_gpus(workers: int, gpus: int, visible: str | None) -> list[str | None]:
+    """``CUDA_VISIBLE_DEVICES`` of each worker: worker i gets visible GPU ``i % gpus`` (None: unchanged).
+
+    ``gpus``: CUDA devices this process sees (0: leave every worker's environment as it is);
+    ``visible``: the user's ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs) the workers' GPUs are
+    picked from, or None for all of the machine's (``0 .. gpus-1``).
+    """
+    if gpus <= 0:
+        return [None] * workers
+    ids = [s.strip() for s in visible.split(",") if s.strip()] if visible is not None else []
+    ids = ids[:gpus] if visible is not None else [str(g) for g in range(gpus)]
+    if not ids:
+        return [None] * workers
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
+def _visible_gpus(device: str) -> int:
+    """How many GPUs the workers spread over: those torch sees for ``cuda``/``auto``, else 0.
+
+    ``cuda:N`` pins every worker to that GPU (their environment is left alone), ``cpu`` uses none.
+    """
+    if device not in ("cuda", "auto"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str | None]) -> Iterator[None]:
+    """Set environment variables (None: leave as is) for the block: a spawned child inherits them."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is not None:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callable]] | None) -> None:
+    """A worker process: run the items the driver sends over ``conn`` until it sends None.
+
+    Each message is ``(idx, cfg)``; the answer is ``("done", idx, record fields)``, or ``("fatal",
+    idx, fields)`` when the model cannot load (then the worker ends). The model loads at the first item.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the workers
+    logging.basicConfig(level=logging.WARNING, format=f"[%(levelname)s] worker {wid}: %(message)s")
+    model = _Model(load)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the driver is gone
+            return
+        if msg is None:
+            return
+        idx, cfg = msg
+        rec: dict = {}
+        try:
+            run_one(cfg, rec, model, quiet=True)  # N stage bars at once would tear the terminal
+        except UserError:
+            conn.send(("fatal", idx, rec))
+            return
+        conn.send(("done", idx, rec))
+
+
+@dataclass
+class _Worker:
+    """The driver's handle on one worker process and the item it runs."""
+
+    proc: Any
+    conn: Any
+    gpu: str | None
+    idx: int | None = None
+    t0: float = 0.0
+    started: float = 0.0
+
+
+def _death_message(code: int | None) -> str:
+    """``worker process died (exit code X)``; a signal's name is added for a negative code."""
+    import signal
+
+    if code is not None and code < 0:
+        try:
+            return f"worker process died (exit code {code}, {signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"worker process died (exit code {code})"
+
+
+def run_workers(
+    items: list[Item],
+    config: str,
+    overrides: list[str],
+    out: Path,
+    shard: tuple[int, int] = (0, 1),
+    force: bool = False,
+    show_progress: bool = True,
+    meta: dict | None = None,
+    workers: int = 2,
+    load: Callable[[], tuple[Callable, Callable]] | None = None,
+) -> list[dict]:
+    """Run the items on ``workers`` processes of this machine; this process stays the driver.
+
+    Each worker (spawned, its model loaded at its first item) runs one item at a time through
+    :func:`run_one`, writing the outputs straight into ``out``; the driver hands the next item to
+    whichever worker finishes first and keeps the records, skips, progress, log and summary as
+    :func:`run_items` does. A worker that dies fails its item (``worker process died (exit code
+    X)``) and is replaced while items remain. A UserError from loading the model stops the batch
+    and is re-raised; on Ctrl-C the workers are stopped and the summary written. ``load``: the
+    workers' stage loader (a module-level callable, default :func:`load_stages`).
+    """
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
+    records = [_record(it) for it in items]
+    t_batch = time.perf_counter()
+
+    def flush() -> None:
+        meta["seconds"] = round(time.perf_counter() - t_batch, 3)
+        meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_summary(out, shard, records, meta)
+
+    bar = _ItemProgress(len(items), enabled=show_progress)
+    todo: deque[int] = deque()
+    cfgs: dict[int, Any] = {}
+    with bar:
+        for idx, (item, rec) in enumerate(zip(items, records)):
+            cfg = item_config(config, overrides, out, item)
+            rec["final"] = str(out / f"{item.name}.glb")
+            if item_done(out, item.name) and not force:
+                _skip(rec, out, item.name)
+                log.info("[%d/%d] %s: skipped (%s is complete)", idx + 1, len(items), item.name, rec["final"])
+                bar.advance(item.name, "skipped")
+            else:
+                cfgs[idx] = cfg
+                todo.append(idx)
+        flush()
+        if not todo:
+            return records
+        n = min(workers, len(todo))
+        gpus = worker_gpus(
+            n, _visible_gpus(str(cfgs[todo[0]].device)), os.environ.get("CUDA_VISIBLE_DEVICES")
+        )
+        threads = worker_threads(n, cpu_count(), os.environ)
+        meta["workers"] = {"count": n, "gpus": gpus, "threads": threads}
+        log.info(
+            "%d items on %d worker processes (GPU of each: %s; %s threads each)",
+            len(todo),
+            n,
+            ", ".join(g or "unchanged" for g in gpus),
+            threads or "OMP_NUM_THREADS",
+        )
+        ctx = mp.get_context(
+            "spawn"
+        )  # a fresh interpreter: no inherited CUDA state, the GPU chosen before torch loads
+        live: list[_Worker] = []
+        retired: list[_Worker] = []
+        spawned = 0
+
+        def dispatch(w: _Worker) -> None:
+            w.idx = todo.popleft()
+            w.t0, w.started = time.perf_counter(), time.time()
+            try:
+                w.conn.send((w.idx, cfgs[w.idx]))
+            except OSError:  # it died after its last answer: the item never reached it
+                todo.appendleft(w.idx)
+                w.idx = None
+
+        def spawn(gpu: str | None) -> None:
+            nonlocal spawned
+            here, there = ctx.Pipe()
+            env = {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": None if threads is None else str(threads)}
+            proc = ctx.Process(
+                target=_worker_main, args=(there, spawned, load), daemon=True, name=f"batch-worker-{spawned}"
+            )
+            with _environ(env):  # the child's torch reads these when it first loads
+                proc.start()
+            there.close()
+            spawned += 1
+            w = _Worker(proc, here, gpu)
+            live.append(w)
+            dispatch(w)
+
+        def finished(w: _Worker) -> None:
+            idx = w.idx
+            w.idx = None
+            _log_result(records[idx], idx, len(items), items[idx].name)
+            bar.advance(items[idx].name, records[idx]["status"])
+            flush()
+
+        try:
+            for gpu in gpus:
+                spawn(gpu)
+            while live:
+                ready = set(wait([w.conn for w in live] + [w.proc.sentinel for w in live]))
+                for w in list(live):
+                    msg = None
+                    if w.conn in ready:
+                        try:
+                            msg = w.conn.recv()
+                        except (EOFError, OSError):
+                            msg = None
+                    if msg is not None:
+                        kind, idx, fields = msg
+                        records[idx].update(fields)
+                        if kind == "fatal":  # the model cannot load: every item would fail alike
+                            flush()
+                            raise UserError(records[idx]["error"])
+                        finished(w)
+                        if todo:
+                            dispatch(w)
+                        else:
+                            w.conn.send(None)
+                            live.remove(w)
+                            retired.append(w)
+                    elif w.conn in ready or w.proc.sentinel in ready:
+                        w.proc.join(timeout=10)
+                        live.remove(w)
+                        retired.append(w)
+                        if w.idx is not None:
+                            _worker_died(
+                                records[w.idx], items[w.idx], out, w, _death_message(w.proc.exitcode)
+                            )
+                            finished(w)
+                        if todo:
+                            spawn(w.gpu)
+        except KeyboardInterrupt:
+            _stop_workers(live + retired, grace=0.0)
+            flush()  # items in flight stay pending
+            raise
+        finally:  # normally every worker was told to stop; after an error the busy ones are ended
+            _stop_workers(live + retired, grace=0.0 if live else 10.0)
+    return records
+
+
+def _worker_died(rec: dict, item: Item, out: Path, w: _Worker, message: str) -> None:
+    """Fail the item of a worker that died: the message, an error log, and stage 1's figures if it finished."""
+    error_log = _error_log(out, item)
+    rec.update(
+        status="failed", error=message, error_log=str(error_log), seconds=round(time.perf_counter() - w.t0, 3)
+    )
+    _stage_figures(rec, _fresh_json(out / f"{item.name}_report.json", w.started), None)
+    _atomic_write(
+        error_log,
+        f"{message}\nThe worker process running {item.name} ended without reporting a result (killed, out of "
+        "memory, or a crash in native code); the batch went on with a fresh worker.\n",
+    )
+
+
+def _stop_workers(workers: list[_Worker], grace: float) -> None:
+    """Wait up to ``grace`` s for the workers to end, then end the rest (SIGTERM, SIGKILL after 5 s)."""
+    deadline = time.monotonic() + grace
+    for w in workers:
+        w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        if w.proc.is_alive():
+            w.proc.terminate()
+    for w in workers:
+        w.proc.join(timeout=5)
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join(timeout=5)
+        w.conn.close()
 
 
 # -------------------------------------------------------------------------------------------- Ray
@@ -788,7 +1151,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on Ray actors, one per GPU (CPU actors for a CPU config); ADDRESS: auto (the "
         "cluster of `ray start`), host:port or ray://host:port; none: a local Ray instance",
     )
-    p.add_argument("--workers", type=int, default=None, help="with --ray: actors (default: one per GPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="without --ray: N worker processes on this machine, each with its own model, spread over "
+        "the visible GPUs (worker i on GPU i %% G; 2-4 per GPU overlap one object's CPU work with "
+        "another's GPU work) with cpu_count/N torch threads each unless OMP_NUM_THREADS is set "
+        "(default 1: everything in this process); with --ray: actors (default: one per GPU)",
+    )
     p.add_argument(
         "--max-retries",
         type=int,
@@ -844,8 +1216,6 @@ def _run(args: argparse.Namespace) -> int:
             if o.split("=", 1)[0] == "prompt":
                 raise UserError(f"{o}: batch.py sets 'prompt' per item from the prompt files")
     out = Path(args.out) if args.out else Path(base.outdir)
-    if args.ray is None and args.workers is not None:
-        raise UserError("--workers needs --ray")
     if (args.workers is not None and args.workers < 1) or args.max_retries < 0:
         raise UserError("--workers must be >= 1 and --max-retries >= 0")
     items = shard_items(collect_prompt_items(inputs) if text else collect_items(inputs), *shard)
@@ -877,6 +1247,10 @@ def _run(args: argparse.Namespace) -> int:
             address=args.ray,
             workers=args.workers,
             max_retries=args.max_retries,
+        )
+    elif args.workers is not None and args.workers > 1:
+        records = run_workers(
+            items, args.config, overrides, out, shard, args.force, not args.no_progress, meta, args.workers
         )
     else:
         records = run_items(items, args.config, overrides, out, shard, args.force, not args.no_progress, meta)

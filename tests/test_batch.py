@@ -404,8 +404,8 @@ def test_ray_cli_address_and_options(tmp_path, monkeypatch, capsys):
     assert calls[-1] == (["b_rgba"], {"address": "auto", "workers": 3, "max_retries": 0})
     assert batch.main(["--config", ORACLE_CFG, str(inp), "--ray", "ray://head:10001"]) == 0
     assert calls[-1][1]["address"] == "ray://head:10001"
-    assert batch.main(["--config", ORACLE_CFG, str(inp), "--workers", "2"]) == 2
-    assert "--workers needs --ray" in capsys.readouterr().err
+    assert batch.main(["--config", ORACLE_CFG, str(inp), "--workers", "0"]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
     assert batch.main(["--config", ORACLE_CFG, str(inp), "--ray", "--workers", "0"]) == 2
     assert len(calls) == 3
 

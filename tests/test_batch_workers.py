@@ -1,0 +1,259 @@
+"""batch.py --workers N without Ray: worker processes on this machine, the driver keeping the summary.
+
+The plumbing (spread, a killed worker, a model that cannot load, resume) runs fake stages in real
+spawned workers (the loaders below are module-level, so a worker imports them by name); one slow
+test runs the real stages (oracle, tiny sizes) and checks the outputs are those of the plain path.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import batch
+from core.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+ORACLE_CFG = str(ROOT / "configs" / "oracle_cpu.yaml")
+TINY_CFG = str(ROOT / "tests" / "data" / "oracle_tiny.yaml")
+SHARED_IMAGES = ROOT / ".." / "shared" / "data" / "images"
+DIE_ON = "MD_TEST_WORKER_DIES_ON"  # the fake stages end their process with code 3 on these items (a,b)
+INTERRUPT_ON = "MD_TEST_INTERRUPT_ON"  # the fake stages press Ctrl-C in the driver on this item
+
+
+# ------------------------------------------------------------------ fake stages (run in the workers)
+def _fake_image_to_3d(cfg, denoiser):
+    """Both stages' real output names, with the worker's pid in the reports; dies on ``$DIE_ON``."""
+    name, out = str(cfg.save_path), Path(cfg.outdir)
+    Image.open(cfg.input).load()
+    (out / f"{name}_model.ply").write_text("ply")
+    r1 = {
+        "seconds": {"sir": 1.5},
+        "nfe": 10,
+        "pid": os.getpid(),
+        "outputs": {"ply": str(out / f"{name}_model.ply")},
+    }
+    (out / f"{name}_report.json").write_text(json.dumps(r1))
+    if name in os.environ.get(DIE_ON, "").split(","):
+        os._exit(3)  # as a segfault or the OOM killer would: no answer, no cleanup
+    if name == os.environ.get(INTERRUPT_ON):
+        import signal
+        import time
+
+        os.kill(os.getppid(), signal.SIGINT)  # the driver is this worker's parent
+        time.sleep(60)  # busy until the driver ends this worker
+    (out / f"{name}.glb").write_text("glb")
+    r2 = {"seconds": {"sir": 0.5}, "nfe": 5, "pid": os.getpid(), "outputs": {"glb": str(out / f"{name}.glb")}}
+    (out / f"{name}_final_report.json").write_text(json.dumps(r2))
+    return {"stage1": r1, "stage2": r2}
+
+
+def _fake_load_denoiser(cfg, device):
+    return object()
+
+
+def _broken_load_denoiser(cfg, device):
+    raise UserError("cannot load model x")
+
+
+def load_fake():
+    """The workers' stage loader: fake stages, a model that loads."""
+    return _fake_image_to_3d, _fake_load_denoiser
+
+
+def load_broken():
+    """The workers' stage loader: a model that cannot load."""
+    return _fake_image_to_3d, _broken_load_denoiser
+
+
+def _inputs(folder: Path, names=("a_rgba", "b_rgba", "c_rgba", "d_rgba")) -> Path:
+    folder.mkdir(parents=True)
+    for i, name in enumerate(names):
+        img = np.zeros((16, 16, 4), np.uint8)
+        img[4:12, 4:12] = (40 * i, 0, 0, 255)
+        Image.fromarray(img).save(folder / f"{name}.png")
+    return folder
+
+
+def _main(monkeypatch, load, *args: str) -> int:
+    """``batch.main(args)`` with the workers' stages loaded by ``load``."""
+    monkeypatch.setattr(batch, "run_workers", functools.partial(batch.run_workers, load=load))
+    return batch.main(["--config", ORACLE_CFG, "--no-progress", *args])
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "batch_summary.json").read_text())
+
+
+# --------------------------------------------------------------------------------------- pure parts
+def test_worker_gpus_spread_and_map_inside_the_users_list():
+    assert batch.worker_gpus(4, 2, None) == ["0", "1", "0", "1"]
+    assert batch.worker_gpus(3, 1, None) == ["0", "0", "0"]  # several workers share the one GPU
+    assert batch.worker_gpus(3, 2, "5, 7") == ["5", "7", "5"]  # inside the user's CUDA_VISIBLE_DEVICES
+    assert batch.worker_gpus(2, 2, "GPU-aa,GPU-bb,GPU-cc") == ["GPU-aa", "GPU-bb"]  # torch saw 2 of them
+    assert batch.worker_gpus(2, 0, "0,1") == [None, None]  # CPU (or cuda:N): environment unchanged
+
+
+def test_worker_threads_share_the_cores_unless_the_user_chose():
+    assert batch.worker_threads(3, 16, {}) == 5
+    assert batch.worker_threads(4, 2, {}) == 1
+    assert batch.worker_threads(2, 16, {"OMP_NUM_THREADS": "3"}) is None
+
+
+def test_environ_sets_and_restores(monkeypatch):
+    monkeypatch.setenv("MD_X", "old")
+    monkeypatch.delenv("MD_Y", raising=False)
+    with batch._environ({"MD_X": "new", "MD_Y": "y", "MD_Z": None}):
+        assert os.environ["MD_X"] == "new" and os.environ["MD_Y"] == "y" and "MD_Z" not in os.environ
+    assert os.environ["MD_X"] == "old" and "MD_Y" not in os.environ
+
+
+def test_death_message():
+    assert batch._death_message(3) == "worker process died (exit code 3)"
+    assert batch._death_message(-9) == "worker process died (exit code -9, SIGKILL)"
+
+
+# ---------------------------------------------------------------------------- workers, fake stages
+@pytest.mark.slow  # five worker processes, each importing torch (~3 s on 2 cores)
+def test_workers_one_summary_spread_and_resume(tmp_path, monkeypatch, capsys):
+    inp, out = _inputs(tmp_path / "in"), tmp_path / "out"
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 0
+    doc = _summary(out)
+    assert doc["counts"] == {"total": 4, "ok": 4, "failed": 0, "skipped": 0, "pending": 0}
+    assert doc["workers"]["count"] == 2 and doc["workers"]["gpus"] == [None, None]
+    by = {r["name"]: r for r in doc["items"]}
+    assert all(r["nfe"] == 15 and r["seconds_stage1"] == 1.5 and r["seconds"] >= 0 for r in by.values())
+    assert by["a_rgba"]["outputs"]["stage2"]["glb"] == str(out / "a_rgba.glb")
+    pids = {json.loads((out / f"{n}_report.json").read_text())["pid"] for n in by}
+    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, neither the driver
+    assert "4 ok, 0 skipped, 0 failed of 4" in capsys.readouterr().out
+
+    # Resume: complete items are skipped (figures read back), one redone; no worker runs a skipped item.
+    (out / "c_rgba.glb").unlink()
+    stamp = (out / "a_rgba_report.json").stat().st_mtime_ns
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 0
+    doc = _summary(out)
+    assert {r["name"]: r["status"] for r in doc["items"]} == {
+        "a_rgba": "skipped",
+        "b_rgba": "skipped",
+        "c_rgba": "ok",
+        "d_rgba": "skipped",
+    }
+    assert doc["workers"]["count"] == 1  # never more workers than items to run
+    assert (out / "a_rgba_report.json").stat().st_mtime_ns == stamp and doc["items"][0]["nfe"] == 15
+
+    # With the shard's items only: shard 1/2 of a, b, c, d is b, d.
+    assert (
+        _main(
+            monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "3", "--shard", "1/2", "--force"
+        )
+        == 0
+    )
+    shard = json.loads((out / "batch_summary.shard-1-of-2.json").read_text())
+    assert [r["name"] for r in shard["items"]] == ["b_rgba", "d_rgba"] and shard["counts"]["ok"] == 2
+
+
+@pytest.mark.slow  # four worker processes
+def test_killed_workers_fail_their_items_and_fresh_ones_carry_on(tmp_path, monkeypatch, capsys):
+    inp, out = _inputs(tmp_path / "in"), tmp_path / "out"
+    # Each of the 2 first workers is handed one of a, b at its start and dies on it, so c and d
+    # can only finish on replacement workers.
+    monkeypatch.setenv(DIE_ON, "a_rgba,b_rgba")
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 1
+    doc = _summary(out)
+    assert doc["counts"] == {"total": 4, "ok": 2, "failed": 2, "skipped": 0, "pending": 0}
+    by = {r["name"]: r for r in doc["items"]}
+    for name in ("a_rgba", "b_rgba"):
+        bad = by[name]
+        assert bad["status"] == "failed" and bad["error"] == "worker process died (exit code 3)"
+        assert "worker process died (exit code 3)" in Path(bad["error_log"]).read_text()
+        assert bad["nfe_stage1"] == 10 and bad["nfe_stage2"] is None  # stage 1 finished in this run
+        assert not (out / f"{name}.glb").exists()
+    assert by["c_rgba"]["status"] == by["d_rgba"]["status"] == "ok"
+    assert batch.item_done(out, "c_rgba") and batch.item_done(out, "d_rgba")
+    pids = {json.loads((out / f"{n}_rgba_report.json").read_text())["pid"] for n in "abcd"}
+    assert len(pids) >= 3  # two dead workers and at least one replacement
+    err = capsys.readouterr().err
+    assert "failed: a_rgba: worker process died (exit code 3)" in err and "failed: b_rgba" in err
+
+
+@pytest.mark.slow  # two worker processes
+def test_ctrl_c_stops_the_workers_and_writes_the_summary(tmp_path, monkeypatch, capsys):
+    import multiprocessing
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    monkeypatch.setenv(INTERRUPT_ON, "b_rgba")
+    t0 = time.perf_counter()
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 130
+    assert time.perf_counter() - t0 < 50  # the sleeping worker was ended, not waited for
+    assert not multiprocessing.active_children()
+    assert "interrupted" in capsys.readouterr().err
+    statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
+    assert statuses["b_rgba"] == "pending" and statuses["a_rgba"] in ("ok", "pending")
+
+
+def test_model_that_cannot_load_stops_the_batch_with_one_line(tmp_path, monkeypatch, capsys):
+    inp, out = _inputs(tmp_path / "in"), tmp_path / "out"
+    assert _main(monkeypatch, load_broken, str(inp), "--out", str(out), "--workers", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: cannot load model x"]
+    doc = _summary(out)
+    assert doc["counts"]["failed"] >= 1 and doc["counts"]["ok"] == 0
+    assert "cannot load model x" in {r.get("error") for r in doc["items"]}
+    assert not list(out.glob("*.ply"))
+
+
+def test_workers_usage_errors(tmp_path, capsys):
+    inp = _inputs(tmp_path / "in")
+    assert batch.main(["--config", ORACLE_CFG, str(inp), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --workers must be >= 1 and --max-retries >= 0"
+    ]
+
+
+def test_workers_1_is_the_plain_path(tmp_path, monkeypatch):
+    """``--workers 1`` runs in this process (run_items), as without --workers."""
+    calls = []
+    monkeypatch.setattr(batch, "run_items", lambda items, *a, **k: calls.append("plain") or [])
+    monkeypatch.setattr(batch, "run_workers", lambda items, *a, **k: calls.append("workers") or [])
+    inp = _inputs(tmp_path / "in")
+    for extra in ([], ["--workers", "1"], ["--workers", "2"]):
+        assert batch.main(["--config", ORACLE_CFG, str(inp), "--out", str(tmp_path / "o"), *extra]) == 0
+    assert calls == ["plain", "plain", "workers"]
+
+
+# ------------------------------------------------------------------------------------- real stages
+@pytest.mark.slow
+def test_workers_outputs_match_the_plain_path(tmp_path, monkeypatch):
+    """The same two images, seed and thread count (1) with --workers 2 and in one process: same bytes."""
+    import torch
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    names = ("00_zero123_lysol_rgba", "01_wild_hydrant_rgba")
+    for n in names:
+        shutil.copy(SHARED_IMAGES / f"{n}.png", inp / f"{n}.png")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers keep it (as a user's setting)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = ["--config", TINY_CFG, str(inp), "--no-progress", "seed=7"]
+        assert batch.main([*args, "--out", str(tmp_path / "plain")]) == 0
+        assert batch.main([*args, "--out", str(tmp_path / "workers"), "--workers", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    doc = _summary(tmp_path / "workers")
+    assert doc["counts"]["ok"] == 2 and doc["workers"]["threads"] is None
+    for n in names:
+        for suffix in (".glb", "_model.ply"):
+            plain = (tmp_path / "plain" / f"{n}{suffix}").read_bytes()
+            assert len(plain) > 1000
+            assert (tmp_path / "workers" / f"{n}{suffix}").read_bytes() == plain, f"{n}{suffix}"

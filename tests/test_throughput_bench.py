@@ -1,0 +1,80 @@
+"""bench/throughput.py: the pure parts (worker list, nvidia-smi parsing, row maths) on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import throughput as tp
+
+
+def test_parse_workers():
+    assert tp.parse_workers("1,2,4") == [1, 2, 4]
+    assert tp.parse_workers(" 3 , 1,3") == [3, 1]  # order kept, repeats dropped
+    assert tp.parse_workers("2") == [2]
+    for bad in ("", "0", "1,,2", "a", "-1", "1.5"):
+        with pytest.raises(ValueError, match="comma list of counts >= 1"):
+            tp.parse_workers(bad)
+
+
+def test_parse_smi_is_robust():
+    text = (
+        "45, 10240\n"
+        " 100 , 81000 \n"  # padded
+        "[N/A], 512\n"  # a GPU without utilisation figures
+        "\n"
+        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver\n"
+        "0, 0\n"
+        "7, 12"  # the last line, cut when the sampler was stopped
+    )
+    assert tp.parse_smi(text) == [(45.0, 10240.0), (100.0, 81000.0), (0.0, 0.0), (7.0, 12.0)]
+    assert tp.parse_smi("") == [] and tp.parse_smi("101, 5\n5, -1\n") == []
+
+
+def test_gpu_figures():
+    assert tp.gpu_figures([(40.0, 100.0), (60.0, 300.0), (80.0, 200.0)]) == {
+        "gpu_util_mean": 60.0,
+        "gpu_mem_peak_mib": 300.0,
+        "gpu_samples": 3,
+    }
+    assert tp.gpu_figures(None) == {"gpu_util_mean": None, "gpu_mem_peak_mib": None, "gpu_samples": 0}
+    assert tp.gpu_figures([])["gpu_util_mean"] is None
+
+
+def test_percentile():
+    assert tp.percentile([], 50) is None
+    assert tp.percentile([7.0], 90) == 7.0
+    assert tp.percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert tp.percentile([float(i) for i in range(1, 11)], 90) == pytest.approx(9.1)  # numpy's 'linear'
+
+
+def test_row_figures_and_best_row():
+    items = [
+        {"name": "a", "status": "ok", "seconds": 10.0},
+        {"name": "b", "status": "ok", "seconds": 20.0},
+        {"name": "c", "status": "ok", "seconds": 30.0},
+        {"name": "d", "status": "failed", "seconds": 1.0, "error": "worker process died (exit code -9)"},
+        {"name": "e", "status": "skipped", "seconds": None},
+    ]
+    gpu = tp.gpu_figures([(50.0, 1000.0)])
+    row = tp.row_figures(2, items, 45.0, gpu, 1)
+    assert row["objects_per_minute"] == 4.0  # 3 ok in 45 s
+    assert row["ok"] == 3 and row["failed"] == 1 and row["wall_seconds"] == 45.0
+    assert row["latency_median_s"] == 20.0 and row["latency_p90_s"] == 28.0  # failed items excluded
+    assert row["gpu_util_mean"] == 50.0 and row["batch_exit_code"] == 1 and row["workers"] == 2
+    assert row["errors"] == {"d": "worker process died (exit code -9)"}
+    none = tp.row_figures(3, [], 10.0, tp.gpu_figures(None), 2)
+    assert none["objects_per_minute"] == 0.0 and none["latency_median_s"] is None
+    assert tp.best_row([row, none])["workers"] == 2 and tp.best_row([]) is None
+    table = tp.table([row, none]).splitlines()
+    assert len(table) == 3 and table[1].split()[:3] == ["2", "4.0", "45.0"] and table[2].split()[5] == "-"
+
+
+def test_no_cuda_is_one_line_exit_2(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    assert tp.main(["--workers", "1,2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: bench/throughput.py needs a CUDA GPU"]
+    assert tp.main(["--workers", "0"]) == 2
+    assert "comma list" in capsys.readouterr().err
