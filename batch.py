@@ -12,7 +12,8 @@ Items: every image file named on the command line, and every image (``core.image
 is skipped when ``<name>_rgba.png`` (``process.py``'s output) is beside it, and our own outputs
 (``*_preview.png``, ``*_albedo.png``) are never inputs. An item's name is its file stem confined to
 letters, digits, ``._-`` (:func:`item_name`); it becomes ``save_path``, so the outputs are ``<out>/<name>.glb``,
-``<out>/<name>_model.ply``, ... Two files with one name get distinct names (``<name>-<hash>``).
+``<out>/<name>_model.ply``, ... Two files with one name get distinct names (``<name>-<hash>``), as do
+names whose outputs would share files (``x`` and ``x_final``: both write ``x_final_report.json``).
 
 Resume: an item whose final set is complete (``<out>/<name>_final_report.json`` and every file it
 lists, :func:`core.outputs.set_complete`) is skipped (``--force`` re-runs it); its figures are read
@@ -88,6 +89,7 @@ from core.images import IMAGE_SUFFIXES
 __all__ = [
     "Item",
     "collect_items",
+    "name_clashes",
     "collect_prompt_items",
     "check_input_kinds",
     "parse_shard",
@@ -107,6 +109,9 @@ __all__ = [
 log = logging.getLogger("microdreamer.batch")
 
 OUTPUT_SUFFIXES = ("_preview.png", "_albedo.png", "_clip_views.png")  # our own outputs, never inputs
+# Item ``x`` writes ``x_final_report.json``, ``x_mesh.glb``, ``x_gaussians.mp4``: an item named
+# ``x_final``, ``x_mesh`` or ``x_gaussians`` would write (and resume from) the same files.
+CLASHING_TAILS = ("_final", "_mesh", "_gaussians")
 OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*=")
 RESERVED_KEYS = ("input", "save_path")  # set per item by the batch
 CSV_FIELDS = [
@@ -154,10 +159,22 @@ def item_name(stem: str) -> str:
     return name or "item"
 
 
+def name_clashes(name: str, taken: set[str] | dict[str, Any]) -> bool:
+    """Whether an item ``name`` would share an output file with an item of ``taken``.
+
+    The same name, or one that is another's plus ``_final``/``_mesh``/``_gaussians`` (``x`` and
+    ``x_final`` both write ``x_final_report.json``).
+    """
+    if name in taken or any(name + tail in taken for tail in CLASHING_TAILS):
+        return True
+    return any(name.endswith(tail) and name[: -len(tail)] in taken for tail in CLASHING_TAILS)
+
+
 def collect_items(inputs: list[str]) -> list[Item]:
     """Expand files and folders into items sorted by name (rules: module docstring).
 
-    Two different files whose names confine to the same stem get distinct names: the first by
+    Two different files whose names confine to the same stem, or to stems whose outputs would
+    share files (:func:`name_clashes`: ``x`` and ``x_final``), get distinct names: the first by
     resolved path keeps the stem, the others get ``<stem>-<8 hex digits of their path's hash>``.
     """
     files: dict[Path, Path] = {}  # resolved -> as given (the same file twice is one item)
@@ -185,7 +202,7 @@ def collect_items(inputs: list[str]) -> list[Item]:
     items: dict[str, Item] = {}
     for resolved in sorted(files):
         name = item_name(resolved.stem)
-        if name in items:
+        if name_clashes(name, items):
             name = f"{name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
         items[name] = Item(name, files[resolved])
     return sorted(items.values(), key=lambda it: it.name)
@@ -199,8 +216,9 @@ def is_prompt_file(path: str | Path) -> bool:
 def collect_prompt_items(files: list[str]) -> list[Item]:
     """The prompts of one or more prompt files as items, in file then line order.
 
-    Names are the prompts' slugs; a slug already taken (in the same or an earlier file) gets
-    ``_2``, ``_3``, ..., so no two items share outputs.
+    Names are the prompts' slugs; a slug already taken (in the same or an earlier file), or one
+    whose outputs would share files with a taken one (:func:`name_clashes`), gets ``_2``, ``_3``,
+    ..., so no two items share outputs.
     """
     from pipeline.prompts import prompt_items
 
@@ -210,7 +228,7 @@ def collect_prompt_items(files: list[str]) -> list[Item]:
         for p in prompt_items(f):
             base = p.save_path
             name, k = base, 1
-            while name in used:
+            while name_clashes(name, used):
                 k += 1
                 name = f"{base}_{k}"
             used.add(name)
@@ -669,6 +687,9 @@ def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callabl
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the workers
+    # The driver stops a busy worker with SIGTERM: unwind, so that finally blocks remove
+    # half-written temporary files and stop the UV unwrap's xatlas processes.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     logging.basicConfig(level=logging.WARNING, format=f"[%(levelname)s] worker {wid}: %(message)s")
     model = _Model(load)
     while True:
@@ -683,9 +704,18 @@ def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callabl
         try:
             run_one(cfg, rec, model, quiet=True)  # N stage bars at once would tear the terminal
         except UserError:
-            conn.send(("fatal", idx, rec))
+            with contextlib.suppress(OSError):
+                conn.send(("fatal", idx, rec))
             return
-        conn.send(("done", idx, rec))
+        try:
+            conn.send(("done", idx, rec))
+        except OSError:  # the driver is gone (killed): nobody is left to take the answer
+            return
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    """A signal handler that ends the process as an exception would, unwinding its ``finally`` blocks."""
+    raise SystemExit(128 + signum)
 
 
 @dataclass
@@ -838,7 +868,8 @@ def run_workers(
                         if todo:
                             dispatch(w)
                         else:
-                            w.conn.send(None)
+                            with contextlib.suppress(OSError):  # it may have died since its answer
+                                w.conn.send(None)
                             live.remove(w)
                             retired.append(w)
                     elif w.conn in ready or w.proc.sentinel in ready:
@@ -1189,9 +1220,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    return exit_code(
-        lambda: _run(args), interrupted="interrupted (the summary lists the items finished so far)"
-    )
+    with _sigterm_as_interrupt():
+        return exit_code(
+            lambda: _run(args), interrupted="interrupted (the summary lists the items finished so far)"
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's cancel) raises KeyboardInterrupt in the block, as Ctrl-C does.
+
+    So the batch stops its workers (or Ray actors), writes the summary and removes its temporary
+    files instead of dying at once and leaving worker processes running. Main thread only.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    saved = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -26,6 +26,8 @@ TINY_CFG = str(ROOT / "tests" / "data" / "oracle_tiny.yaml")
 SHARED_IMAGES = ROOT / ".." / "shared" / "data" / "images"
 DIE_ON = "MD_TEST_WORKER_DIES_ON"  # the fake stages end their process with code 3 on these items (a,b)
 INTERRUPT_ON = "MD_TEST_INTERRUPT_ON"  # the fake stages press Ctrl-C in the driver on this item
+DIE_AFTER = "MD_TEST_WORKER_DIES_AFTER"  # the fake stages end their process 0.3 s after these items
+SIGNAL = "MD_TEST_SIGNAL"  # the signal the fake stages send the driver then (default SIGINT)
 
 
 # ------------------------------------------------------------------ fake stages (run in the workers)
@@ -47,8 +49,18 @@ def _fake_image_to_3d(cfg, denoiser):
         import signal
         import time
 
-        os.kill(os.getppid(), signal.SIGINT)  # the driver is this worker's parent
-        time.sleep(60)  # busy until the driver ends this worker
+        from core.fileio import atomic_path
+
+        (out / f"{name}.pid").write_text(str(os.getpid()))
+        with atomic_path(out / f"{name}.glb") as tmp:  # mid-write, as a real stage would be
+            tmp.write_text("half a glb")
+            sig = getattr(signal, os.environ.get(SIGNAL, "SIGINT"))
+            os.kill(os.getppid(), sig)  # the driver is this worker's parent
+            time.sleep(60)  # busy until the driver ends this worker
+    if name in os.environ.get(DIE_AFTER, "").split(","):
+        import threading
+
+        threading.Timer(0.3, os._exit, (3,)).start()  # dies just after answering, before its next message
     (out / f"{name}.glb").write_text("glb")
     r2 = {"seconds": {"sir": 0.5}, "nfe": 5, "pid": os.getpid(), "outputs": {"glb": str(out / f"{name}.glb")}}
     (out / f"{name}_final_report.json").write_text(json.dumps(r2))
@@ -185,6 +197,26 @@ def test_killed_workers_fail_their_items_and_fresh_ones_carry_on(tmp_path, monke
 
 
 @pytest.mark.slow  # two worker processes
+def test_a_worker_dying_after_its_last_answer_is_no_crash(tmp_path, monkeypatch, capsys):
+    """Told to stop after its answer was read, a worker already dead is simply retired."""
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    monkeypatch.setenv(DIE_AFTER, "a_rgba")
+    log_result = batch._log_result
+
+    def slow_log(rec, idx, total, name):  # the driver busy with a's answer while a's worker dies
+        if name == "a_rgba":
+            time.sleep(1.5)
+        log_result(rec, idx, total, name)
+
+    monkeypatch.setattr(batch, "_log_result", slow_log)
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 0
+    assert _summary(out)["counts"]["ok"] == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two worker processes
 def test_ctrl_c_stops_the_workers_and_writes_the_summary(tmp_path, monkeypatch, capsys):
     import multiprocessing
     import time
@@ -198,6 +230,9 @@ def test_ctrl_c_stops_the_workers_and_writes_the_summary(tmp_path, monkeypatch, 
     assert "interrupted" in capsys.readouterr().err
     statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
     assert statuses["b_rgba"] == "pending" and statuses["a_rgba"] in ("ok", "pending")
+    # The ended worker cleaned up after itself: no half-written temporary file is left in --out.
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    assert not (out / "b_rgba.glb").exists()
 
 
 def test_model_that_cannot_load_stops_the_batch_with_one_line(tmp_path, monkeypatch, capsys):
@@ -257,3 +292,35 @@ def test_workers_outputs_match_the_plain_path(tmp_path, monkeypatch):
             plain = (tmp_path / "plain" / f"{n}{suffix}").read_bytes()
             assert len(plain) > 1000
             assert (tmp_path / "workers" / f"{n}{suffix}").read_bytes() == plain, f"{n}{suffix}"
+
+
+DRIVER = (  # batch.main in a child process, its workers on the fake stages of this module
+    "import functools, sys, batch, test_batch_workers as t; "
+    "batch.run_workers = functools.partial(batch.run_workers, load=t.load_fake); "
+    "sys.exit(batch.main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.slow  # a driver process and two workers
+def test_sigterm_to_the_driver_stops_its_workers(tmp_path):
+    """``kill PID`` (a scheduler's cancel) ends the batch as Ctrl-C does: workers stopped, temp files gone."""
+    import subprocess
+    import sys
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    env = {**os.environ, INTERRUPT_ON: "b_rgba", SIGNAL: "SIGTERM"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    argv = ["--config", ORACLE_CFG, "--no-progress", str(inp), "--out", str(out), "--workers", "2"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert time.perf_counter() - t0 < 50, proc.stderr  # the sleeping worker was ended, not waited for
+    assert proc.returncode == 130, proc.stderr
+    assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr
+    pid = int((out / "b_rgba.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
+    assert statuses["b_rgba"] == "pending"
