@@ -40,8 +40,9 @@ the UV unwrap starts its own xatlas processes per item (``export.uv_workers``, d
 count)), so with many workers ``export.uv_workers=1`` may suit a machine with few cores. Outputs are
 byte-identical to the plain path's at the same seed and thread count. A worker that dies (killed,
 out of memory, a crash in native code) fails its item with ``worker process died (exit code X)``
-and an error log, and a fresh worker takes the items left. ``--workers 1`` (the default) runs
-everything in this process.
+and an error log, and a fresh worker takes the items left; one that dies while loading the model
+leaves its item to a fresh worker, and N + 1 such deaths stop the batch (exit 2), as a model that
+cannot load does. ``--workers 1`` (the default) runs everything in this process.
 
 ``--ray [ADDRESS]`` runs the items on a pool of Ray actors (:mod:`pipeline.batch_jobs`): one per
 GPU (``num_gpus=1``), or CPU actors for a ``device=cpu`` config (``--workers`` sets the count).
@@ -58,8 +59,8 @@ input is a UTF-8 file of prompts, one per line (blank and ``#`` lines skipped,
 is a usage error before any model loads.
 
 Exit status: 0 all items done, 1 some item failed, 2 a usage/config error (``error: ...``; a model
-that cannot load stops the batch so, with or without workers), 130 Ctrl-C (workers are stopped, the
-summary lists the items finished so far).
+that cannot load stops the batch so, with or without workers), 130 Ctrl-C or SIGTERM (workers are
+stopped and remove their temporary files, the summary lists the items finished so far).
 """
 
 from __future__ import annotations
@@ -682,7 +683,8 @@ def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callabl
     """A worker process: run the items the driver sends over ``conn`` until it sends None.
 
     Each message is ``(idx, cfg)``; the answer is ``("done", idx, record fields)``, or ``("fatal",
-    idx, fields)`` when the model cannot load (then the worker ends). The model loads at the first item.
+    idx, fields)`` when the model cannot load (then the worker ends). The model loads at the first
+    item, followed by ``("loaded", idx, None)``: a worker that dies before it died loading the model.
     """
     import signal
 
@@ -701,6 +703,20 @@ def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callabl
             return
         idx, cfg = msg
         rec: dict = {}
+        if model.denoiser is None:
+            try:
+                model.get(cfg)
+            except UserError as e:  # the model cannot load (as run_one would report it)
+                with contextlib.suppress(OSError):
+                    conn.send(("fatal", idx, {"status": "failed", "error": str(e)}))
+                return
+            except Exception:  # run_one meets it again and fails the item with its traceback
+                pass
+            else:
+                try:
+                    conn.send(("loaded", idx, None))
+                except OSError:  # the driver is gone
+                    return
         try:
             run_one(cfg, rec, model, quiet=True)  # N stage bars at once would tear the terminal
         except UserError:
@@ -728,6 +744,7 @@ class _Worker:
     idx: int | None = None
     t0: float = 0.0
     started: float = 0.0
+    loaded: bool = False  # its model loaded: a death now is its item's, not the model's
 
 
 def _death_message(code: int | None) -> str:
@@ -760,8 +777,9 @@ def run_workers(
     :func:`run_one`, writing the outputs straight into ``out``; the driver hands the next item to
     whichever worker finishes first and keeps the records, skips, progress, log and summary as
     :func:`run_items` does. A worker that dies fails its item (``worker process died (exit code
-    X)``) and is replaced while items remain. A UserError from loading the model stops the batch
-    and is re-raised; on Ctrl-C the workers are stopped and the summary written. ``load``: the
+    X)``) and is replaced while items remain; one that dies loading the model gives its item back,
+    and ``workers + 1`` such deaths stop the batch (a UserError). A UserError from loading the
+    model stops the batch and is re-raised; on Ctrl-C the workers are stopped and the summary written. ``load``: the
     workers' stage loader (a module-level callable, default :func:`load_stages`).
     """
     import multiprocessing as mp
@@ -814,6 +832,7 @@ def run_workers(
         live: list[_Worker] = []
         retired: list[_Worker] = []
         spawned = 0
+        load_deaths = 0  # workers that died loading the model (their items never ran)
 
         def dispatch(w: _Worker) -> None:
             w.idx = todo.popleft()
@@ -860,6 +879,9 @@ def run_workers(
                             msg = None
                     if msg is not None:
                         kind, idx, fields = msg
+                        if kind == "loaded":
+                            w.loaded = True
+                            continue
                         records[idx].update(fields)
                         if kind == "fatal":  # the model cannot load: every item would fail alike
                             flush()
@@ -876,10 +898,19 @@ def run_workers(
                         w.proc.join(timeout=10)
                         live.remove(w)
                         retired.append(w)
-                        if w.idx is not None:
-                            _worker_died(
-                                records[w.idx], items[w.idx], out, w, _death_message(w.proc.exitcode)
-                            )
+                        message = _death_message(w.proc.exitcode)
+                        if w.idx is not None and not w.loaded:  # its item never ran: back to the queue
+                            load_deaths += 1
+                            todo.appendleft(w.idx)
+                            log.warning("%s while loading the model", message)
+                            if load_deaths > n:  # one retry per worker: the model itself cannot load
+                                flush()
+                                raise UserError(
+                                    f"worker processes died while loading the model {load_deaths} times "
+                                    f"(last: {message}); see the log lines above"
+                                )
+                        elif w.idx is not None:
+                            _worker_died(records[w.idx], items[w.idx], out, w, message)
                             finished(w)
                         if todo:
                             spawn(w.gpu)

@@ -27,6 +27,7 @@ SHARED_IMAGES = ROOT / ".." / "shared" / "data" / "images"
 DIE_ON = "MD_TEST_WORKER_DIES_ON"  # the fake stages end their process with code 3 on these items (a,b)
 INTERRUPT_ON = "MD_TEST_INTERRUPT_ON"  # the fake stages press Ctrl-C in the driver on this item
 DIE_AFTER = "MD_TEST_WORKER_DIES_AFTER"  # the fake stages end their process 0.3 s after these items
+LOAD_LOG = "MD_TEST_LOAD_LOG"  # the dying model load appends its pid to this file
 SIGNAL = "MD_TEST_SIGNAL"  # the signal the fake stages send the driver then (default SIGINT)
 
 
@@ -73,6 +74,18 @@ def _fake_load_denoiser(cfg, device):
 
 def _broken_load_denoiser(cfg, device):
     raise UserError("cannot load model x")
+
+
+def _dying_load_denoiser(cfg, device):
+    """A model load that ends its process (a crash in native code, the OOM killer), noted in ``$LOAD_LOG``."""
+    with open(os.environ[LOAD_LOG], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    os._exit(7)
+
+
+def load_dying():
+    """The workers' stage loader: a model whose load kills the process."""
+    return _fake_image_to_3d, _dying_load_denoiser
 
 
 def load_fake():
@@ -244,6 +257,27 @@ def test_model_that_cannot_load_stops_the_batch_with_one_line(tmp_path, monkeypa
     assert doc["counts"]["failed"] >= 1 and doc["counts"]["ok"] == 0
     assert "cannot load model x" in {r.get("error") for r in doc["items"]}
     assert not list(out.glob("*.ply"))
+
+
+@pytest.mark.slow  # three worker processes
+def test_workers_dying_while_loading_the_model_stop_the_batch(tmp_path, monkeypatch, capsys):
+    """A model whose load kills the process fails no item; after one retry per worker the batch
+    stops with one line and exit 2 (as a model that cannot load), instead of a fresh worker (and
+    model load) per item, each item failed."""
+    inp, out = _inputs(tmp_path / "in", names=[f"{c}_rgba" for c in "abcdef"]), tmp_path / "out"
+    monkeypatch.setenv(LOAD_LOG, str(tmp_path / "loads.txt"))
+    assert _main(monkeypatch, load_dying, str(inp), "--out", str(out), "--workers", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "error: worker processes died while loading the model 3 times (last: worker process died "
+        "(exit code 7)); see the log lines above"
+    )
+    # 2 workers, then a fresh one for each that died; the third death stops the batch (the
+    # fourth worker may have begun loading by then), not one worker per item (6).
+    assert len((tmp_path / "loads.txt").read_text().split()) in (3, 4)
+    doc = _summary(out)
+    assert doc["counts"]["pending"] == 6 and doc["counts"]["failed"] == 0  # no item ran
+    assert not list(out.glob("*_error.log"))
 
 
 def test_workers_usage_errors(tmp_path, capsys):
