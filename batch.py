@@ -60,7 +60,8 @@ is a usage error before any model loads.
 
 Exit status: 0 all items done, 1 some item failed, 2 a usage/config error (``error: ...``; a model
 that cannot load stops the batch so, with or without workers), 130 Ctrl-C or SIGTERM (workers are
-stopped and remove their temporary files, the summary lists the items finished so far).
+stopped and remove their temporary files, the summary lists the items finished so far; on Linux a
+driver killed outright, e.g. by ``kill -9``, takes its workers with it).
 """
 
 from __future__ import annotations
@@ -679,7 +680,9 @@ def _environ(values: dict[str, str | None]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callable]] | None) -> None:
+def _worker_main(
+    conn: Any, wid: int, load: Callable[[], tuple[Callable, Callable]] | None, driver: int | None = None
+) -> None:
     """A worker process: run the items the driver sends over ``conn`` until it sends None.
 
     Each message is ``(idx, cfg)``; the answer is ``("done", idx, record fields)``, or ``("fatal",
@@ -692,6 +695,7 @@ def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callabl
     # The driver stops a busy worker with SIGTERM: unwind, so that finally blocks remove
     # half-written temporary files and stop the UV unwrap's xatlas processes.
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    _end_with_driver(driver)
     logging.basicConfig(level=logging.WARNING, format=f"[%(levelname)s] worker {wid}: %(message)s")
     model = _Model(load)
     while True:
@@ -727,6 +731,26 @@ def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callabl
             conn.send(("done", idx, rec))
         except OSError:  # the driver is gone (killed): nobody is left to take the answer
             return
+
+
+def _end_with_driver(driver: int | None) -> None:
+    """Linux: have the kernel send this worker SIGTERM when the driver (pid ``driver``) dies.
+
+    So a driver killed outright (``kill -9``, the OOM killer) leaves no worker computing on for
+    nobody; elsewhere a worker ends when it next talks to the gone driver.
+    """
+    import signal
+
+    if not sys.platform.startswith("linux") or driver is None:
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != driver:  # it died before the request: nobody will send the signal
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
@@ -848,7 +872,10 @@ def run_workers(
             here, there = ctx.Pipe()
             env = {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": None if threads is None else str(threads)}
             proc = ctx.Process(
-                target=_worker_main, args=(there, spawned, load), daemon=True, name=f"batch-worker-{spawned}"
+                target=_worker_main,
+                args=(there, spawned, load, os.getpid()),
+                daemon=True,
+                name=f"batch-worker-{spawned}",
             )
             with _environ(env):  # the child's torch reads these when it first loads
                 proc.start()

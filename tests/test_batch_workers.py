@@ -358,3 +358,26 @@ def test_sigterm_to_the_driver_stops_its_workers(tmp_path):
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
     assert statuses["b_rgba"] == "pending"
+
+
+@pytest.mark.slow  # a driver process and two workers
+def test_workers_end_when_the_driver_is_killed(tmp_path):
+    """The driver SIGKILLed (the OOM killer, ``kill -9``): its workers end too instead of running on."""
+    import subprocess
+    import sys
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    env = {**os.environ, INTERRUPT_ON: "b_rgba", SIGNAL: "SIGKILL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    argv = ["--config", ORACLE_CFG, "--no-progress", str(inp), "--out", str(out), "--workers", "2"]
+    with open(tmp_path / "stderr.txt", "w") as err:  # a pipe would stay open while any worker lives
+        proc = subprocess.Popen([sys.executable, "-c", DRIVER, *argv], cwd=ROOT, env=env, stderr=err)
+        assert proc.wait(timeout=60) == -9
+    pid = int((out / "b_rgba.pid").read_text())
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists(), "the worker outlived its driver"
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
