@@ -41,8 +41,8 @@ count)), so with many workers ``export.uv_workers=1`` may suit a machine with fe
 byte-identical to the plain path's at the same seed and thread count. A worker that dies (killed,
 out of memory, a crash in native code) fails its item with ``worker process died (exit code X)``
 and an error log, and a fresh worker takes the items left; one that dies while loading the model
-leaves its item to a fresh worker, and N + 1 such deaths stop the batch (exit 2), as a model that
-cannot load does. ``--workers 1`` (the default) runs everything in this process.
+leaves its item to a fresh worker, once per worker; after that the workers left go on, and when
+none is left the batch stops (exit 2), as with a model that cannot load. ``--workers 1`` (the default) runs everything in this process.
 
 ``--ray [ADDRESS]`` runs the items on a pool of Ray actors (:mod:`pipeline.batch_jobs`): one per
 GPU (``num_gpus=1``), or CPU actors for a ``device=cpu`` config (``--workers`` sets the count).
@@ -801,8 +801,8 @@ def run_workers(
     :func:`run_one`, writing the outputs straight into ``out``; the driver hands the next item to
     whichever worker finishes first and keeps the records, skips, progress, log and summary as
     :func:`run_items` does. A worker that dies fails its item (``worker process died (exit code
-    X)``) and is replaced while items remain; one that dies loading the model gives its item back,
-    and ``workers + 1`` such deaths stop the batch (a UserError). A UserError from loading the
+    X)``) and is replaced while items remain; one that dies loading the model gives its item back
+    and is replaced ``workers`` times at most, then the pool shrinks; with none left, a UserError. A UserError from loading the
     model stops the batch and is re-raised; on Ctrl-C the workers are stopped and the summary written. ``load``: the
     workers' stage loader (a module-level callable, default :func:`load_stages`).
     """
@@ -916,11 +916,7 @@ def run_workers(
                         finished(w)
                         if todo:
                             dispatch(w)
-                        else:
-                            with contextlib.suppress(OSError):  # it may have died since its answer
-                                w.conn.send(None)
-                            live.remove(w)
-                            retired.append(w)
+                        # else it waits (idle): a worker dying as it loads the model gives its item back
                     elif w.conn in ready or w.proc.sentinel in ready:
                         w.proc.join(timeout=10)
                         live.remove(w)
@@ -930,17 +926,28 @@ def run_workers(
                             load_deaths += 1
                             todo.appendleft(w.idx)
                             log.warning("%s while loading the model", message)
-                            if load_deaths > n:  # one retry per worker: the model itself cannot load
+                            for v in live:  # an idle worker takes it at once
+                                if todo and v.idx is None:
+                                    dispatch(v)
+                            if todo and load_deaths > n and not live:  # the model itself cannot load
                                 flush()
                                 raise UserError(
                                     f"worker processes died while loading the model {load_deaths} times "
                                     f"(last: {message}); see the log lines above"
                                 )
+                            if load_deaths > n:  # a fresh worker per worker spent: the ones left go on
+                                continue
                         elif w.idx is not None:
                             _worker_died(records[w.idx], items[w.idx], out, w, message)
                             finished(w)
                         if todo:
                             spawn(w.gpu)
+                if not todo and all(v.idx is None for v in live):  # all done: stop the idle workers
+                    for v in live:
+                        with contextlib.suppress(OSError):  # it may have died since its answer
+                            v.conn.send(None)
+                    retired.extend(live)
+                    live.clear()
         except KeyboardInterrupt:
             _stop_workers(live + retired, grace=0.0)
             flush()  # items in flight stay pending

@@ -88,6 +88,20 @@ def load_dying():
     return _fake_image_to_3d, _dying_load_denoiser
 
 
+def _first_load_only(cfg, device):
+    """Only the first model load of the batch succeeds (the one to create ``$LOAD_LOG.first``)."""
+    try:
+        os.close(os.open(os.environ[LOAD_LOG] + ".first", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        _dying_load_denoiser(cfg, device)
+    return object()
+
+
+def load_once():
+    """The workers' stage loader: the first model load works, every later one kills its process."""
+    return _fake_image_to_3d, _first_load_only
+
+
 def load_fake():
     """The workers' stage loader: fake stages, a model that loads."""
     return _fake_image_to_3d, _fake_load_denoiser
@@ -261,7 +275,7 @@ def test_model_that_cannot_load_stops_the_batch_with_one_line(tmp_path, monkeypa
 
 @pytest.mark.slow  # three worker processes
 def test_workers_dying_while_loading_the_model_stop_the_batch(tmp_path, monkeypatch, capsys):
-    """A model whose load kills the process fails no item; after one retry per worker the batch
+    """A model whose load kills the process fails no item; after one fresh worker per worker the batch
     stops with one line and exit 2 (as a model that cannot load), instead of a fresh worker (and
     model load) per item, each item failed."""
     inp, out = _inputs(tmp_path / "in", names=[f"{c}_rgba" for c in "abcdef"]), tmp_path / "out"
@@ -269,15 +283,27 @@ def test_workers_dying_while_loading_the_model_stop_the_batch(tmp_path, monkeypa
     assert _main(monkeypatch, load_dying, str(inp), "--out", str(out), "--workers", "2") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
-        "error: worker processes died while loading the model 3 times (last: worker process died "
+        "error: worker processes died while loading the model 4 times (last: worker process died "
         "(exit code 7)); see the log lines above"
     )
-    # 2 workers, then a fresh one for each that died; the third death stops the batch (the
-    # fourth worker may have begun loading by then), not one worker per item (6).
-    assert len((tmp_path / "loads.txt").read_text().split()) in (3, 4)
+    # 2 workers, then a fresh one for each that died, not one worker per item (6).
+    assert len((tmp_path / "loads.txt").read_text().split()) == 4
     doc = _summary(out)
     assert doc["counts"]["pending"] == 6 and doc["counts"]["failed"] == 0  # no item ran
     assert not list(out.glob("*_error.log"))
+
+
+@pytest.mark.slow  # four worker processes
+def test_workers_dying_while_loading_leave_the_items_to_the_workers_left(tmp_path, monkeypatch):
+    """One worker loaded the model, the others die loading it: it runs every item, none fails."""
+    inp, out = _inputs(tmp_path / "in", names=[f"{c}_rgba" for c in "abcdef"]), tmp_path / "out"
+    monkeypatch.setenv(LOAD_LOG, str(tmp_path / "loads.txt"))
+    assert _main(monkeypatch, load_once, str(inp), "--out", str(out), "--workers", "2") == 0
+    assert _summary(out)["counts"]["ok"] == 6
+    # The second worker, then at most one fresh worker per worker (none when the first was idle).
+    assert 1 <= len((tmp_path / "loads.txt").read_text().split()) <= 3
+    pids = {json.loads((out / f"{c}_rgba_report.json").read_text())["pid"] for c in "abcdef"}
+    assert len(pids) == 1
 
 
 def test_workers_usage_errors(tmp_path, capsys):
