@@ -12,7 +12,8 @@ Items: every image file named on the command line, and every image (``core.image
 is skipped when ``<name>_rgba.png`` (``process.py``'s output) is beside it, and our own outputs
 (``*_preview.png``, ``*_albedo.png``) are never inputs. An item's name is its file stem confined to
 letters, digits, ``._-`` (:func:`item_name`); it becomes ``save_path``, so the outputs are ``<out>/<name>.glb``,
-``<out>/<name>_model.ply``, ... Two files with one name get distinct names (``<name>-<hash>``).
+``<out>/<name>_model.ply``, ... Two files with one name get distinct names (``<name>-<hash>``), as do
+names whose outputs would share files (``x`` and ``x_final``: both write ``x_final_report.json``).
 
 Resume: an item whose final set is complete (``<out>/<name>_final_report.json`` and every file it
 lists, :func:`core.outputs.set_complete`) is skipped (``--force`` re-runs it); its figures are read
@@ -39,8 +40,9 @@ the UV unwrap starts its own xatlas processes per item (``export.uv_workers``, d
 count)), so with many workers ``export.uv_workers=1`` may suit a machine with few cores. Outputs are
 byte-identical to the plain path's at the same seed and thread count. A worker that dies (killed,
 out of memory, a crash in native code) fails its item with ``worker process died (exit code X)``
-and an error log, and a fresh worker takes the items left. ``--workers 1`` (the default) runs
-everything in this process.
+and an error log, and a fresh worker takes the items left; one that dies while loading the model
+leaves its item to a fresh worker, once per worker; after that the workers left go on, and when
+none is left the batch stops (exit 2), as with a model that cannot load. ``--workers 1`` (the default) runs everything in this process.
 
 ``--ray [ADDRESS]`` runs the items on a pool of Ray actors (:mod:`pipeline.batch_jobs`): one per
 GPU (``num_gpus=1``), or CPU actors for a ``device=cpu`` config (``--workers`` sets the count).
@@ -57,8 +59,9 @@ input is a UTF-8 file of prompts, one per line (blank and ``#`` lines skipped,
 is a usage error before any model loads.
 
 Exit status: 0 all items done, 1 some item failed, 2 a usage/config error (``error: ...``; a model
-that cannot load stops the batch so, with or without workers), 130 Ctrl-C (workers are stopped, the
-summary lists the items finished so far).
+that cannot load stops the batch so, with or without workers), 130 Ctrl-C or SIGTERM (workers are
+stopped and remove their temporary files, the summary lists the items finished so far; on Linux a
+driver killed outright, e.g. by ``kill -9``, takes its workers with it).
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ from core.images import IMAGE_SUFFIXES
 __all__ = [
     "Item",
     "collect_items",
+    "name_clashes",
     "collect_prompt_items",
     "check_input_kinds",
     "parse_shard",
@@ -107,6 +111,9 @@ __all__ = [
 log = logging.getLogger("microdreamer.batch")
 
 OUTPUT_SUFFIXES = ("_preview.png", "_albedo.png", "_clip_views.png")  # our own outputs, never inputs
+# Item ``x`` writes ``x_final_report.json``, ``x_mesh.glb``, ``x_gaussians.mp4``: an item named
+# ``x_final``, ``x_mesh`` or ``x_gaussians`` would write (and resume from) the same files.
+CLASHING_TAILS = ("_final", "_mesh", "_gaussians")
 OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*=")
 RESERVED_KEYS = ("input", "save_path")  # set per item by the batch
 CSV_FIELDS = [
@@ -154,10 +161,22 @@ def item_name(stem: str) -> str:
     return name or "item"
 
 
+def name_clashes(name: str, taken: set[str] | dict[str, Any]) -> bool:
+    """Whether an item ``name`` would share an output file with an item of ``taken``.
+
+    The same name, or one that is another's plus ``_final``/``_mesh``/``_gaussians`` (``x`` and
+    ``x_final`` both write ``x_final_report.json``).
+    """
+    if name in taken or any(name + tail in taken for tail in CLASHING_TAILS):
+        return True
+    return any(name.endswith(tail) and name[: -len(tail)] in taken for tail in CLASHING_TAILS)
+
+
 def collect_items(inputs: list[str]) -> list[Item]:
     """Expand files and folders into items sorted by name (rules: module docstring).
 
-    Two different files whose names confine to the same stem get distinct names: the first by
+    Two different files whose names confine to the same stem, or to stems whose outputs would
+    share files (:func:`name_clashes`: ``x`` and ``x_final``), get distinct names: the first by
     resolved path keeps the stem, the others get ``<stem>-<8 hex digits of their path's hash>``.
     """
     files: dict[Path, Path] = {}  # resolved -> as given (the same file twice is one item)
@@ -185,7 +204,7 @@ def collect_items(inputs: list[str]) -> list[Item]:
     items: dict[str, Item] = {}
     for resolved in sorted(files):
         name = item_name(resolved.stem)
-        if name in items:
+        if name_clashes(name, items):
             name = f"{name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
         items[name] = Item(name, files[resolved])
     return sorted(items.values(), key=lambda it: it.name)
@@ -199,8 +218,9 @@ def is_prompt_file(path: str | Path) -> bool:
 def collect_prompt_items(files: list[str]) -> list[Item]:
     """The prompts of one or more prompt files as items, in file then line order.
 
-    Names are the prompts' slugs; a slug already taken (in the same or an earlier file) gets
-    ``_2``, ``_3``, ..., so no two items share outputs.
+    Names are the prompts' slugs; a slug already taken (in the same or an earlier file), or one
+    whose outputs would share files with a taken one (:func:`name_clashes`), gets ``_2``, ``_3``,
+    ..., so no two items share outputs.
     """
     from pipeline.prompts import prompt_items
 
@@ -210,7 +230,7 @@ def collect_prompt_items(files: list[str]) -> list[Item]:
         for p in prompt_items(f):
             base = p.save_path
             name, k = base, 1
-            while name in used:
+            while name_clashes(name, used):
                 k += 1
                 name = f"{base}_{k}"
             used.add(name)
@@ -660,15 +680,22 @@ def _environ(values: dict[str, str | None]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callable]] | None) -> None:
+def _worker_main(
+    conn: Any, wid: int, load: Callable[[], tuple[Callable, Callable]] | None, driver: int | None = None
+) -> None:
     """A worker process: run the items the driver sends over ``conn`` until it sends None.
 
     Each message is ``(idx, cfg)``; the answer is ``("done", idx, record fields)``, or ``("fatal",
-    idx, fields)`` when the model cannot load (then the worker ends). The model loads at the first item.
+    idx, fields)`` when the model cannot load (then the worker ends). The model loads at the first
+    item, followed by ``("loaded", idx, None)``: a worker that dies before it died loading the model.
     """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the workers
+    # The driver stops a busy worker with SIGTERM: unwind, so that finally blocks remove
+    # half-written temporary files and stop the UV unwrap's xatlas processes.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    _end_with_driver(driver)
     logging.basicConfig(level=logging.WARNING, format=f"[%(levelname)s] worker {wid}: %(message)s")
     model = _Model(load)
     while True:
@@ -680,12 +707,55 @@ def _worker_main(conn: Any, wid: int, load: Callable[[], tuple[Callable, Callabl
             return
         idx, cfg = msg
         rec: dict = {}
+        if model.denoiser is None:
+            try:
+                model.get(cfg)
+            except UserError as e:  # the model cannot load (as run_one would report it)
+                with contextlib.suppress(OSError):
+                    conn.send(("fatal", idx, {"status": "failed", "error": str(e)}))
+                return
+            except Exception:  # run_one meets it again and fails the item with its traceback
+                pass
+            else:
+                try:
+                    conn.send(("loaded", idx, None))
+                except OSError:  # the driver is gone
+                    return
         try:
             run_one(cfg, rec, model, quiet=True)  # N stage bars at once would tear the terminal
         except UserError:
-            conn.send(("fatal", idx, rec))
+            with contextlib.suppress(OSError):
+                conn.send(("fatal", idx, rec))
             return
-        conn.send(("done", idx, rec))
+        try:
+            conn.send(("done", idx, rec))
+        except OSError:  # the driver is gone (killed): nobody is left to take the answer
+            return
+
+
+def _end_with_driver(driver: int | None) -> None:
+    """Linux: have the kernel send this worker SIGTERM when the driver (pid ``driver``) dies.
+
+    So a driver killed outright (``kill -9``, the OOM killer) leaves no worker computing on for
+    nobody; elsewhere a worker ends when it next talks to the gone driver.
+    """
+    import signal
+
+    if not sys.platform.startswith("linux") or driver is None:
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != driver:  # it died before the request: nobody will send the signal
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    """A signal handler that ends the process as an exception would, unwinding its ``finally`` blocks."""
+    raise SystemExit(128 + signum)
 
 
 @dataclass
@@ -698,6 +768,7 @@ class _Worker:
     idx: int | None = None
     t0: float = 0.0
     started: float = 0.0
+    loaded: bool = False  # its model loaded: a death now is its item's, not the model's
 
 
 def _death_message(code: int | None) -> str:
@@ -730,8 +801,9 @@ def run_workers(
     :func:`run_one`, writing the outputs straight into ``out``; the driver hands the next item to
     whichever worker finishes first and keeps the records, skips, progress, log and summary as
     :func:`run_items` does. A worker that dies fails its item (``worker process died (exit code
-    X)``) and is replaced while items remain. A UserError from loading the model stops the batch
-    and is re-raised; on Ctrl-C the workers are stopped and the summary written. ``load``: the
+    X)``) and is replaced while items remain; one that dies loading the model gives its item back
+    and is replaced ``workers`` times at most, then the pool shrinks; with none left, a UserError. A UserError from loading the
+    model stops the batch and is re-raised; on Ctrl-C the workers are stopped and the summary written. ``load``: the
     workers' stage loader (a module-level callable, default :func:`load_stages`).
     """
     import multiprocessing as mp
@@ -784,6 +856,7 @@ def run_workers(
         live: list[_Worker] = []
         retired: list[_Worker] = []
         spawned = 0
+        load_deaths = 0  # workers that died loading the model (their items never ran)
 
         def dispatch(w: _Worker) -> None:
             w.idx = todo.popleft()
@@ -799,7 +872,10 @@ def run_workers(
             here, there = ctx.Pipe()
             env = {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": None if threads is None else str(threads)}
             proc = ctx.Process(
-                target=_worker_main, args=(there, spawned, load), daemon=True, name=f"batch-worker-{spawned}"
+                target=_worker_main,
+                args=(there, spawned, load, os.getpid()),
+                daemon=True,
+                name=f"batch-worker-{spawned}",
             )
             with _environ(env):  # the child's torch reads these when it first loads
                 proc.start()
@@ -830,6 +906,9 @@ def run_workers(
                             msg = None
                     if msg is not None:
                         kind, idx, fields = msg
+                        if kind == "loaded":
+                            w.loaded = True
+                            continue
                         records[idx].update(fields)
                         if kind == "fatal":  # the model cannot load: every item would fail alike
                             flush()
@@ -837,21 +916,38 @@ def run_workers(
                         finished(w)
                         if todo:
                             dispatch(w)
-                        else:
-                            w.conn.send(None)
-                            live.remove(w)
-                            retired.append(w)
+                        # else it waits (idle): a worker dying as it loads the model gives its item back
                     elif w.conn in ready or w.proc.sentinel in ready:
                         w.proc.join(timeout=10)
                         live.remove(w)
                         retired.append(w)
-                        if w.idx is not None:
-                            _worker_died(
-                                records[w.idx], items[w.idx], out, w, _death_message(w.proc.exitcode)
-                            )
+                        message = _death_message(w.proc.exitcode)
+                        if w.idx is not None and not w.loaded:  # its item never ran: back to the queue
+                            load_deaths += 1
+                            todo.appendleft(w.idx)
+                            log.warning("%s while loading the model", message)
+                            for v in live:  # an idle worker takes it at once
+                                if todo and v.idx is None:
+                                    dispatch(v)
+                            if todo and load_deaths > n and not live:  # the model itself cannot load
+                                flush()
+                                raise UserError(
+                                    f"worker processes died while loading the model {load_deaths} times "
+                                    f"(last: {message}); see the log lines above"
+                                )
+                            if load_deaths > n:  # a fresh worker per worker spent: the ones left go on
+                                continue
+                        elif w.idx is not None:
+                            _worker_died(records[w.idx], items[w.idx], out, w, message)
                             finished(w)
                         if todo:
                             spawn(w.gpu)
+                if not todo and all(v.idx is None for v in live):  # all done: stop the idle workers
+                    for v in live:
+                        with contextlib.suppress(OSError):  # it may have died since its answer
+                            v.conn.send(None)
+                    retired.extend(live)
+                    live.clear()
         except KeyboardInterrupt:
             _stop_workers(live + retired, grace=0.0)
             flush()  # items in flight stay pending
@@ -1189,9 +1285,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    return exit_code(
-        lambda: _run(args), interrupted="interrupted (the summary lists the items finished so far)"
-    )
+    with _sigterm_as_interrupt():
+        return exit_code(
+            lambda: _run(args), interrupted="interrupted (the summary lists the items finished so far)"
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's cancel) raises KeyboardInterrupt in the block, as Ctrl-C does.
+
+    So the batch stops its workers (or Ray actors), writes the summary and removes its temporary
+    files instead of dying at once and leaving worker processes running. Main thread only.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    saved = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ FULL-SIZE Stable Zero123 architecture built with random weights (a network call 
 whatever its weights) at the schedule of ``configs/image.yaml``. A one-image warm-up batch first
 compiles the gsplat/nvdiffrast kernels (cached on disk); then, for each worker count, one timed
 ``batch.py --workers N`` run into a fresh folder, each worker's model load included, as a user's
-batch would (``--workers 1`` is the plain in-process path).
+batch would (``--workers 1`` is the plain in-process path). The temporary work folder (inputs and
+every batch's outputs) is removed at the end unless ``--keep``.
 
 Per row: objects/minute = items finished ok / wall minutes of the timed run; per-object latency
 median and p90 (the summary's ``seconds`` of the ok items); GPU utilisation mean and peak memory
@@ -24,6 +25,7 @@ instance given exactly ``--gpus`` GPUs (one actor each), with the scaling effici
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from core.fileio import atomic_write_text
@@ -193,6 +196,18 @@ def run_batch(argv: list[str]) -> int:
     return subprocess.run([sys.executable, str(ROOT / "batch.py"), *argv], cwd=ROOT).returncode
 
 
+@contextlib.contextmanager
+def _work_folder(work: Path, keep: bool) -> Iterator[None]:
+    """Remove the work folder (inputs and every timed batch's outputs) after the block, unless ``keep``."""
+    try:
+        yield
+    finally:
+        if keep:
+            print(f"outputs kept in {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def _gpu_tag() -> str:
     import torch
 
@@ -236,19 +251,20 @@ def bench_workers(args: argparse.Namespace, counts: list[int]) -> dict:
 
     work, inp, images, overrides = _prepare(args)
     common = ["--config", args.config, "--no-progress"]
-    if not args.no_warmup:
-        _warm_up(work, images[0], common, overrides)
     rows = []
-    for n in counts:
-        out = work / f"out_w{n}"
-        with GpuSampler() as smi:
-            t0 = time.perf_counter()
-            rc = run_batch([*common, str(inp), "--out", str(out), "--workers", str(n), *overrides])
-            wall = time.perf_counter() - t0
-        summary = out / "batch_summary.json"
-        items = json.loads(summary.read_text())["items"] if summary.is_file() else []
-        rows.append(row_figures(n, items, wall, gpu_figures(smi.samples), rc))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    with _work_folder(work, args.keep):
+        if not args.no_warmup:
+            _warm_up(work, images[0], common, overrides)
+        for n in counts:
+            out = work / f"out_w{n}"
+            with GpuSampler() as smi:
+                t0 = time.perf_counter()
+                rc = run_batch([*common, str(inp), "--out", str(out), "--workers", str(n), *overrides])
+                wall = time.perf_counter() - t0
+            summary = out / "batch_summary.json"
+            items = json.loads(summary.read_text())["items"] if summary.is_file() else []
+            rows.append(row_figures(n, items, wall, gpu_figures(smi.samples), rc))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
     return {
         "device": torch.cuda.get_device_name(0),
         "gpus_visible": torch.cuda.device_count(),
@@ -272,17 +288,18 @@ def bench_ray(args: argparse.Namespace) -> tuple[dict, int]:
 
     work, inp, images, overrides = _prepare(args)
     common = ["--config", args.config, "--no-progress", "--ray", "auto"]
-    ray.init(num_gpus=args.gpus, include_dashboard=False)
-    try:
-        if not args.no_warmup:
-            _warm_up(work, images[0], common, overrides)
-        out = work / "out"
-        t0 = time.perf_counter()
-        rc = run_batch([*common, str(inp), "--out", str(out), "--workers", str(args.gpus), *overrides])
-        wall = time.perf_counter() - t0
-    finally:
-        ray.shutdown()
-    doc = json.loads((out / "batch_summary.json").read_text())
+    with _work_folder(work, args.keep):
+        ray.init(num_gpus=args.gpus, include_dashboard=False)
+        try:
+            if not args.no_warmup:
+                _warm_up(work, images[0], common, overrides)
+            out = work / "out"
+            t0 = time.perf_counter()
+            rc = run_batch([*common, str(inp), "--out", str(out), "--workers", str(args.gpus), *overrides])
+            wall = time.perf_counter() - t0
+        finally:
+            ray.shutdown()
+        doc = json.loads((out / "batch_summary.json").read_text())
     ok = [r for r in doc["items"] if r["status"] == "ok"]
     opm = len(ok) / wall * 60.0
     result = {
@@ -319,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default="configs/image.yaml")
     ap.add_argument("--model-dir", default="", help="the random-weight model (written when absent)")
     ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the work folder (inputs, every batch's outputs)"
+    )
     ap.add_argument("--tag", default="", help="result name: throughput_<tag>.json (default: the GPU's name)")
     ap.add_argument(
         "--out",
@@ -337,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         counts = parse_workers(args.workers)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.images < 1:
+        print(f"error: --images {args.images}: expected a count >= 1", file=sys.stderr)
         return 2
     import torch
 

@@ -148,6 +148,42 @@ def test_item_names_are_confined(tmp_path):
     assert names[0] == "a_b" and re.fullmatch(r"a_b-[0-9a-f]{8}", names[1])
 
 
+#: The files one item ``<name>`` may write into --out (mesh_format glb, video on).
+ITEM_FILES = ("_model.ply", "_mesh.glb", "_preview.png", "_gaussians.mp4", "_report.json", ".glb", ".mp4")
+ITEM_FILES += ("_final_preview.png", "_final_report.json", "_error.log")
+
+
+def _clashing(names: list[str]) -> set[str]:
+    """The output file names two of the items would share."""
+    seen: dict[str, str] = {}
+    shared = set()
+    for n in names:
+        for f in (n + s for s in ITEM_FILES):
+            if seen.setdefault(f, n) != n:
+                shared.add(f)
+    return shared
+
+
+def test_items_never_share_output_files(tmp_path):
+    """``car`` and ``car_final`` would share ``car_final_report.json`` (car's final report, car_final's
+    stage-1 one: car would even count as done after car_final's stage 1); ``car_mesh.glb`` likewise."""
+    d, other = tmp_path / "in", tmp_path / "other"
+    d.mkdir()
+    other.mkdir()
+    for stem in ("car", "car_final", "car_mesh", "car_gaussians", "car_model", "boat_final"):
+        (d / f"{stem}.png").write_bytes(b"x")
+    (other / "boat.png").write_bytes(b"x")  # after in/boat_final.png by path: boat itself is renamed
+    names = [it.name for it in batch.collect_items([str(d), str(other)])]
+    assert len(names) == 7 and not _clashing(names)
+    assert {"car", "car_model", "boat_final"} <= set(names)  # no clash: the names are kept
+    assert re.fullmatch(r"car_final-[0-9a-f]{8}", names[names.index("car") + 1])
+    assert _clashing(["car", "car_final"]) == {"car_final_preview.png", "car_final_report.json"}
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na cat final\na cat mesh\n")
+    slugs = [it.name for it in batch.collect_prompt_items([str(prompts)])]
+    assert slugs == ["a_cat", "a_cat_final_2", "a_cat_mesh_2"] and not _clashing(slugs)
+
+
 def test_shards_partition_sorted_items():
     items = [batch.Item(f"item{i}", Path(f"item{i}.png")) for i in (5, 3, 0, 6, 1, 4, 2)]
     parts = [batch.shard_items(items, i, 3) for i in range(3)]

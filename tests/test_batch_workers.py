@@ -26,6 +26,9 @@ TINY_CFG = str(ROOT / "tests" / "data" / "oracle_tiny.yaml")
 SHARED_IMAGES = ROOT / ".." / "shared" / "data" / "images"
 DIE_ON = "MD_TEST_WORKER_DIES_ON"  # the fake stages end their process with code 3 on these items (a,b)
 INTERRUPT_ON = "MD_TEST_INTERRUPT_ON"  # the fake stages press Ctrl-C in the driver on this item
+DIE_AFTER = "MD_TEST_WORKER_DIES_AFTER"  # the fake stages end their process 0.3 s after these items
+LOAD_LOG = "MD_TEST_LOAD_LOG"  # the dying model load appends its pid to this file
+SIGNAL = "MD_TEST_SIGNAL"  # the signal the fake stages send the driver then (default SIGINT)
 
 
 # ------------------------------------------------------------------ fake stages (run in the workers)
@@ -47,8 +50,18 @@ def _fake_image_to_3d(cfg, denoiser):
         import signal
         import time
 
-        os.kill(os.getppid(), signal.SIGINT)  # the driver is this worker's parent
-        time.sleep(60)  # busy until the driver ends this worker
+        from core.fileio import atomic_path
+
+        (out / f"{name}.pid").write_text(str(os.getpid()))
+        with atomic_path(out / f"{name}.glb") as tmp:  # mid-write, as a real stage would be
+            tmp.write_text("half a glb")
+            sig = getattr(signal, os.environ.get(SIGNAL, "SIGINT"))
+            os.kill(os.getppid(), sig)  # the driver is this worker's parent
+            time.sleep(60)  # busy until the driver ends this worker
+    if name in os.environ.get(DIE_AFTER, "").split(","):
+        import threading
+
+        threading.Timer(0.3, os._exit, (3,)).start()  # dies just after answering, before its next message
     (out / f"{name}.glb").write_text("glb")
     r2 = {"seconds": {"sir": 0.5}, "nfe": 5, "pid": os.getpid(), "outputs": {"glb": str(out / f"{name}.glb")}}
     (out / f"{name}_final_report.json").write_text(json.dumps(r2))
@@ -61,6 +74,32 @@ def _fake_load_denoiser(cfg, device):
 
 def _broken_load_denoiser(cfg, device):
     raise UserError("cannot load model x")
+
+
+def _dying_load_denoiser(cfg, device):
+    """A model load that ends its process (a crash in native code, the OOM killer), noted in ``$LOAD_LOG``."""
+    with open(os.environ[LOAD_LOG], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    os._exit(7)
+
+
+def load_dying():
+    """The workers' stage loader: a model whose load kills the process."""
+    return _fake_image_to_3d, _dying_load_denoiser
+
+
+def _first_load_only(cfg, device):
+    """Only the first model load of the batch succeeds (the one to create ``$LOAD_LOG.first``)."""
+    try:
+        os.close(os.open(os.environ[LOAD_LOG] + ".first", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        _dying_load_denoiser(cfg, device)
+    return object()
+
+
+def load_once():
+    """The workers' stage loader: the first model load works, every later one kills its process."""
+    return _fake_image_to_3d, _first_load_only
 
 
 def load_fake():
@@ -185,6 +224,26 @@ def test_killed_workers_fail_their_items_and_fresh_ones_carry_on(tmp_path, monke
 
 
 @pytest.mark.slow  # two worker processes
+def test_a_worker_dying_after_its_last_answer_is_no_crash(tmp_path, monkeypatch, capsys):
+    """Told to stop after its answer was read, a worker already dead is simply retired."""
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    monkeypatch.setenv(DIE_AFTER, "a_rgba")
+    log_result = batch._log_result
+
+    def slow_log(rec, idx, total, name):  # the driver busy with a's answer while a's worker dies
+        if name == "a_rgba":
+            time.sleep(1.5)
+        log_result(rec, idx, total, name)
+
+    monkeypatch.setattr(batch, "_log_result", slow_log)
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 0
+    assert _summary(out)["counts"]["ok"] == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two worker processes
 def test_ctrl_c_stops_the_workers_and_writes_the_summary(tmp_path, monkeypatch, capsys):
     import multiprocessing
     import time
@@ -198,6 +257,9 @@ def test_ctrl_c_stops_the_workers_and_writes_the_summary(tmp_path, monkeypatch, 
     assert "interrupted" in capsys.readouterr().err
     statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
     assert statuses["b_rgba"] == "pending" and statuses["a_rgba"] in ("ok", "pending")
+    # The ended worker cleaned up after itself: no half-written temporary file is left in --out.
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    assert not (out / "b_rgba.glb").exists()
 
 
 def test_model_that_cannot_load_stops_the_batch_with_one_line(tmp_path, monkeypatch, capsys):
@@ -209,6 +271,39 @@ def test_model_that_cannot_load_stops_the_batch_with_one_line(tmp_path, monkeypa
     assert doc["counts"]["failed"] >= 1 and doc["counts"]["ok"] == 0
     assert "cannot load model x" in {r.get("error") for r in doc["items"]}
     assert not list(out.glob("*.ply"))
+
+
+@pytest.mark.slow  # three worker processes
+def test_workers_dying_while_loading_the_model_stop_the_batch(tmp_path, monkeypatch, capsys):
+    """A model whose load kills the process fails no item; after one fresh worker per worker the batch
+    stops with one line and exit 2 (as a model that cannot load), instead of a fresh worker (and
+    model load) per item, each item failed."""
+    inp, out = _inputs(tmp_path / "in", names=[f"{c}_rgba" for c in "abcdef"]), tmp_path / "out"
+    monkeypatch.setenv(LOAD_LOG, str(tmp_path / "loads.txt"))
+    assert _main(monkeypatch, load_dying, str(inp), "--out", str(out), "--workers", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "error: worker processes died while loading the model 4 times (last: worker process died "
+        "(exit code 7)); see the log lines above"
+    )
+    # 2 workers, then a fresh one for each that died, not one worker per item (6).
+    assert len((tmp_path / "loads.txt").read_text().split()) == 4
+    doc = _summary(out)
+    assert doc["counts"]["pending"] == 6 and doc["counts"]["failed"] == 0  # no item ran
+    assert not list(out.glob("*_error.log"))
+
+
+@pytest.mark.slow  # four worker processes
+def test_workers_dying_while_loading_leave_the_items_to_the_workers_left(tmp_path, monkeypatch):
+    """One worker loaded the model, the others die loading it: it runs every item, none fails."""
+    inp, out = _inputs(tmp_path / "in", names=[f"{c}_rgba" for c in "abcdef"]), tmp_path / "out"
+    monkeypatch.setenv(LOAD_LOG, str(tmp_path / "loads.txt"))
+    assert _main(monkeypatch, load_once, str(inp), "--out", str(out), "--workers", "2") == 0
+    assert _summary(out)["counts"]["ok"] == 6
+    # The second worker, then at most one fresh worker per worker (none when the first was idle).
+    assert 1 <= len((tmp_path / "loads.txt").read_text().split()) <= 3
+    pids = {json.loads((out / f"{c}_rgba_report.json").read_text())["pid"] for c in "abcdef"}
+    assert len(pids) == 1
 
 
 def test_workers_usage_errors(tmp_path, capsys):
@@ -257,3 +352,58 @@ def test_workers_outputs_match_the_plain_path(tmp_path, monkeypatch):
             plain = (tmp_path / "plain" / f"{n}{suffix}").read_bytes()
             assert len(plain) > 1000
             assert (tmp_path / "workers" / f"{n}{suffix}").read_bytes() == plain, f"{n}{suffix}"
+
+
+DRIVER = (  # batch.main in a child process, its workers on the fake stages of this module
+    "import functools, sys, batch, test_batch_workers as t; "
+    "batch.run_workers = functools.partial(batch.run_workers, load=t.load_fake); "
+    "sys.exit(batch.main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.slow  # a driver process and two workers
+def test_sigterm_to_the_driver_stops_its_workers(tmp_path):
+    """``kill PID`` (a scheduler's cancel) ends the batch as Ctrl-C does: workers stopped, temp files gone."""
+    import subprocess
+    import sys
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    env = {**os.environ, INTERRUPT_ON: "b_rgba", SIGNAL: "SIGTERM"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    argv = ["--config", ORACLE_CFG, "--no-progress", str(inp), "--out", str(out), "--workers", "2"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert time.perf_counter() - t0 < 50, proc.stderr  # the sleeping worker was ended, not waited for
+    assert proc.returncode == 130, proc.stderr
+    assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr
+    pid = int((out / "b_rgba.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
+    assert statuses["b_rgba"] == "pending"
+
+
+@pytest.mark.slow  # a driver process and two workers
+def test_workers_end_when_the_driver_is_killed(tmp_path):
+    """The driver SIGKILLed (the OOM killer, ``kill -9``): its workers end too instead of running on."""
+    import subprocess
+    import sys
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    env = {**os.environ, INTERRUPT_ON: "b_rgba", SIGNAL: "SIGKILL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    argv = ["--config", ORACLE_CFG, "--no-progress", str(inp), "--out", str(out), "--workers", "2"]
+    with open(tmp_path / "stderr.txt", "w") as err:  # a pipe would stay open while any worker lives
+        proc = subprocess.Popen([sys.executable, "-c", DRIVER, *argv], cwd=ROOT, env=env, stderr=err)
+        assert proc.wait(timeout=60) == -9
+    pid = int((out / "b_rgba.pid").read_text())
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists(), "the worker outlived its driver"
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    assert "Traceback" not in (tmp_path / "stderr.txt").read_text()

@@ -78,3 +78,51 @@ def test_no_cuda_is_one_line_exit_2(capsys):
     assert capsys.readouterr().err.strip().splitlines() == ["error: bench/throughput.py needs a CUDA GPU"]
     assert tp.main(["--workers", "0"]) == 2
     assert "comma list" in capsys.readouterr().err
+
+
+def test_bench_workers_rows_from_the_batches_and_no_work_folder_left(tmp_path, monkeypatch):
+    """One timed batch per count, its row from the batch's summary; the outputs (GBs on a real run) go."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    work = tmp_path / "work"
+    calls = []
+
+    def prepare(args):
+        (work / "in").mkdir(parents=True)
+        return work, work / "in", [Path("a_rgba.png"), Path("b_rgba.png")], ["device=cuda"]
+
+    def run_batch(argv):
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        n = int(argv[argv.index("--workers") + 1])
+        out.mkdir(parents=True)
+        items = [
+            {"name": "a", "status": "ok", "seconds": 10.0 * n},
+            {"name": "b", "status": "ok", "seconds": 30.0},
+        ]
+        (out / "batch_summary.json").write_text(json.dumps({"items": items}))
+        return 0
+
+    monkeypatch.setattr(tp, "_prepare", prepare)
+    monkeypatch.setattr(tp, "run_batch", run_batch)
+    monkeypatch.setattr(tp, "SMI_QUERY", ["/nonexistent/nvidia-smi"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    args = tp.build_parser().parse_args(["--no-warmup"])
+    doc = tp.bench_workers(args, [1, 2])
+    assert [c[c.index("--workers") + 1] for c in calls] == ["1", "2"]
+    assert [(r["workers"], r["ok"], r["latency_median_s"]) for r in doc["rows"]] == [
+        (1, 2, 20.0),
+        (2, 2, 25.0),
+    ]
+    assert doc["rows"][0]["gpu_util_mean"] is None and doc["device"] == "NVIDIA H200"
+    assert not work.exists()  # the timed batches' outputs are not left behind in the temp folder
+    assert tp.build_parser().parse_args(["--keep"]).keep  # ... unless asked for
+
+
+def test_images_must_be_at_least_one(capsys):
+    assert tp.main(["--images", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --images 0: expected a count >= 1"
