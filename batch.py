@@ -697,7 +697,16 @@ def _worker_main(
     signal.signal(signal.SIGTERM, _exit_on_signal)
     _end_with_driver(driver)
     logging.basicConfig(level=logging.WARNING, format=f"[%(levelname)s] worker {wid}: %(message)s")
-    model = _Model(load)
+    try:
+        _serve(conn, _Model(load))
+    finally:
+        # Leaving: a SIGTERM now (the driver's death signal racing the worker's own exit) would
+        # raise inside the interpreter's exit handlers and print their traceback.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _serve(conn: Any, model: "_Model") -> None:
+    """The worker's loop: run each ``(idx, cfg)`` the driver sends and answer, until None or EOF."""
     while True:
         try:
             msg = conn.recv()
