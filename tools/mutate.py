@@ -149,8 +149,8 @@ MUTATIONS: list[Mutation] = [
     # -- added: losses and learning rates
     _m(
         "pipeline/gaussians.py",
-        "(out.rgb[:V] - target).abs().sum() / V",
-        "(out.rgb[:V] - target).abs().mean()",
+        "w_views = [self.lambda_target / V] * V",
+        "w_views = [self.lambda_target / target[0].numel()] * V",
         "stage-1 L1 mean instead of sum",
     ),
     _m(IMAGE, "  ref_loss: 0.3 ", "  ref_loss: 0.03 ", "stage-1 reference weight 0.3 -> 0.03"),
@@ -277,15 +277,15 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "pipeline/gaussians.py",
-        "fg = 1.0 - F.max_pool2d(bg, 3, stride=1, padding=1)",
-        "fg = 1.0 - bg",
+        "1.0 - F.max_pool2d(bg, 3, stride=1, padding=1)",
+        "1.0 - bg",
         "foreground-alpha loss on edge pixels too",
         "tests/test_method_plumbing.py",
     ),
     _m(
         "pipeline/gaussians.py",
-        "((1.0 - alpha) * fg).sum()",
-        "((1.0 - alpha) * bg).sum()",
+        "alpha_lin = (g.bg_alpha_loss * bg - g.fg_alpha_loss * fg) / V",
+        "alpha_lin = (g.bg_alpha_loss * bg - g.fg_alpha_loss * bg) / V",
         "foreground-alpha loss on the background",
         "tests/test_geometry_quality.py",
     ),
@@ -334,10 +334,39 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "guidance/nets/fused_norm_kernels.py",
-        "rstd = 1.0 / tl.sqrt(var + eps)",
-        "rstd = 1.0 / tl.sqrt(var)",
+        "var = (tl.sum(m2_k, axis=0) + tl.sum(cnt * dev * dev, axis=0)) / total\n    rstd = 1.0 / tl.sqrt(var + eps)",
+        "var = (tl.sum(m2_k, axis=0) + tl.sum(cnt * dev * dev, axis=0)) / total\n    rstd = 1.0 / tl.sqrt(var)",
         "fused GroupNorm without eps",
         "tests/test_fused_norm.py",
+    ),
+    _m(
+        "guidance/nets/fused_norm_kernels.py",
+        "var = tl.sum(tl.sum(d * d, axis=1), axis=0) / n\n    rstd = 1.0 / tl.sqrt(var + eps)",
+        "var = tl.sum(tl.sum(d * d, axis=1), axis=0) / n\n    rstd = 1.0 / tl.sqrt(var)",
+        "one-pass fused GroupNorm without eps",
+        "tests/test_fused_norm.py",
+    ),
+    # -- the stage-1 loss node (pipeline/view_loss.py)
+    _m(
+        "pipeline/view_loss.py",
+        "return g_rgb * grad, g_alpha * grad, None",
+        "return g_rgb, g_alpha, None",
+        "loss node ignores the incoming gradient",
+        "tests/test_view_loss.py",
+    ),
+    _m(
+        "pipeline/view_loss.py",
+        "g_alpha = q + terms.alpha_lin",
+        "g_alpha = q",
+        "loss node drops the alpha terms' gradient",
+        "tests/test_view_loss.py",
+    ),
+    _m(
+        "pipeline/gaussians.py",
+        "        if self._terms_key != key:",
+        "        if self._terms_key is None:",
+        "loss constants not rebuilt for a new target",
+        "tests/test_view_loss.py",
     ),
 ]
 
