@@ -519,6 +519,50 @@ def _log_result(rec: dict, idx: int, total: int, name: str) -> None:
         )
 
 
+class _Summary:
+    """A running batch's records and summary meta; :meth:`flush` rewrites the summary files."""
+
+    def __init__(self, items: list[Item], out: Path, shard: tuple[int, int], meta: dict | None) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.shard = out, shard
+        self.meta = dict(meta or {})
+        self.meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
+        self.records = [_record(it) for it in items]
+        self.t0 = time.perf_counter()
+
+    def flush(self) -> None:
+        """Rewrite ``batch_summary`` (json and csv) with the records as they stand."""
+        self.meta["seconds"] = round(time.perf_counter() - self.t0, 3)
+        self.meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_summary(self.out, self.shard, self.records, self.meta)
+
+
+def _queue_items(
+    items: list[Item],
+    summary: _Summary,
+    config: str,
+    overrides: list[str],
+    force: bool,
+    bar: "_ItemProgress",
+) -> tuple[deque[int], dict[int, Any]]:
+    """Skip the complete items (unless ``force``); -> the indices left to run and their configs."""
+    out = summary.out
+    todo: deque[int] = deque()
+    cfgs: dict[int, Any] = {}
+    for idx, (item, rec) in enumerate(zip(items, summary.records)):
+        cfg = item_config(config, overrides, out, item)
+        rec["final"] = str(out / f"{item.name}.glb")
+        if item_done(out, item.name) and not force:
+            _skip(rec, out, item.name)
+            log.info("[%d/%d] %s: skipped (%s is complete)", idx + 1, len(items), item.name, rec["final"])
+            bar.advance(item.name, "skipped")
+        else:
+            cfgs[idx] = cfg
+            todo.append(idx)
+    summary.flush()
+    return todo, cfgs
+
+
 def run_items(
     items: list[Item],
     config: str,
@@ -534,18 +578,9 @@ def run_items(
     Returns one record per item; the summary is rewritten after every item. A UserError from
     loading the model stops the batch (every item would fail alike) and is re-raised.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta or {})
-    meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
-    records = [_record(it) for it in items]
+    summary = _Summary(items, out, shard, meta)
+    records, flush = summary.records, summary.flush
     model = _Model()
-    t_batch = time.perf_counter()
-
-    def flush() -> None:
-        meta["seconds"] = round(time.perf_counter() - t_batch, 3)
-        meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-        write_summary(out, shard, records, meta)
-
     bar = _ItemProgress(len(items), enabled=show_progress)
     with bar:
         for idx, (item, rec) in enumerate(zip(items, records)):
@@ -818,32 +853,11 @@ def run_workers(
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta or {})
-    meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
-    records = [_record(it) for it in items]
-    t_batch = time.perf_counter()
-
-    def flush() -> None:
-        meta["seconds"] = round(time.perf_counter() - t_batch, 3)
-        meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-        write_summary(out, shard, records, meta)
-
+    summary = _Summary(items, out, shard, meta)
+    records, flush, meta = summary.records, summary.flush, summary.meta
     bar = _ItemProgress(len(items), enabled=show_progress)
-    todo: deque[int] = deque()
-    cfgs: dict[int, Any] = {}
     with bar:
-        for idx, (item, rec) in enumerate(zip(items, records)):
-            cfg = item_config(config, overrides, out, item)
-            rec["final"] = str(out / f"{item.name}.glb")
-            if item_done(out, item.name) and not force:
-                _skip(rec, out, item.name)
-                log.info("[%d/%d] %s: skipped (%s is complete)", idx + 1, len(items), item.name, rec["final"])
-                bar.advance(item.name, "skipped")
-            else:
-                cfgs[idx] = cfg
-                todo.append(idx)
-        flush()
+        todo, cfgs = _queue_items(items, summary, config, overrides, force, bar)
         if not todo:
             return records
         n = min(workers, len(todo))
@@ -1078,31 +1092,11 @@ def run_ray(
 
     from pipeline.batch_jobs import BatchWorker, write_sets
 
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta or {})
-    meta.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
-    records = [_record(it) for it in items]
-    t_batch = time.perf_counter()
-
-    def flush() -> None:
-        meta["seconds"] = round(time.perf_counter() - t_batch, 3)
-        meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-        write_summary(out, shard, records, meta)
-
+    summary = _Summary(items, out, shard, meta)
+    records, flush, meta = summary.records, summary.flush, summary.meta
     bar = _ItemProgress(len(items), enabled=show_progress)
-    todo: deque[int] = deque()
-    cfgs: dict[int, Any] = {}
     with bar:
-        for idx, (item, rec) in enumerate(zip(items, records)):
-            cfg = item_config(config, overrides, out, item)
-            rec["final"] = str(out / f"{item.name}.glb")
-            if item_done(out, item.name) and not force:
-                _skip(rec, out, item.name)
-                bar.advance(item.name, "skipped")
-            else:
-                cfgs[idx] = cfg
-                todo.append(idx)
-        flush()
+        todo, cfgs = _queue_items(items, summary, config, overrides, force, bar)
         if not todo:
             return records
         device = str(cfgs[todo[0]].device)
