@@ -121,7 +121,7 @@ def gpu_busy(fn):
         "gpu_busy_s": round(busy / 1e9, 3),
         "gpu_busy_fraction": round(busy / 1e9 / wall, 3) if wall > 0 else None,
         "device_events": len(spans),
-        "top_kernels": [{"name": n, "s": round(v[0], 4), "count": v[1]} for n, (v) in top],
+        "top_kernels": [{"name": n, "s": round(s, 4), "count": c} for n, (s, c) in top],
     }
 
 

@@ -361,6 +361,15 @@ DRIVER = (  # batch.main in a child process, its workers on the fake stages of t
 )
 
 
+def _driver_run(tmp_path: Path, signal_name: str) -> tuple[Path, dict, list[str]]:
+    """A two-item, two-worker batch for :data:`DRIVER` whose fake stage sends the driver ``signal_name``
+    at item ``b_rgba``; -> (out folder, environment, batch arguments)."""
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    env = {**os.environ, INTERRUPT_ON: "b_rgba", SIGNAL: signal_name}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    return out, env, ["--config", ORACLE_CFG, "--no-progress", str(inp), "--out", str(out), "--workers", "2"]
+
+
 @pytest.mark.slow  # a driver process and two workers
 def test_sigterm_to_the_driver_stops_its_workers(tmp_path):
     """``kill PID`` (a scheduler's cancel) ends the batch as Ctrl-C does: workers stopped, temp files gone."""
@@ -368,10 +377,7 @@ def test_sigterm_to_the_driver_stops_its_workers(tmp_path):
     import sys
     import time
 
-    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
-    env = {**os.environ, INTERRUPT_ON: "b_rgba", SIGNAL: "SIGTERM"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
-    argv = ["--config", ORACLE_CFG, "--no-progress", str(inp), "--out", str(out), "--workers", "2"]
+    out, env, argv = _driver_run(tmp_path, "SIGTERM")
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -393,10 +399,7 @@ def test_workers_end_when_the_driver_is_killed(tmp_path):
     import sys
     import time
 
-    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
-    env = {**os.environ, INTERRUPT_ON: "b_rgba", SIGNAL: "SIGKILL"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
-    argv = ["--config", ORACLE_CFG, "--no-progress", str(inp), "--out", str(out), "--workers", "2"]
+    out, env, argv = _driver_run(tmp_path, "SIGKILL")
     with open(tmp_path / "stderr.txt", "w") as err:  # a pipe would stay open while any worker lives
         proc = subprocess.Popen([sys.executable, "-c", DRIVER, *argv], cwd=ROOT, env=env, stderr=err)
         assert proc.wait(timeout=60) == -9

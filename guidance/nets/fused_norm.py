@@ -177,8 +177,9 @@ def fused_group_norm(
     has_shift = shift is not None
     shift = x if shift is None else shift  # any pointer: not read without HAS_SHIFT
     padded_hw, block_c = triton_next_pow2(hw), triton_next_pow2(cg)
+    group_elems = padded_hw * block_c  # one program's register tile in the one-pass kernel
     if onepass is None:
-        onepass = padded_hw * block_c <= _ONEPASS_MAX
+        onepass = group_elems <= _ONEPASS_MAX
     if onepass:
         group_norm_onepass[(B * groups,)](
             x,
@@ -195,7 +196,7 @@ def fused_group_norm(
             SILU=bool(silu),
             BLOCK_HW=padded_hw,
             BLOCK_C=block_c,
-            num_warps=8 if padded_hw * block_c > 4096 else 4,
+            num_warps=8 if group_elems > 4096 else 4,
         )
         return y
     block_c, block_hw, tps, S = _plan(B, groups, hw, cg)
