@@ -43,6 +43,14 @@ out of memory, a crash in native code) fails its item with ``worker process died
 and an error log, and a fresh worker takes the items left; one that dies while loading the model
 leaves its item to a fresh worker, once per worker; after that the workers left go on, and when
 none is left the batch stops (exit 2), as with a model that cannot load. ``--workers 1`` (the default) runs everything in this process.
+With more workers than GPUs, ``--mps auto`` (the default) starts a CUDA MPS control daemon for the
+batch (:func:`core.mps.mps_daemon`, in a private temporary folder) and makes the workers its clients,
+so their kernels run on a GPU at the same time instead of taking turns (one H200, 16 images: 3
+workers 9.5 objects/min without MPS, 11.8 with it); it is stopped after the workers. It needs
+``nvidia-cuda-mps-control`` on PATH; with ``CUDA_MPS_PIPE_DIRECTORY`` already set the user's daemon
+is used as it is. ``--mps on`` makes a failure to start an error (exit 2), ``--mps off`` never
+starts it. A driver killed outright leaves the daemon running: its pipe folder is in the log
+(``echo quit | CUDA_MPS_PIPE_DIRECTORY=<it> nvidia-cuda-mps-control`` stops it).
 
 ``--ray [ADDRESS]`` runs the items on a pool of Ray actors (:mod:`pipeline.batch_jobs`): one per
 GPU (``num_gpus=1``), or CPU actors for a ``device=cpu`` config (``--workers`` sets the count).
@@ -87,6 +95,8 @@ from typing import Any
 
 from core.errors import UserError, exit_code
 from core.images import IMAGE_SUFFIXES
+from core.mps import MODES as MPS_MODES
+from core.mps import MpsSession, mps_daemon
 
 __all__ = [
     "Item",
@@ -698,6 +708,32 @@ def _visible_gpus(device: str) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _mps_gpus(device: str, visible: int) -> int:
+    """GPUs the workers share, for MPS: the visible ones for cuda/auto, one for ``cuda:N``, none on CPU."""
+    if device.startswith("cuda:"):
+        import torch
+
+        return 1 if torch.cuda.is_available() else 0
+    return visible
+
+
+def _log_mps(mps: MpsSession, workers: int, gpus: list[str | None], device: str, shared: bool) -> None:
+    """One log line on MPS: used (with the daemon's pipe folder, to stop it by hand if need be) or why
+    not (at debug level when no GPU is shared: CPU, or a GPU per worker)."""
+    on = ", ".join(dict.fromkeys(g for g in gpus if g is not None)) or device
+    if mps.started:
+        log.info(
+            "MPS: %d workers share GPU %s through an MPS control daemon (pipe folder %s)",
+            workers,
+            on,
+            mps.pipe_dir,
+        )
+    elif mps.used:
+        log.info("MPS: %d workers share GPU %s through your MPS daemon (%s)", workers, on, mps.pipe_dir)
+    else:
+        (log.info if shared else log.debug)("MPS: not used (%s)", mps.reason)
+
+
 @contextlib.contextmanager
 def _environ(values: dict[str, str | None]) -> Iterator[None]:
     """Set environment variables (None: leave as is) for the block: a spawned child inherits them."""
@@ -838,6 +874,7 @@ def run_workers(
     meta: dict | None = None,
     workers: int = 2,
     load: Callable[[], tuple[Callable, Callable]] | None = None,
+    mps_mode: str = "auto",
 ) -> list[dict]:
     """Run the items on ``workers`` processes of this machine; this process stays the driver.
 
@@ -848,7 +885,8 @@ def run_workers(
     X)``) and is replaced while items remain; one that dies loading the model gives its item back
     and is replaced ``workers`` times at most, then the pool shrinks; with none left, a UserError. A UserError from loading the
     model stops the batch and is re-raised; on Ctrl-C the workers are stopped and the summary written. ``load``: the
-    workers' stage loader (a module-level callable, default :func:`load_stages`).
+    workers' stage loader (a module-level callable, default :func:`load_stages`). ``mps_mode``: auto | on |
+    off, CUDA MPS for workers sharing a GPU (:func:`core.mps.mps_daemon`), stopped after the workers.
     """
     import multiprocessing as mp
     from multiprocessing.connection import wait
@@ -856,16 +894,23 @@ def run_workers(
     summary = _Summary(items, out, shard, meta)
     records, flush, meta = summary.records, summary.flush, summary.meta
     bar = _ItemProgress(len(items), enabled=show_progress)
-    with bar:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(bar)
         todo, cfgs = _queue_items(items, summary, config, overrides, force, bar)
         if not todo:
             return records
         n = min(workers, len(todo))
-        gpus = worker_gpus(
-            n, _visible_gpus(str(cfgs[todo[0]].device)), os.environ.get("CUDA_VISIBLE_DEVICES")
-        )
+        device = str(cfgs[todo[0]].device)
+        visible = _visible_gpus(device)
+        # Left after the workers have stopped (the try/finally below), before the bar closes.
+        shared_gpus = _mps_gpus(device, visible)
+        mps = stack.enter_context(mps_daemon(mps_mode, n, shared_gpus))
+        meta["mps"] = mps.meta()
+        # Our daemon's server numbers the user's CUDA_VISIBLE_DEVICES 0, 1, ...: workers index that list.
+        gpus = worker_gpus(n, visible, None if mps.started else os.environ.get("CUDA_VISIBLE_DEVICES"))
         threads = worker_threads(n, cpu_count(), os.environ)
         meta["workers"] = {"count": n, "gpus": gpus, "threads": threads}
+        _log_mps(mps, n, gpus, device, n > shared_gpus > 0)
         log.info(
             "%d items on %d worker processes (GPU of each: %s; %s threads each)",
             len(todo),
@@ -893,7 +938,11 @@ def run_workers(
         def spawn(gpu: str | None) -> None:
             nonlocal spawned
             here, there = ctx.Pipe()
-            env = {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": None if threads is None else str(threads)}
+            env = {
+                "CUDA_VISIBLE_DEVICES": gpu,
+                "OMP_NUM_THREADS": None if threads is None else str(threads),
+                **mps.env,
+            }
             proc = ctx.Process(
                 target=_worker_main,
                 args=(there, spawned, load, os.getpid()),
@@ -1261,6 +1310,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 1: everything in this process); with --ray: actors (default: one per GPU)",
     )
     p.add_argument(
+        "--mps",
+        choices=MPS_MODES,
+        default="auto",
+        help="with --workers N and more workers than GPUs: run them as clients of a CUDA MPS daemon "
+        "started for the batch, so their kernels run on the GPU at the same time (auto: when "
+        "nvidia-cuda-mps-control is on PATH and CUDA_MPS_PIPE_DIRECTORY is unset, else without; "
+        "on: a failure to start is an error; off: never). Default auto",
+    )
+    p.add_argument(
         "--max-retries",
         type=int,
         default=2,
@@ -1374,7 +1432,16 @@ def _run(args: argparse.Namespace) -> int:
         )
     elif args.workers is not None and args.workers > 1:
         records = run_workers(
-            items, args.config, overrides, out, shard, args.force, not args.no_progress, meta, args.workers
+            items,
+            args.config,
+            overrides,
+            out,
+            shard,
+            args.force,
+            not args.no_progress,
+            meta,
+            args.workers,
+            mps_mode=args.mps,
         )
     else:
         records = run_items(items, args.config, overrides, out, shard, args.force, not args.no_progress, meta)

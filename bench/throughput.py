@@ -2,6 +2,7 @@
 
     python -m bench.throughput                      # --workers 1,2,3 -> bench/results/throughput_<gpu>.json
     python -m bench.throughput --workers 1,2,4 --images 8
+    python -m bench.throughput --workers 3 --mps off   # the same batch without CUDA MPS, to compare
     python -m bench.throughput --ray --gpus 2       # batch.py --ray: -> throughput_2gpu_<gpu>.json
 
 The first ``--images`` shared images (name-sorted ``*_rgba.png``) run through both stages with the
@@ -14,7 +15,9 @@ every batch's outputs) is removed at the end unless ``--keep``.
 
 Per row: objects/minute = items finished ok / wall minutes of the timed run; per-object latency
 median and p90 (the summary's ``seconds`` of the ok items); GPU utilisation mean and peak memory
-used, sampled every 250 ms by ``nvidia-smi`` during the run (None without nvidia-smi); failures.
+used, sampled every 250 ms by ``nvidia-smi`` during the run (None without nvidia-smi); failures;
+``mps``: whether the workers ran under CUDA MPS (``--mps``, passed to batch.py, default auto: on for
+more workers than GPUs where the MPS control binary exists; read back from the batch summary).
 The best row is the one with the most objects per minute.
 
 ``--ray`` keeps the former benchmark: one timed ``batch.py --ray auto`` run on a local Ray
@@ -38,6 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.fileio import atomic_write_text
+from core.mps import MODES as MPS_MODES
 from pipeline.reports import git_commit, versions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,13 +107,22 @@ def percentile(values: list[float], q: float) -> float | None:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
-def row_figures(workers: int, items: list[dict], wall: float, gpu: dict, exit_code: int) -> dict:
-    """One table row from a batch summary's ``items``, its wall seconds and its GPU figures."""
+def summary_mps(doc: dict | None) -> bool:
+    """Whether the batch of a summary document ran its workers under MPS (its meta ``mps.used``)."""
+    return bool(((doc or {}).get("mps") or {}).get("used"))
+
+
+def row_figures(
+    workers: int, items: list[dict], wall: float, gpu: dict, exit_code: int, mps: bool = False
+) -> dict:
+    """One table row from a batch summary's ``items``, its wall seconds, its GPU figures and whether
+    MPS was on."""
     ok = [r for r in items if r["status"] == "ok"]
     seconds = [float(r["seconds"]) for r in ok if r.get("seconds") is not None]
     median, p90 = percentile(seconds, 50), percentile(seconds, 90)
     return {
         "workers": workers,
+        "mps": mps,
         "ok": len(ok),
         "failed": sum(r["status"] == "failed" for r in items),
         "wall_seconds": round(wall, 2),
@@ -130,7 +143,7 @@ def best_row(rows: list[dict]) -> dict | None:
 
 def table(rows: list[dict]) -> str:
     """The rows as a fixed-width text table."""
-    head = f"{'workers':>7} {'obj/min':>8} {'wall s':>8} {'lat med':>8} {'lat p90':>8} {'GPU %':>6} {'mem MiB':>8} {'failed':>6}"
+    head = f"{'workers':>7} {'mps':>4} {'obj/min':>8} {'wall s':>8} {'lat med':>8} {'lat p90':>8} {'GPU %':>6} {'mem MiB':>8} {'failed':>6}"
 
     def cell(v: object, width: int) -> str:
         return f"{'-' if v is None else v:>{width}}"
@@ -141,6 +154,7 @@ def table(rows: list[dict]) -> str:
             " ".join(
                 [
                     cell(r["workers"], 7),
+                    cell("on" if r.get("mps") else "off", 4),
                     cell(r["objects_per_minute"], 8),
                     cell(r["wall_seconds"], 8),
                     cell(r["latency_median_s"], 8),
@@ -259,16 +273,20 @@ def bench_workers(args: argparse.Namespace, counts: list[int]) -> dict:
             out = work / f"out_w{n}"
             with GpuSampler() as smi:
                 t0 = time.perf_counter()
-                rc = run_batch([*common, str(inp), "--out", str(out), "--workers", str(n), *overrides])
+                argv = [*common, str(inp), "--out", str(out), "--workers", str(n), "--mps", args.mps]
+                rc = run_batch([*argv, *overrides])
                 wall = time.perf_counter() - t0
             summary = out / "batch_summary.json"
-            items = json.loads(summary.read_text())["items"] if summary.is_file() else []
-            rows.append(row_figures(n, items, wall, gpu_figures(smi.samples), rc))
+            doc = json.loads(summary.read_text()) if summary.is_file() else {}
+            rows.append(
+                row_figures(n, doc.get("items", []), wall, gpu_figures(smi.samples), rc, summary_mps(doc))
+            )
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     return {
         "device": torch.cuda.get_device_name(0),
         "gpus_visible": torch.cuda.device_count(),
         "mode": "batch.py --workers N (one machine, no Ray)",
+        "mps_mode": args.mps,
         "images": [p.name for p in images],
         "config": args.config,
         "overrides": overrides,
@@ -330,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", default="1,2,3", help="comma list of worker counts, one timed batch each")
     ap.add_argument("--ray", action="store_true", help="the Ray benchmark instead (batch.py --ray, --gpus)")
+    ap.add_argument(
+        "--mps",
+        choices=MPS_MODES,
+        default="auto",
+        help="batch.py --mps for every timed run (CUDA MPS for workers sharing a GPU; default auto); "
+        "each row says whether it was on",
+    )
     ap.add_argument("--gpus", type=int, default=1, help="with --ray: GPUs given to Ray (one actor each)")
     ap.add_argument("--images", type=int, default=16, help="how many shared images (name-sorted)")
     ap.add_argument("--image-dir", default=str(ROOT / ".." / "shared" / "data" / "images"))

@@ -56,17 +56,29 @@ def test_row_figures_and_best_row():
         {"name": "e", "status": "skipped", "seconds": None},
     ]
     gpu = tp.gpu_figures([(50.0, 1000.0)])
-    row = tp.row_figures(2, items, 45.0, gpu, 1)
+    row = tp.row_figures(2, items, 45.0, gpu, 1, mps=True)
     assert row["objects_per_minute"] == 4.0  # 3 ok in 45 s
     assert row["ok"] == 3 and row["failed"] == 1 and row["wall_seconds"] == 45.0
     assert row["latency_median_s"] == 20.0 and row["latency_p90_s"] == 28.0  # failed items excluded
     assert row["gpu_util_mean"] == 50.0 and row["batch_exit_code"] == 1 and row["workers"] == 2
+    assert row["mps"] is True
     assert row["errors"] == {"d": "worker process died (exit code -9)"}
     none = tp.row_figures(3, [], 10.0, tp.gpu_figures(None), 2)
+    assert none["mps"] is False
     assert none["objects_per_minute"] == 0.0 and none["latency_median_s"] is None
     assert tp.best_row([row, none])["workers"] == 2 and tp.best_row([]) is None
     table = tp.table([row, none]).splitlines()
-    assert len(table) == 3 and table[1].split()[:3] == ["2", "4.0", "45.0"] and table[2].split()[5] == "-"
+    assert len(table) == 3 and table[1].split()[:4] == ["2", "on", "4.0", "45.0"]
+    assert table[2].split()[:2] == ["3", "off"] and table[2].split()[6] == "-"
+
+
+def test_summary_mps_reads_the_batch_summary_meta():
+    assert tp.summary_mps({"mps": {"used": True, "started": True}, "items": []}) is True
+    assert tp.summary_mps({"mps": {"used": False, "reason": "--mps off"}}) is False
+    assert tp.summary_mps({"items": []}) is False  # the plain path (--workers 1) records none
+    assert tp.summary_mps({}) is False and tp.summary_mps(None) is False
+    assert tp.build_parser().parse_args([]).mps == "auto"  # passed to every timed batch.py run
+    assert tp.build_parser().parse_args(["--mps", "off"]).mps == "off"
 
 
 def test_no_cuda_is_one_line_exit_2(capsys):
