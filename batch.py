@@ -957,10 +957,19 @@ def run_workers(
             live.append(w)
             dispatch(w)
 
+        mps_hint = [mps.started]  # said once: a CUDA failure under our daemon may be MPS's
+
         def finished(w: _Worker) -> None:
             idx = w.idx
             w.idx = None
             _log_result(records[idx], idx, len(items), items[idx].name)
+            rec = records[idx]
+            if mps_hint[0] and rec["status"] == "failed" and "cuda" in str(rec.get("error", "")).lower():
+                mps_hint[0] = False
+                log.warning(
+                    "the workers run as clients of an MPS daemon: if CUDA cannot start under MPS on "
+                    "this machine, run again with --mps off"
+                )
             bar.advance(items[idx].name, records[idx]["status"])
             flush()
 

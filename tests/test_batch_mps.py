@@ -135,3 +135,48 @@ def test_plain_and_ray_paths_never_start_mps(tmp_path, monkeypatch):
     assert mps_fake.calls(calls) == []
     doc = json.loads((tmp_path / "o" / "batch_summary.json").read_text())
     assert doc["counts"]["ok"] == 2 and "mps" not in doc
+
+
+def _cuda_failing_stages(cfg, denoiser):
+    """Fake stages failing as a CUDA client that cannot reach its MPS server would."""
+    raise RuntimeError("CUDA error: MPS client failed to connect to the MPS control daemon or the MPS server")
+
+
+def load_cuda_failing_stages():
+    """The workers' stage loader: :func:`_cuda_failing_stages` and a model that loads."""
+    return _cuda_failing_stages, lambda cfg, device: object()
+
+
+def test_a_cuda_failure_under_our_daemon_points_to_mps_off_once(tmp_path, monkeypatch, caplog):
+    mps_fake.install(tmp_path, monkeypatch)
+    monkeypatch.setattr(batch, "_visible_gpus", lambda device: 1)
+    monkeypatch.setattr(
+        batch, "run_workers", functools.partial(batch.run_workers, load=load_cuda_failing_stages)
+    )
+    inp, out = _inputs(tmp_path / "in"), tmp_path / "out"
+    hint = "the workers run as clients of an MPS daemon: if CUDA cannot start under MPS on this machine, run again with --mps off"
+    with caplog.at_level(logging.INFO, logger="microdreamer.batch"):
+        code = batch.main(
+            ["--config", ORACLE_CFG, "--no-progress", str(inp), "--out", str(out), "--workers", "2"]
+        )
+    assert code != 0
+    assert json.loads((out / "batch_summary.json").read_text())["counts"]["failed"] == 2
+    assert caplog.messages.count(hint) == 1  # both items failed, said once
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="microdreamer.batch"):  # without MPS, no such hint
+        batch.main(
+            [
+                "--config",
+                ORACLE_CFG,
+                "--no-progress",
+                str(inp),
+                "--out",
+                str(out),
+                "--workers",
+                "2",
+                "--mps",
+                "off",
+                "--force",
+            ]
+        )
+    assert hint not in caplog.messages
