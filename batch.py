@@ -506,14 +506,16 @@ def _free_gpu_memory() -> None:
 
 
 def _log_result(rec: dict, idx: int, total: int, name: str) -> None:
-    """The log line of a finished item (ok or failed) of the plain and the worker paths."""
+    """The log line of a finished item (ok or failed) of every path (plain, workers, Ray)."""
     if rec["status"] == "failed":
+        # A Ray item that failed before its worker answered has no time.
+        after = "" if rec.get("seconds") is None else f" after {rec['seconds']:.1f} s"
         log.error(
-            "[%d/%d] %s: FAILED after %.1f s: %s (traceback: %s)",
+            "[%d/%d] %s: FAILED%s: %s (traceback: %s)",
             idx + 1,
             total,
             name,
-            rec["seconds"],
+            after,
             rec["error"],
             rec.get("error_log"),
         )
@@ -957,15 +959,16 @@ def run_workers(
             live.append(w)
             dispatch(w)
 
-        mps_hint = [mps.started]  # said once: a CUDA failure under our daemon may be MPS's
+        mps_hint = mps.started  # said once: a CUDA failure under our daemon may be MPS's
 
         def finished(w: _Worker) -> None:
+            nonlocal mps_hint
             idx = w.idx
             w.idx = None
             _log_result(records[idx], idx, len(items), items[idx].name)
             rec = records[idx]
-            if mps_hint[0] and rec["status"] == "failed" and "cuda" in str(rec.get("error", "")).lower():
-                mps_hint[0] = False
+            if mps_hint and rec["status"] == "failed" and "cuda" in str(rec.get("error", "")).lower():
+                mps_hint = False
                 log.warning(
                     "the workers run as clients of an MPS daemon: if CUDA cannot start under MPS on "
                     "this machine, run again with --mps off"
@@ -1233,7 +1236,7 @@ def run_ray(
                         flush()
                         raise UserError(result.error)
                     _finish(rec, out, item, result, write_sets)
-                _log_item(rec, idx, len(items), item)
+                _log_result(rec, idx, len(items), item.name)
                 bar.advance(item.name, rec["status"])
                 flush()
         finally:
@@ -1258,28 +1261,6 @@ def _finish(rec: dict, out: Path, item: Item, result: Any, write_sets: Callable)
         _atomic_write(_error_log(out, item), result.traceback or result.error or "")
     else:
         _error_log(out, item).unlink(missing_ok=True)
-
-
-def _log_item(rec: dict, idx: int, total: int, item: Item) -> None:
-    if rec["status"] == "failed":
-        log.error(
-            "[%d/%d] %s: FAILED: %s (traceback: %s)",
-            idx + 1,
-            total,
-            item.name,
-            rec["error"],
-            rec.get("error_log"),
-        )
-    else:
-        log.info(
-            "[%d/%d] %s: ok in %.1f s, %s NFEs -> %s",
-            idx + 1,
-            total,
-            item.name,
-            rec["seconds"],
-            rec["nfe"],
-            rec["final"],
-        )
 
 
 # ------------------------------------------------------------------------------------------- CLI
