@@ -165,8 +165,32 @@ class Cameras:
         """Camera centres in world space, float ``[V,3]``."""
         return self.c2w[:, :3, 3]
 
+    def _memo(self, name: str, build) -> torch.Tensor:
+        """``build()``, computed once per cameras object while ``c2w`` is unchanged.
+
+        Stage 1 renders the same cameras at every step of an SIR iteration; each converter is a
+        handful of kernel launches, and its steps are bound by such host work. The result is
+        shared between callers: never modify it in place.
+        """
+        if self.c2w.requires_grad:  # a differentiable pose: a shared graph would be backed twice
+            return build()
+        key = (name, self.c2w.data_ptr(), self.c2w._version)
+        memo = self.__dict__.get("_memo_cache")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_memo_cache", memo)  # frozen dataclass: not a field
+        hit = memo.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = build()
+        memo[name] = (key, value)
+        return value
+
     def viewmats(self) -> torch.Tensor:
-        """World-to-camera matrices in OpenCV axes (x right, y down, z forward), ``[V,4,4]``."""
+        """World-to-camera matrices in OpenCV axes (x right, y down, z forward), ``[V,4,4]`` (shared: read only)."""
+        return self._memo("viewmats", self._build_viewmats)
+
+    def _build_viewmats(self) -> torch.Tensor:
         # The constants of these converters are filled in on the device: they run every render,
         # and a torch.tensor from a Python list would be a host->device copy that waits for the GPU.
         diag = torch.ones(4, device=self.device)
@@ -174,7 +198,10 @@ class Cameras:
         return _rigid_inverse(self.c2w @ torch.diag(diag))
 
     def Ks(self) -> torch.Tensor:
-        """Pixel intrinsics ``[V,3,3]`` (principal point at the image centre)."""
+        """Pixel intrinsics ``[V,3,3]`` (principal point at the image centre; shared: read only)."""
+        return self._memo("Ks", self._build_Ks)
+
+    def _build_Ks(self) -> torch.Tensor:
         f = self.focal
         K = torch.zeros(3, 3, device=self.device)
         K[0, 0].fill_(f)

@@ -67,6 +67,7 @@ def render(
     need_means2d: bool = False,
     near: float = 0.01,
     far: float = 100.0,
+    depth: bool = True,
 ):
     """Render ``model`` from the V cameras ``cams`` in one call -> ``RenderOutput``.
 
@@ -75,6 +76,7 @@ def render(
     positions (``retain_grad`` if ``need_means2d`` and grad is on) and ``radii [V,N]`` int pixels
     (0 = invisible). Differentiable w.r.t. every Gaussian parameter. ``backend``: "gsplat" (CUDA),
     "torch" (reference) or "auto" (gsplat on CUDA tensors when it works, else torch).
+    ``depth=False``: no depth (None), rgb and alpha unchanged; gsplat then skips its depth channel.
     """
     cams = cams.to(model.device) if cams.device != model.device else cams
     bg = torch.as_tensor(bg, dtype=torch.float32, device=model.device)
@@ -83,11 +85,13 @@ def render(
     if backend == "gsplat":
         from .render_gsplat import render_gsplat
 
-        out = render_gsplat(model, cams, bg, need_means2d, near, far)
+        out = render_gsplat(model, cams, bg, need_means2d, near, far, depth=depth)
     elif backend == "torch":
         from .render_torch import render_torch
 
         out = render_torch(model, cams, bg, need_means2d, near, far)
+        if not depth:
+            out.depth = None
     else:
         raise ValueError(f"unknown Gaussian render backend {backend!r} (auto | gsplat | torch)")
     # The authors clamp renders to [0,1] (their Renderer.render); colours above 1 then get no

@@ -16,12 +16,15 @@ def render_gsplat(
     need_means2d: bool = False,
     near: float = 0.01,
     far: float = 100.0,
+    depth: bool = True,
 ):
     """Render all V cameras in one ``gsplat.rasterization`` call -> ``RenderOutput``.
 
     Classic (non-antialiased) mode, ``eps2d`` 0.3, unpacked so ``means2d``/``radii`` come back
     per camera as ``[V,N,2]``; colours are activated RGB (``sh_degree=None``) and depth is
-    gsplat's expected depth ("RGB+ED").
+    gsplat's expected depth ("RGB+ED"). ``depth=False`` renders "RGB" and returns no depth: the
+    same colours and alpha with a 3-channel rasteriser and none of gsplat's depth concatenations
+    (stage 1's steps, which never read depth, are bound by such host work).
     """
     import gsplat  # lazy: importing gs_renderer must not build/load CUDA extensions
 
@@ -50,7 +53,7 @@ def render_gsplat(
         packed=False,
         tile_size=16,
         backgrounds=bgs,
-        render_mode="RGB+ED",
+        render_mode="RGB+ED" if depth else "RGB",
         rasterize_mode="classic",
     )
     means2d = meta["means2d"]  # [V,N,2] (unpacked)
@@ -63,7 +66,7 @@ def render_gsplat(
     return RenderOutput(
         rgb=img[:, :3],
         alpha=alpha.permute(0, 3, 1, 2),
-        depth=img[:, 3:4],
+        depth=img[:, 3:4] if depth else None,
         means2d=means2d,
         radii=radii,
     )

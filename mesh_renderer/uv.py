@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import xatlas_pool
 from .mesh import Mesh
 from .ops import decimate
 
@@ -35,6 +36,7 @@ __all__ = [
     "UnwrapJob",
     "default_workers",
     "grid_atlas",
+    "prestart_workers",
     "split_parts",
     "start_unwrap",
     "unwrap_uv",
@@ -243,6 +245,16 @@ class UnwrapJob:
         self.tmp.cleanup()
 
 
+def prestart_workers(workers: int | None = None) -> None:
+    """Start the xatlas processes a later :func:`start_unwrap` with ``workers`` will use (None = default).
+
+    They import while the caller works (stage 1 calls this before its SIR loop), so the unwrap
+    does not wait for process starts (:mod:`mesh_renderer.xatlas_pool`).
+    """
+    if sys.platform != "win32":
+        xatlas_pool.prestart(default_workers() if workers is None else max(1, int(workers)))
+
+
 def default_workers() -> int:
     """The default number of parallel xatlas parts: ``min(4, cpu count)``."""
     return max(1, min(4, os.cpu_count() or 1))
@@ -377,8 +389,14 @@ def _whole_mesh(
     return out
 
 
-def _launch(src_path: Path, dst_path: Path) -> subprocess.Popen:
-    """Start :mod:`mesh_renderer.xatlas_job` on ``src_path``, writing ``dst_path``."""
+def _launch(src_path: Path, dst_path: Path):
+    """Start the unwrap of ``src_path`` into ``dst_path``: on a warm :mod:`mesh_renderer.xatlas_pool` server.
+
+    Returns a ``subprocess.Popen`` or a pool job with the same surface; on Windows (no ``select``
+    on pipes) a one-shot :mod:`mesh_renderer.xatlas_job` process.
+    """
+    if sys.platform != "win32":
+        return xatlas_pool.launch(src_path, dst_path)
     job = Path(__file__).with_name("xatlas_job.py")
     return subprocess.Popen(
         [sys.executable, str(job), str(src_path), str(dst_path)],

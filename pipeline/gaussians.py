@@ -111,7 +111,8 @@ class GaussianRepresentation:
     def render(self, cams: Cameras) -> RenderOutput:
         """Render the V views (+ the reference view as row V) in one call."""
         grad = torch.is_grad_enabled()
-        return render(self.model, self.cams, self.bg, backend=self.backend, need_means2d=grad)
+        # depth=False: nothing in the loop reads the Gaussians' depth (docs/method.md#sir-loop)
+        return render(self.model, self.cams, self.bg, backend=self.backend, need_means2d=grad, depth=False)
 
     def loss(self, out: RenderOutput, target: torch.Tensor) -> torch.Tensor:
         """The paper's stage-1 loss (sum reductions, see the class docstring), one autograd node.
@@ -129,7 +130,7 @@ class GaussianRepresentation:
             return view_loss(out.rgb, out.alpha, rows)
         loss = view_loss(out.rgb[:V], out.alpha[:V], rows)
         if ref_terms is not None:
-            ref = render(self.model, self.ref_cam, self.bg, backend=self.backend)
+            ref = render(self.model, self.ref_cam, self.bg, backend=self.backend, depth=False)
             loss = loss + view_loss(ref.rgb, ref.alpha, ref_terms)
         return loss
 

@@ -25,7 +25,7 @@ from gs_renderer.extract import carve_to_silhouettes, density_grid, grid_marchin
 from mesh_renderer import Mesh, save_mesh
 from mesh_renderer.bake import bake_cameras, bake_texture
 from mesh_renderer.ops import clean_mesh, decimate, isotropic_remesh
-from mesh_renderer.uv import start_unwrap
+from mesh_renderer.uv import prestart_workers, start_unwrap
 from mesh_renderer.visibility import drop_hidden_faces
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
 from pipeline.isolevel import calibrated_level
@@ -141,6 +141,8 @@ def stage1_with_model(
     # The SIR loop keeps the GPU busy and the main thread waiting: import the export's modules now
     # (pure imports: no CUDA call from another thread while the loop captures CUDA graphs).
     imports = prefetch(EXPORT_MODULES) if device.type == "cuda" and export else None
+    if export:
+        prestart_workers(cfg.export.uv_workers or None)  # xatlas processes import during the loop
     with progress(len(plan.t_pairs) + (plan.init_steps > 0), "stage 1 (Gaussians)", cfg.quiet) as on_iter:
         stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
     if imports is not None:

@@ -195,3 +195,34 @@ def test_elevation_offset_range_matches_the_spec(ref, lo, hi):
     assert elevation_offset_range(ref, -30, 30) == (lo, hi)
     # The absolute elevation of every view stays within [-80, 80].
     assert ref + lo >= -80 and ref + hi <= 80
+
+
+def test_converters_are_computed_once_per_cameras_and_follow_changes():
+    """viewmats()/Ks() are memoised per cameras object (stage-1 steps reuse one), equal to a fresh
+    build, rebuilt after an in-place pose change, and independent across resized/indexed copies."""
+    from dataclasses import replace
+
+    cams = random_cams(4)
+    vm, K = cams.viewmats(), cams.Ks()
+    assert cams.viewmats() is vm and cams.Ks() is K
+    assert torch.equal(vm, cams._build_viewmats()) and torch.equal(K, cams._build_Ks())
+    small = cams.resized(64)
+    assert small.Ks() is not K and float(small.Ks()[0, 0, 2]) == 32.0 and float(K[0, 0, 2]) == 128.0
+    assert torch.equal(cams[1:3].viewmats(), vm[1:3])
+    fresh = replace(cams, c2w=cams.c2w.clone())
+    assert fresh.viewmats() is not vm and torch.equal(fresh.viewmats(), vm)
+    with torch.no_grad():
+        cams.c2w[0, :3, 3] += 1.0  # moved in place: the memo must not serve the old pose
+    moved = cams.viewmats()
+    assert moved is not vm and torch.equal(moved, cams._build_viewmats()) and not torch.equal(moved, vm)
+
+
+def test_differentiable_poses_are_not_memoised():
+    from dataclasses import replace
+
+    cams = random_cams(2)
+    c2w = cams.c2w.clone().requires_grad_(True)
+    posed = replace(cams, c2w=c2w)
+    for _ in range(2):  # a shared graph would fail the second backward
+        posed.viewmats().sum().backward()
+    assert c2w.grad is not None

@@ -219,6 +219,21 @@ def test_auto_backend_on_cpu_uses_torch():
         render(m, cams, torch.ones(3), backend="nope")
 
 
+def test_depth_off_drops_only_the_depth_and_the_sir_steps_ask_for_none():
+    """render(depth=False): depth None, rgb/alpha bit-equal; stage 1's representation renders so."""
+    from pipeline.gaussians import GaussianRepresentation, GaussianSettings
+
+    m = _random_model(30, seed=3)
+    cams = orbit_cameras([0, 20], [0, 90], height=16)
+    a = render(m, cams, torch.ones(3), backend="torch")
+    b = render(m, cams, torch.ones(3), backend="torch", depth=False)
+    assert a.depth is not None and b.depth is None
+    assert torch.equal(a.rgb, b.rgb) and torch.equal(a.alpha, b.alpha)
+    rep = GaussianRepresentation(m, GaussianSettings(backend="torch"), None, None, None)
+    rep.begin_iteration(cams)
+    assert rep.render(cams).depth is None
+
+
 def test_import_does_not_load_gsplat():
     import importlib
     import sys

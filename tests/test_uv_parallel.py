@@ -216,14 +216,20 @@ def test_stage1_passes_export_uv_workers_to_the_unwrap(tmp_path, monkeypatch, wo
 
     root = Path(__file__).resolve().parents[1]
     spot = root.parent / "shared" / "data" / "meshes" / "spot.obj"
-    seen = []
-    real = pipeline.stage1.start_unwrap
+    seen, prestarted = [], []
+    real, real_prestart = pipeline.stage1.start_unwrap, pipeline.stage1.prestart_workers
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("workers", "missing"))
         return real(*args, **kwargs)
 
+    def spy_prestart(w):
+        assert not seen  # before the unwrap (during the SIR loop), with the same count
+        prestarted.append(w)
+        real_prestart(w)
+
     monkeypatch.setattr(pipeline.stage1, "start_unwrap", spy)
+    monkeypatch.setattr(pipeline.stage1, "prestart_workers", spy_prestart)
     cfg = load_config(
         [
             "--config",
@@ -234,7 +240,7 @@ def test_stage1_passes_export_uv_workers_to_the_unwrap(tmp_path, monkeypatch, wo
         ]
     )
     run_stage1(cfg)
-    assert seen == [expected]
+    assert seen == [expected] and prestarted == [expected]
 
 
 def test_started_unwrap_runs_in_child_processes_and_close_kills_them():

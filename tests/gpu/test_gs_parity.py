@@ -104,3 +104,31 @@ def test_single_gaussian_gsplat_analytic():
     ana = o * torch.exp(-0.5 * ((xs - 16) ** 2 + (ys - 16) ** 2) / var)
     ana = torch.where(ana < 1 / 255, torch.zeros_like(ana), ana)
     assert torch.allclose(out.alpha[0, 0], ana, atol=1e-4)
+
+
+def test_rgb_only_mode_gives_the_same_colours_alpha_and_gradients():
+    """depth=False (stage 1's steps: gsplat "RGB") vs the default "RGB+ED": same rgb, alpha and
+    gradients of every parameter and of means2d; only the depth is dropped."""
+    from gs_renderer import render
+
+    m = _scene(sh_degree=0)
+    cams = _cams(64)
+    bg = torch.tensor([1.0, 1.0, 1.0], device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    wr = torch.rand(4, 3, 64, 64, device="cuda", generator=gen)
+    wa = torch.rand(4, 1, 64, 64, device="cuda", generator=gen)
+    res = {}
+    for depth in (True, False):
+        for t in m.parameters().values():
+            t.grad = None
+        out = render(m, cams, bg, backend="gsplat", need_means2d=True, depth=depth)
+        ((out.rgb * wr).sum() + (out.alpha * wa).sum()).backward()
+        grads = {k: t.grad.clone() for k, t in m.parameters().items() if t.grad is not None}
+        res[depth] = (out.rgb.detach(), out.alpha.detach(), out.depth, out.means2d.grad.clone(), grads)
+    (r1, a1, d1, m1, g1), (r0, a0, d0, m0, g0) = res[True], res[False]
+    assert d1 is not None and d0 is None
+    assert torch.allclose(r0, r1, atol=1e-6, rtol=0) and torch.allclose(a0, a1, atol=1e-6, rtol=0)
+    assert torch.allclose(m0, m1, atol=1e-6, rtol=1e-5)
+    assert g0.keys() == g1.keys() and len(g0) >= 4
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-5), k
