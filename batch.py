@@ -36,8 +36,9 @@ more workers than GPUs share them, which pays: one object's CPU work (Gaussian s
 file writes) overlaps another's GPU work (on one H200: 6.3 objects/min with one process, 8.5 with
 two, 9.1 with four). ``device=cuda:N`` keeps every worker on GPU N. Each worker gets
 ``max(1, cpu_count // N)`` torch threads unless ``OMP_NUM_THREADS`` is set (then it keeps that);
-the UV unwrap starts its own xatlas processes per item (``export.uv_workers``, default min(4, cpu
-count)), so with many workers ``export.uv_workers=1`` may suit a machine with few cores. Outputs are
+each worker keeps its own warm xatlas processes for the UV unwrap (``export.uv_workers``, default
+min(4, cpu count); :mod:`mesh_renderer.xatlas_pool`), so with many workers ``export.uv_workers=1``
+may suit a machine with few cores. Outputs are
 byte-identical to the plain path's at the same seed and thread count. A worker that dies (killed,
 out of memory, a crash in native code) fails its item with ``worker process died (exit code X)``
 and an error log, and a fresh worker takes the items left; one that dies while loading the model

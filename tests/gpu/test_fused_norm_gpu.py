@@ -140,6 +140,18 @@ def _eps_inputs(den, views: int = 6):
     return cams, den.prepare(cams), x
 
 
+def _cfg_kernel_names(den, cond, x) -> list[str]:
+    """The CUDA kernels of one eager CFG call at t=501, after a warm-up call (and Triton's compile)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    den.eps_cfg(x, 501, cond, 3.0)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        den.eps_cfg(x, 501, cond, 3.0)
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     assert torch.isfinite(a).all() and torch.isfinite(b).all()
     return float((a.float() - b.float()).norm() / b.float().norm())
@@ -208,8 +220,6 @@ def test_refine_step_fused_vs_exact(full_folder):
 def test_fused_unet_launches_far_fewer_copies(full_folder):
     """torch.profiler on one eager CFG call: the fused UNet launches >= 100 fewer layout-copy kernels
     (61 GroupNorms x NHWC->NCHW->NHWC, and the transformers' NCHW outputs) and runs the Triton kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
     from bench.profile_unet import category
     from guidance.models.zero123 import Zero123Denoiser
     from guidance.nets.fused_norm import set_fused_norm
@@ -219,12 +229,7 @@ def test_fused_unet_launches_far_fewer_copies(full_folder):
     counts = {}
     for fused in (True, False):
         set_fused_norm(den.unet, fused)
-        den.eps_cfg(x, 501, cond, 3.0)  # warm-up (and the Triton compile)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            den.eps_cfg(x, 501, cond, 3.0)
-            torch.cuda.synchronize()
-        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        names = _cfg_kernel_names(den, cond, x)
         counts[fused] = (
             sum(category(n) == "copy/layout" for n in names),
             sum("group_norm_apply" in n or "group_norm_onepass" in n for n in names),
@@ -246,8 +251,6 @@ def test_folded_resnets_launch_fewer_kernels(full_folder, monkeypatch):
     each of the 22 blocks loses its conv bias adds (cuDNN adds a bias in a kernel of its own: 44, +17
     shortcuts), its time-embedding add and its residual add, and gains one [B,C] shift add and the
     residual kernel: 61 fewer kernels when every bias add was separate; asserted >= 2 per block."""
-    from torch.profiler import ProfilerActivity, profile
-
     from bench.profile_unet import category
     from guidance.models.zero123 import Zero123Denoiser
     from guidance.nets.blocks import ResnetBlock
@@ -259,12 +262,7 @@ def test_folded_resnets_launch_fewer_kernels(full_folder, monkeypatch):
     folds = ResnetBlock._folds
     for fold in (True, False):
         monkeypatch.setattr(ResnetBlock, "_folds", folds if fold else lambda self, x: False)
-        den.eps_cfg(x, 501, cond, 3.0)  # warm-up (and the Triton compile)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            den.eps_cfg(x, 501, cond, 3.0)
-            torch.cuda.synchronize()
-        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        names = _cfg_kernel_names(den, cond, x)
         counts[fold] = (
             len(names),
             sum(category(n) == "elementwise" for n in names),
