@@ -6,9 +6,9 @@ With ``workers > 1`` one process runs per part of the mesh, all at once (xatlas 
 here, so parallel processes are what use the cores).
 Imports only numpy and xatlas (no torch). ``--serve`` keeps one process for many jobs
 (:mod:`mesh_renderer.xatlas_pool`): it reads ``IN OUT`` lines on stdin and answers each with one
-line, ``ok`` or ``err <message>``, on stdout; it exits at the end of stdin, so it never outlives its
-parent's pipe. A process start with these imports is 0.25-0.35 s on a GPU host, as long as the
-unwrap of a 19k-face coarse mesh itself.
+line, ``ok`` or ``err <message>``, on stdout (whatever else is printed there goes to stderr); it
+exits at the end of stdin, so it never outlives its parent's pipe. A process start with these
+imports is 0.25-0.35 s on a GPU host, as long as the unwrap of a 19k-face coarse mesh itself.
 IN holds ``v`` float32 [N,3], ``f`` uint32 [F,3] and the options; OUT gets ``vmap``, ``idx``,
 ``uvs`` and ``charts``.
 """
@@ -41,18 +41,26 @@ def main(src: str, dst: str) -> None:
 
 def serve() -> None:
     """Run :func:`main` for each ``IN OUT`` line of stdin, answering ``ok`` / ``err ...`` per line."""
+    import os
+
     import numpy  # noqa: F401  (imported before the first job: that is what the pool saves)
     import xatlas  # noqa: F401
 
+    # xatlas prints its warnings (and release-build assertion failures) with C printf on fd 1: the
+    # answers get their own copy of the pipe and fd 1 becomes stderr, so no stray text (a whole
+    # line, or half of one from a flushed C buffer) is ever read as an answer.
+    answers = os.fdopen(os.dup(1), "w", errors="backslashreplace")  # the parent's encoding
+    sys.stdout.flush()
+    os.dup2(2, 1)
     for line in sys.stdin:
         src, _, dst = line.rstrip("\n").partition("\t")
         try:
             main(src, dst)
             answer = "ok"
         except Exception as exc:  # one bad job must not end the server; the caller raises it
-            answer = "err " + f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        sys.stdout.write(answer + "\n")
-        sys.stdout.flush()
+            answer = "err " + " ".join(f"{type(exc).__name__}: {exc}".splitlines())
+        answers.write(answer + "\n")
+        answers.flush()
 
 
 if __name__ == "__main__":

@@ -127,8 +127,11 @@ class PoolJob:
 
     def _wait(self, timeout: float | None) -> bool:
         """Read the answer within ``timeout`` (None = forever); True when the job has ended."""
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
+        # poll(), not select(): select() cannot watch a descriptor above 1023 (a busy process, a
+        # raised ulimit) and raises ValueError there.
+        watch = select.poll()
+        watch.register(self.proc.stdout, select.POLLIN)
+        if not watch.poll(None if timeout is None else timeout * 1000):
             return False
         answer = self.proc.stdout.readline()
         if answer == "":  # the server died mid-job

@@ -147,3 +147,119 @@ def test_a_forked_child_does_not_use_its_parents_servers(monkeypatch):
     assert parent[0].poll() is None  # left running for the parent
     parent[0].kill()
     parent[0].wait()
+
+
+def noisy_server(tmp_path, monkeypatch, noise: str, pause: float = 0.0) -> None:
+    """Servers whose every job first writes ``noise`` to fd 1 from C, as xatlas' warnings do.
+
+    xatlas prints its warnings and release-build ``XA_ASSERT`` failures with ``printf`` on stdout,
+    the server's answer pipe.
+    """
+    script = tmp_path / "noisy_job.py"
+    script.write_text(
+        "import ctypes, importlib.util, sys, time\n"
+        f"spec = importlib.util.spec_from_file_location('xjob', {str(xjob.__file__)!r})\n"
+        "xj = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(xj)\n"
+        "libc = ctypes.CDLL(None)\n"
+        "real = xj.main\n"
+        "def main(src, dst):\n"
+        f"    libc.printf({noise.encode()!r})\n"
+        "    libc.fflush(None)\n"
+        f"    time.sleep({pause})\n"
+        "    real(src, dst)\n"
+        "xj.main = main\n"
+        "xj.serve()\n"
+    )
+    monkeypatch.setattr(pool, "_JOB_SCRIPT", script)
+
+
+def test_text_xatlas_prints_on_stdout_is_not_taken_for_an_answer(tmp_path, monkeypatch):
+    """A warning on the server's stdout neither fails its job nor answers the next one early."""
+    noisy_server(tmp_path, monkeypatch, "\rASSERT: noise xatlas.cpp 42\n")
+    src = write_job(tmp_path)
+    xjob.main(str(src), str(tmp_path / "ref.npz"))
+    for i in range(3):
+        job = pool.launch(src, tmp_path / f"out{i}.npz")
+        _, err = job.communicate(timeout=30)
+        assert (job.returncode, err) == (0, b"")
+        with np.load(tmp_path / f"out{i}.npz") as got, np.load(tmp_path / "ref.npz") as ref:
+            assert np.array_equal(got["uvs"], ref["uvs"])
+    assert pool.idle_count() == 1
+
+
+def test_a_half_line_on_stdout_does_not_block_past_the_time_budget(tmp_path, monkeypatch):
+    """Text without a newline (a C buffer flushed mid-line) while xatlas works: the timeout holds."""
+    import subprocess
+
+    noisy_server(tmp_path, monkeypatch, "ASSERT: half a line", pause=6.0)
+    job = pool.launch(write_job(tmp_path), tmp_path / "out.npz")
+    time.sleep(1.0)  # the server has imported and printed; its job now takes 6 s
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            job.communicate(timeout=0.5)
+        assert time.perf_counter() - t0 < 3.0
+    finally:
+        job.kill()
+
+
+def test_a_pipe_above_fd_1023_works(tmp_path):
+    """select() cannot watch descriptors past FD_SETSIZE; a busy process (a server) can have them."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the descriptor limit is below 1200")
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (max(soft, 1200) if soft != resource.RLIM_INFINITY else soft, hard)
+    )
+    base = os.open(os.devnull, os.O_RDONLY)
+    fillers = [os.dup(base) for _ in range(1100)]
+    try:
+        job = pool.launch(write_job(tmp_path), tmp_path / "out.npz")
+        assert job.proc.stdout.fileno() > 1023
+        _, err = job.communicate(timeout=30)
+        assert (job.returncode, err) == (0, b"")
+    finally:
+        pool.shutdown()
+        for fd in [*fillers, base]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_two_threads_unwrapping_at_once_get_the_one_thread_result():
+    """As the web app may: two unwraps at once on the pool match one alone, part for part."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = sphere(4)
+    ref = uvmod.unwrap_uv(m, tex_size=256, time_budget=None, workers=2)
+    with ThreadPoolExecutor(2) as ex:
+        got = list(ex.map(lambda _: uvmod.unwrap_uv(m, tex_size=256, time_budget=None, workers=2), range(2)))
+    for g in got:
+        assert torch.equal(g.f, ref.f) and torch.equal(g.vt, ref.vt)
+    assert pool.idle_count() >= 2
+
+
+def test_no_server_outlives_a_normal_exit(tmp_path):
+    """A script that prestarts, unwraps and exits leaves no xatlas process behind."""
+    import subprocess
+
+    code = (
+        "import torch, trimesh, numpy as np\n"
+        "from mesh_renderer import Mesh, xatlas_pool, uv\n"
+        "s = trimesh.creation.icosphere(subdivisions=4)\n"
+        "m = Mesh(v=torch.tensor(np.asarray(s.vertices), dtype=torch.float32), f=torch.tensor(np.asarray(s.faces)))\n"
+        "uv.prestart_workers(3)\n"
+        "uv.unwrap_uv(m, tex_size=256, time_budget=None, workers=2)\n"
+        "print(*[p.pid for p in xatlas_pool._idle])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    pids = [int(x) for x in out.stdout.split()]
+    assert len(pids) == 3
+    time.sleep(0.5)
+    for pid in pids:  # gone, and reaped by their parent (no zombie left to init either)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
