@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 # Below this many faces per part, a process start (~0.2 s) costs more than xatlas saves by the split.
 MIN_PART_FACES = 1000
 
+# Warm xatlas servers (mesh_renderer/xatlas_pool.py) wait on their pipes with select.poll(), which
+# Windows lacks: there each part gets a one-shot process.
+_POOLED = sys.platform != "win32"
+
 
 def unwrap_uv(
     mesh: Mesh,
@@ -251,7 +255,7 @@ def prestart_workers(workers: int | None = None) -> None:
     They import while the caller works (stage 1 calls this before its SIR loop), so the unwrap
     does not wait for process starts (:mod:`mesh_renderer.xatlas_pool`).
     """
-    if sys.platform != "win32":
+    if _POOLED:
         xatlas_pool.prestart(default_workers() if workers is None else max(1, int(workers)))
 
 
@@ -392,10 +396,10 @@ def _whole_mesh(
 def _launch(src_path: Path, dst_path: Path):
     """Start the unwrap of ``src_path`` into ``dst_path``: on a warm :mod:`mesh_renderer.xatlas_pool` server.
 
-    Returns a ``subprocess.Popen`` or a pool job with the same surface; on Windows (no ``select``
-    on pipes) a one-shot :mod:`mesh_renderer.xatlas_job` process.
+    Returns a ``subprocess.Popen`` or a pool job with the same surface; without the pool
+    (``_POOLED`` false: Windows) a one-shot :mod:`mesh_renderer.xatlas_job` process.
     """
-    if sys.platform != "win32":
+    if _POOLED:
         return xatlas_pool.launch(src_path, dst_path)
     job = Path(__file__).with_name("xatlas_job.py")
     return subprocess.Popen(

@@ -78,17 +78,18 @@ def launch(src: Path, dst: Path) -> "PoolJob":
         while idle and proc is None:
             cand = idle.pop()
             proc = cand if cand.poll() is None else None
-    if proc is None:
-        proc = _spawn()
-    try:
-        proc.stdin.write(f"{src}\t{dst}\n")
-        proc.stdin.flush()
-    except (BrokenPipeError, OSError):  # it died between the check and the write: a fresh one
-        proc.kill()
-        proc.wait()
-        proc = _spawn()
-        proc.stdin.write(f"{src}\t{dst}\n")
-        proc.stdin.flush()
+    line = f"{src}\t{dst}\n"
+    if proc is not None:
+        try:
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            return PoolJob(proc)
+        except OSError:  # it died between the check and the write (BrokenPipeError): a fresh one
+            proc.kill()
+            proc.wait()
+    proc = _spawn()
+    proc.stdin.write(line)
+    proc.stdin.flush()
     return PoolJob(proc)
 
 

@@ -16,7 +16,7 @@ import mesh_renderer.xatlas_job as xjob
 from mesh_renderer import Mesh
 from mesh_renderer import xatlas_pool as pool
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the pool needs select() on pipes")
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the pool needs select.poll() on pipes")
 
 
 def sphere(subdivisions: int = 3) -> Mesh:
@@ -263,3 +263,25 @@ def test_no_server_outlives_a_normal_exit(tmp_path):
     for pid in pids:  # gone, and reaped by their parent (no zombie left to init either)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_server_whose_pipe_breaks_at_the_write_is_replaced(tmp_path):
+    """An idle server that looks alive but whose pipe breaks when the job is sent: killed, a fresh one runs it."""
+    pool.prestart(1)
+    broken = pool._idle[0]
+
+    class BrokenPipe:
+        def write(self, _):
+            raise BrokenPipeError
+
+        def close(self):
+            pass
+
+    real_stdin, broken.stdin = broken.stdin, BrokenPipe()
+    try:
+        job = pool.launch(write_job(tmp_path), tmp_path / "out.npz")
+        job.communicate(timeout=30)
+        assert job.returncode == 0 and job.pid != broken.pid and (tmp_path / "out.npz").is_file()
+        assert broken.poll() is not None  # killed and reaped, not left running
+    finally:
+        real_stdin.close()
