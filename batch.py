@@ -336,11 +336,11 @@ def _fresh_json(path: Path, since: float) -> dict | None:
 
 # ---------------------------------------------------------------------------------------- running
 def load_stages() -> tuple[Callable, Callable]:
-    """``(image_to_3d, load_denoiser)``, imported on first use (heavy imports)."""
-    from guidance import load_denoiser
-    from pipeline import image_to_3d
+    """``(image_to_3d, load_model)``, imported on first use (heavy imports). The model loads with the
+    GPU warm-up a one-shot run's load gets (:func:`pipeline.both_stages.load_model`)."""
+    from pipeline.both_stages import image_to_3d, load_model
 
-    return image_to_3d, load_denoiser
+    return image_to_3d, load_model
 
 
 def item_config(config: str, overrides: list[str], out: Path, item: Item | None):
@@ -706,6 +706,19 @@ def _visible_gpus(device: str) -> int:
     """
     if device not in ("cuda", "auto"):
         return 0
+    return _cuda_gpus()
+
+
+def _cuda_gpus() -> int:
+    """CUDA GPUs this process sees: NVML's count (no torch, no CUDA context: ~2-3 s less before the
+    workers start); 0 without a CUDA driver; else torch's (a driver whose NVML cannot answer)."""
+    from core.gpu_count import cuda_driver_present, cuda_gpus
+
+    count = cuda_gpus()
+    if count is not None:
+        return count
+    if not cuda_driver_present():
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -714,9 +727,7 @@ def _visible_gpus(device: str) -> int:
 def _mps_gpus(device: str, visible: int) -> int:
     """GPUs the workers share, for MPS: the visible ones for cuda/auto, one for ``cuda:N``, none on CPU."""
     if device.startswith("cuda:"):
-        import torch
-
-        return 1 if torch.cuda.is_available() else 0
+        return 1 if _cuda_gpus() > 0 else 0
     return visible
 
 

@@ -39,7 +39,10 @@ MODES = ("auto", "on", "off")
 START, USER, SKIP = "start", "user", "skip"  # mps_decision's actions
 # A unix socket path holds ~107 bytes; a long TMPDIR (a cluster job's scratch) would not fit the daemon's.
 MAX_ROOT_LEN = 60
-QUIT_WAIT = 3.0  # seconds to wait for the daemon's control socket to go after ``quit``
+QUIT_WAIT = 3.0  # seconds to wait for the daemon's pid file to go after ``quit``
+# The daemon's pid file in its pipe folder: removed as the daemon exits after ``quit``, unlike the
+# control socket files, which stay (H200, driver of CUDA 13: gone 0.09 s after ``quit`` returned).
+PID_FILE = "nvidia-cuda-mps-control.pid"
 
 
 @dataclass
@@ -153,9 +156,12 @@ def _stop(control: str, env: dict[str, str], timeout: float) -> None:
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("MPS: could not stop the control daemon (%s); pipe folder %s", e, env[PIPE_ENV])
         return
+    # ``quit`` returns once the daemon has let its clients finish; the daemon itself goes a moment
+    # later. Waiting on the control socket would always take QUIT_WAIT: the daemon leaves it behind.
+    pid_file = Path(env[PIPE_ENV]) / PID_FILE
     deadline = time.monotonic() + min(timeout, QUIT_WAIT)
-    while _daemon_up(Path(env[PIPE_ENV])) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager

@@ -1,26 +1,29 @@
-"""The registry of denoisers: each model registers its name, config section and loader in its own module.
+"""The registry of denoisers: each model's name, config section and loader.
 
-Built-in models are the modules of :mod:`guidance.models`; they are imported (and so registered) on
-the first use of the registry, never by ``import guidance``. A model module must stay light at import
-time (no diffusers/transformers at module level): its loader imports what it needs. Code outside
-the package (tests, plugins) adds models with :func:`register`.
+The built-in models are declared in :data:`guidance.models.BUILTIN`, each with a loader that imports
+its module (:mod:`guidance.models.<name>`) only when a model is built: reading the registry (config
+validation, ``names()``) imports neither torch nor any model, so a process that only checks configs
+(the batch driver) starts in a fraction of a second. A model module must stay light at import time
+(no diffusers/transformers at module level): its loader imports what it needs. Code outside the
+package (tests, plugins) adds models with :func:`register`.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
-from guidance.denoiser import Denoiser
 from guidance.options import cfg_get
 
-__all__ = ["DenoiserSpec", "register", "get", "names", "load_denoiser", "CONDITIONINGS"]
+if TYPE_CHECKING:
+    import torch
+
+    from guidance.denoiser import Denoiser
+
+__all__ = ["DenoiserSpec", "LazyLoad", "register", "get", "names", "load_denoiser", "CONDITIONINGS"]
 
 #: What a model is conditioned on (``DenoiserSpec.conditioning``).
 CONDITIONINGS = ("image", "text")
@@ -57,16 +60,28 @@ _SPECS: dict[str, DenoiserSpec] = {}
 _discovered = False
 
 
+@dataclass(frozen=True)
+class LazyLoad:
+    """A loader ``load(cfg, device)`` that imports ``module`` and calls its ``attr`` on first use
+    (picklable: worker processes receive it by name)."""
+
+    module: str
+    attr: str = "load"
+
+    def __call__(self, cfg: Any, device: torch.device) -> Denoiser:
+        return getattr(importlib.import_module(self.module), self.attr)(cfg, device)
+
+
 def _discover() -> None:
-    """Import every module of :mod:`guidance.models` once (each registers its model)."""
+    """Register the built-in specs of :mod:`guidance.models` once (their modules are not imported)."""
     global _discovered
     if _discovered:
         return
-    _discovered = True  # first: the modules call register(), which calls us back
-    import guidance.models as models
+    _discovered = True  # first: register() calls us back
+    from guidance.models import BUILTIN
 
-    for info in pkgutil.iter_modules(models.__path__):
-        importlib.import_module(f"{models.__name__}.{info.name}")
+    for spec in BUILTIN:
+        register(spec)
 
 
 def register(spec: DenoiserSpec) -> DenoiserSpec:
@@ -93,6 +108,8 @@ def names() -> tuple[str, ...]:
 
 def _device(cfg: Any, device: torch.device | str | None) -> torch.device:
     """``device``, else ``cfg.device`` (``auto`` = CUDA when available, else CPU)."""
+    import torch
+
     if device is None:
         name = cfg_get(cfg, "device", "auto")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name

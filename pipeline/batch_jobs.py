@@ -122,7 +122,7 @@ class BatchWorker:
         """Both stages on ``cfg`` with this worker's model (loaded here on first use)."""
         from core.device import resolve_device
         from guidance import load_denoiser
-        from pipeline.image_to_3d import image_to_3d
+        from pipeline.both_stages import image_to_3d
 
         if self.denoiser is None:
             self.tried_load = True

@@ -37,7 +37,7 @@ from pipeline.reports import STAGE1_REPORT, STAGE2_REPORT, peak_memory_gb, write
 from pipeline.setup import setup_stage
 from pipeline.sir import run_sir
 
-__all__ = ["export_coarse_mesh", "gaussian_settings", "run_stage1", "stage1_with_model"]
+__all__ = ["export_coarse_mesh", "gaussian_settings", "renderer_preloads", "run_stage1", "stage1_with_model"]
 
 log = logging.getLogger("microdreamer")
 WHITE = (1.0, 1.0, 1.0)
@@ -115,6 +115,15 @@ def run_stage1(cfg: DictConfig, denoiser: Any = None, export: bool = True) -> di
     return stage1_with_model(cfg, denoiser, export)[0]
 
 
+def renderer_preloads(cfg: DictConfig, export: bool = True) -> list[Callable[[torch.device], object]]:
+    """The kernel loads of stage 1's renderers (the Gaussians', and the meshes' when ``export``), for
+    a model load's warm-up thread (:func:`pipeline.setup.setup_stage`)."""
+    preload = [lambda d: gs_renderer.preload_kernels(cfg.render.gs_backend, d)]
+    if export:
+        preload.append(lambda d: mesh_renderer.preload_kernels(cfg.render.mesh_backend, d))
+    return preload
+
+
 def stage1_with_model(
     cfg: DictConfig,
     denoiser: Any = None,
@@ -126,10 +135,7 @@ def stage1_with_model(
     ``during_unwrap(denoiser)``: GPU work to run while the coarse mesh's UV unwrap runs on the CPU
     (the one-command run warms stage 2's networks there), timed as the ``during_unwrap`` phase.
     """
-    preload = [lambda d: gs_renderer.preload_kernels(cfg.render.gs_backend, d)]
-    if export:
-        preload.append(lambda d: mesh_renderer.preload_kernels(cfg.render.mesh_backend, d))
-    st = setup_stage(cfg, denoiser, guidance.load_denoiser, preload)
+    st = setup_stage(cfg, denoiser, guidance.load_denoiser, renderer_preloads(cfg, export))
     device, timer, denoiser = st.device, st.timer, st.denoiser
     with timer.phase("prepare"):
         model = initial_gaussians(cfg, st.ref_cam, st.ref_mask, device)

@@ -1,9 +1,12 @@
 """A fake ``nvidia-cuda-mps-control`` for the MPS tests: a shell script put first on PATH.
 
 Each call appends one line ``argv|stdin|CUDA_MPS_PIPE_DIRECTORY`` to ``$MD_FAKE_MPS_LOG``. ``-d``
-makes the control socket (``<pipe>/control``), as the real daemon does once it is up; ``quit`` on
-stdin removes it. ``$MD_FAKE_MPS_MODE``: ``fail`` (exit 1 with a message on stderr) or ``silent``
-(exit 0 but no control socket: a daemon that never comes up).
+makes what the real daemon makes in its pipe folder once it is up (H200, CUDA 13 driver): the control
+socket files ``control``, ``control_lock``, ``control_privileged`` and its pid file; ``quit`` on stdin
+removes only the pid file (the real daemon leaves the socket files behind), 0.4 s later (in the
+background, after ``quit`` has returned) in mode ``slowquit``. ``$MD_FAKE_MPS_MODE``: ``fail``
+(exit 1 with a message on stderr) or ``silent`` (exit 0 but no control socket: a daemon that never
+comes up).
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ case "$MD_FAKE_MPS_MODE" in
   fail) echo "fake daemon: cannot start" >&2; exit 1;;
   silent) exit 0;;
 esac
-if [ "$1" = "-d" ]; then touch "$CUDA_MPS_PIPE_DIRECTORY/control"; fi
-if [ "$stdin" = "quit" ]; then rm -f "$CUDA_MPS_PIPE_DIRECTORY/control"; fi
+p="$CUDA_MPS_PIPE_DIRECTORY"
+if [ "$1" = "-d" ]; then touch "$p/control" "$p/control_lock" "$p/control_privileged" "$p/nvidia-cuda-mps-control.pid"; fi
+if [ "$stdin" = "quit" ]; then
+  if [ "$MD_FAKE_MPS_MODE" = "slowquit" ]; then (sleep 0.4; rm -f "$p/nvidia-cuda-mps-control.pid") >/dev/null 2>&1 &
+  else rm -f "$p/nvidia-cuda-mps-control.pid"; fi
+fi
 """
 
 
 def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str = "") -> Path:
-    """Put the fake control binary first on PATH (``mode``: '', fail, silent); -> its call log."""
+    """Put the fake control binary first on PATH (``mode``: '', fail, silent, slowquit); -> its call log."""
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir()
     script = bin_dir / CONTROL

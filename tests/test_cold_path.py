@@ -174,7 +174,7 @@ def test_one_command_warms_stage2_only_for_a_model_on_cuda_graphs(monkeypatch):
     oracle, CPU models): for them it would only cost time."""
     import importlib
 
-    i3d = importlib.import_module("pipeline.image_to_3d")  # the package exports a function of that name
+    i3d = importlib.import_module("pipeline.both_stages")
 
     calls = []
     monkeypatch.setattr(i3d, "warm_stage2_networks", lambda cfg, den: calls.append(den))
@@ -208,7 +208,7 @@ def test_a_failed_stage2_warm_up_costs_no_stage1_output(tmp_path, monkeypatch, c
 
     from guidance import load_denoiser
 
-    i3d = importlib.import_module("pipeline.image_to_3d")
+    i3d = importlib.import_module("pipeline.both_stages")
 
     def boom(cfg, den):
         raise RuntimeError("CUDA out of memory (simulated)")
@@ -337,3 +337,56 @@ def test_a_failed_nvdiffrast_preload_is_not_tried_again(monkeypatch, caplog):
     with pytest.raises(ImportError, match="simulated"):
         raster._load_nvdiffrast()
     assert len(tries) == 1
+
+
+def test_a_batch_worker_loads_its_model_with_the_warmup_and_both_renderers_preloads(
+    monkeypatch, slow_warmup_threads
+):
+    """A batch worker keeps one model for many items, loaded outside any stage: its load gets the
+    warm-up a stage's own load gets (GPU libraries, then the Gaussian and mesh renderers' kernel
+    loads), joined before it returns, so its first item does not pay them (H200: ~2.7 s)."""
+    import batch
+    import gs_renderer
+    import mesh_renderer
+
+    loaded = []
+    monkeypatch.setattr(gs_renderer, "preload_kernels", lambda backend, d: loaded.append(("gs", backend, d)))
+    monkeypatch.setattr(
+        mesh_renderer, "preload_kernels", lambda backend, d: loaded.append(("mesh", backend, d))
+    )
+    _, load = batch.load_stages()
+    cfg = _oracle_tiny_config()
+    den = load(cfg, torch.device("cpu"))
+    assert den is not None and hasattr(den, "set_reference")
+    assert len(slow_warmup_threads) == 1 and not slow_warmup_threads[0].is_alive()
+    backends = (cfg.render.gs_backend, cfg.render.mesh_backend)
+    assert loaded == [("gs", backends[0], torch.device("cpu")), ("mesh", backends[1], torch.device("cpu"))]
+
+
+def _image(folder: Path) -> Path:
+    """A tiny RGBA image in ``folder``."""
+    from PIL import Image
+
+    path = folder / "in.png"
+    Image.new("RGBA", (8, 8), (200, 0, 0, 255)).save(path)
+    return path
+
+
+def test_a_batch_worker_model_that_cannot_load_is_one_user_error(tmp_path):
+    """The batch worker's load reports a broken model folder as the stages do: one UserError line."""
+    import batch
+    from core.errors import UserError
+
+    _, load = batch.load_stages()
+    cfg = load_config(
+        [
+            "--config",
+            str(ROOT / "configs" / "image.yaml"),
+            f"input={_image(tmp_path)}",
+            f"model.path={tmp_path}",
+        ]
+    )
+    (tmp_path / "model_index.json").write_text("{not json")  # a model folder whose files do not load
+    with pytest.raises(UserError, match=r"^cannot load the zero123 model from .*model\.path") as e:
+        load(cfg, torch.device("cpu"))
+    assert "\n" not in str(e.value)

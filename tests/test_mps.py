@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from core.errors import UserError
-from core.mps import CONTROL, LOG_ENV, PIPE_ENV, mps_daemon, mps_decision
+from core.mps import CONTROL, LOG_ENV, PID_FILE, PIPE_ENV, QUIT_WAIT, mps_daemon, mps_decision
 from tests import mps_fake
 
 
@@ -133,3 +134,22 @@ def test_ctrl_c_while_starting_still_stops_the_daemon(tmp_path, monkeypatch):
         pytest.fail("the block must not run")
     assert [c[:2] for c in mps_fake.calls(log)] == [("-d", ""), ("", "quit")]
     assert list(roots.iterdir()) == []
+
+
+def test_stop_waits_for_the_daemon_not_for_the_socket_files_it_leaves(tmp_path, monkeypatch):
+    """The real daemon leaves its control socket files after ``quit``: waiting on them cost every
+    batch 3 s (H200). The stop returns once the pid file is gone, and waits for that when it is slow."""
+    mps_fake.install(tmp_path, monkeypatch)
+    with mps_daemon("on", 3, 1, tmp_root=tmp_path) as s:
+        pipe = Path(s.pipe_dir)
+        assert (pipe / PID_FILE).exists()
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 1.0  # not QUIT_WAIT: the socket files were still there
+    (tmp_path / "slow").mkdir()
+    mps_fake.install(tmp_path / "slow", monkeypatch, mode="slowquit")
+    with mps_daemon("on", 3, 1, tmp_root=tmp_path) as s:
+        pipe = Path(s.pipe_dir)
+        t0 = time.monotonic()
+    waited = time.monotonic() - t0
+    assert 0.35 <= waited < QUIT_WAIT  # the pid file went 0.4 s after quit returned
+    assert not pipe.parent.exists()

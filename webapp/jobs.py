@@ -186,7 +186,7 @@ class Generator:
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
         load: bool = True,
     ) -> None:
-        from guidance import load_denoiser
+        from pipeline.both_stages import load_model
         from pipeline.setup import stage_device
 
         if not configs:
@@ -208,7 +208,8 @@ class Generator:
             if name in self.models:
                 raise UserError(f"two configs load the same model {name!r}: {self.models[name].config_path}")
             t0 = time.perf_counter()
-            denoiser = load_denoiser(cfg, stage_device(cfg.device)) if load else None
+            # With the GPU warm-up a run's own load gets: the first request does not pay it.
+            denoiser = load_model(cfg, stage_device(cfg.device)) if load else None
             log.info("model %s loaded from %s in %.1f s", name, path, time.perf_counter() - t0)
             self.models[name] = _Model(str(path), cfg, denoiser)
         self.default_model = next(iter(self.models))

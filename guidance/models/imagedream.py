@@ -35,7 +35,7 @@ from guidance.denoiser import NoiseSource
 from guidance.latent_diffusion import pipeline_options
 from guidance.multiview import VIEWS, MultiViewTextDenoiser, ungroup
 from guidance.options import prompt_options
-from guidance.registry import DenoiserSpec, register
+from guidance.registry import get
 
 if TYPE_CHECKING:
     from guidance.mv_unet import MultiViewUNetModel
@@ -282,11 +282,4 @@ def load(cfg: Any, device: torch.device) -> ImageDreamDenoiser:
     return ImageDreamDenoiser(device=device, **prompt_options(cfg), **pipeline_options(cfg, DEFAULT_ID))
 
 
-SPEC = register(
-    DenoiserSpec(
-        name="imagedream",
-        section="model",
-        load=load,
-        description="ImageDream: 4 consistent views per call, conditioned on the input image and a prompt",
-    )
-)
+SPEC = get("imagedream")  # declared in guidance/models/__init__.py (BUILTIN)

@@ -34,7 +34,7 @@ from guidance.latent_diffusion import pipeline_options
 from guidance.models.imagedream import NEGATIVE_PROMPT, imagedream_embedding, load_mv_unet, load_text_encoders
 from guidance.multiview import VIEWS, MultiViewTextDenoiser, group_order, ungroup
 from guidance.options import prompt_options
-from guidance.registry import DenoiserSpec, register
+from guidance.registry import get
 
 __all__ = [
     "MVDreamCond",
@@ -159,13 +159,4 @@ def load(cfg: Any, device: torch.device) -> MVDreamDenoiser:
     return MVDreamDenoiser(device=device, **prompt_options(cfg), **pipeline_options(cfg, DEFAULT_ID))
 
 
-SPEC = register(
-    DenoiserSpec(
-        name="mvdream",
-        section="model",
-        load=load,
-        needs_input=False,
-        conditioning="text",
-        description="MVDream: 4 consistent views per call from a text prompt (text to 3D)",
-    )
-)
+SPEC = get("mvdream")  # declared in guidance/models/__init__.py (BUILTIN)

@@ -19,7 +19,7 @@ import torch
 from core.cameras import DEFAULT_FOVY, Cameras
 from core.errors import UserError
 from guidance.options import cfg_get
-from guidance.registry import DenoiserSpec, register
+from guidance.registry import get
 from guidance.render_teacher import RenderTeacher
 from guidance.schedule import DDIMSchedule
 
@@ -103,12 +103,4 @@ def load(cfg: Any, device: torch.device) -> OracleDenoiser:
     )
 
 
-SPEC = register(
-    DenoiserSpec(
-        name="oracle",
-        section="oracle",
-        load=load,
-        needs_input=False,
-        description="a reference mesh rendered at the cameras plays a perfect denoiser (tests, benchmarks)",
-    )
-)
+SPEC = get("oracle")  # declared in guidance/models/__init__.py (BUILTIN)

@@ -29,7 +29,7 @@ from core.cameras import Cameras
 from core.errors import UserError
 from guidance.denoiser import NoiseSource
 from guidance.latent_diffusion import LatentDiffusionDenoiser, pipeline_options
-from guidance.registry import DenoiserSpec, register
+from guidance.registry import get
 
 __all__ = ["Zero123Cond", "Zero123Denoiser", "zero123_embedding", "DEFAULT_ID", "REQUIRED_COMPONENTS"]
 
@@ -169,11 +169,4 @@ def load(cfg: Any, device: torch.device) -> Zero123Denoiser:
     return Zero123Denoiser(device=device, **pipeline_options(cfg, DEFAULT_ID))
 
 
-SPEC = register(
-    DenoiserSpec(
-        name="zero123",
-        section="model",
-        load=load,
-        description="Stable Zero123 / Zero123-XL: one view per call, conditioned on the input image",
-    )
-)
+SPEC = get("zero123")  # declared in guidance/models/__init__.py (BUILTIN)

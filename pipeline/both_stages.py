@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
+import guidance
 from core.errors import UserError
-from pipeline.stage1 import stage1_with_model
+from pipeline.setup import load_model_warm
+from pipeline.stage1 import renderer_preloads, stage1_with_model
 from pipeline.stage2 import run_stage2, warm_stage2_networks
 
-__all__ = ["image_to_3d"]
+__all__ = ["image_to_3d", "load_model"]
 
 log = logging.getLogger("microdreamer")
 
@@ -33,6 +36,12 @@ def image_to_3d(cfg: DictConfig, denoiser: Any = None) -> dict[str, dict]:
     r2 = run_stage2(cfg, denoiser)
     log.info("image -> %s done", r2["outputs"]["glb"])
     return {"stage1": r1, "stage2": r2}
+
+
+def load_model(cfg: DictConfig, device: torch.device) -> Any:
+    """The denoiser for many :func:`image_to_3d` runs of ``cfg``'s model (a batch worker keeps one),
+    loaded while the GPU libraries and both stages' renderer kernels warm up, as a run's own load does."""
+    return load_model_warm(cfg, device, guidance.load_denoiser, renderer_preloads(cfg, export=True))
 
 
 def _warm_stage2(cfg: DictConfig):
