@@ -100,6 +100,7 @@ def config_rules() -> dict:
             lambda v: all(x in ("input", "gaussians") for x in v), "be a list of input, gaussians"
         ),
         "export.hull_alpha": C.in_range(0.01, 0.99),
+        "export.hull_ramp": C.in_range(0.0, 16.0),
         "export.visible_size": C.in_range(16, MAX_SIZE),
         "export.remesh_size": C.in_range(0.0, 1.0),
         "export.remesh_iters": C.in_range(0, 100),

@@ -243,9 +243,13 @@ def export_coarse_mesh(
             info["iso_level"] = level
             info["iso_scores"] = {f"{k:g}": round(s, 4) for k, s in scores.items()}
         if "input" in ex.hull and ref is not None and input_view_fitted(cfg):
-            occ = _carve(occ, center, scale, level, ref[0], ref[1][None], ex.hull_alpha, info, "input")
+            occ = _carve(
+                occ, center, scale, level, ref[0], ref[1][None], ex.hull_alpha, info, "input", ex.hull_ramp
+            )
         if views is not None:
-            occ = _carve(occ, center, scale, level, cams, views.alpha, ex.hull_alpha, info, "gaussians")
+            occ = _carve(
+                occ, center, scale, level, cams, views.alpha, ex.hull_alpha, info, "gaussians", ex.hull_ramp
+            )
         v, f = grid_marching_cubes(occ, center, scale, level)
         v, f = clean_mesh(v, f, merge_ratio=ex.merge_ratio)
         if ex.remesh_size > 0:  # paper mode (needs pymeshlab)
@@ -314,8 +318,9 @@ def _carve(
     threshold: float,
     info: dict,
     source: str,
+    ramp: float = 0.0,
 ) -> torch.Tensor:
-    """:func:`carve_to_silhouettes`, unless it would keep under ``MIN_HULL_KEPT`` of the voxels at or above ``level``.
+    """:func:`carve_to_silhouettes` (``ramp``: its signed-distance cut, ``export.hull_ramp``), unless it would keep under ``MIN_HULL_KEPT`` of the voxels at or above ``level``.
 
     Reports the kept fraction as ``info["hull_kept_<source>"]``.
     """
@@ -323,7 +328,7 @@ def _carve(
     if inside == 0:  # no surface to cut (export_coarse_mesh reports that itself)
         info[f"hull_kept_{source}"] = 1.0
         return occ
-    carved = carve_to_silhouettes(occ, center, scale, level, cams, alpha, threshold)
+    carved = carve_to_silhouettes(occ, center, scale, level, cams, alpha, threshold, ramp=float(ramp))
     kept = int((carved >= level).sum()) / inside
     info[f"hull_kept_{source}"] = round(kept, 4)
     if kept < MIN_HULL_KEPT:

@@ -17,7 +17,7 @@ from core.cameras import orbit_cameras
 from core.types import RenderOutput
 from gs_renderer import GaussianModel
 from gs_renderer.densify import Densifier
-from gs_renderer.extract import carve_to_silhouettes, grid_marching_cubes
+from gs_renderer.extract import carve_to_silhouettes, grid_marching_cubes, signed_distance
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
 from pipeline.isolevel import calibrated_level, silhouette_iou
 
@@ -170,6 +170,40 @@ def test_carving_cuts_the_surface_to_the_views_silhouettes():
     cut = _carve(occ, c, s, 0.2, cams, silhouettes(0.7), 0.5, info, "gaussians")
     want = carve_to_silhouettes(occ, c, s, 0.2, cams, silhouettes(0.7), 0.5)
     assert torch.equal(cut, want) and 0.6 < info["hull_kept_gaussians"] < 0.75  # (0.7 / 0.8)^3 = 67 %
+
+
+def test_signed_distance_is_half_a_pixel_either_side_of_the_edge():
+    m = torch.zeros(2, 1, 4, 8, dtype=torch.bool)
+    m[0, :, :, :3] = True  # columns 0-2 object: the edge is the border between columns 2 and 3
+    sd = signed_distance(m)
+    assert sd[0, 0, 1].tolist() == [2.5, 1.5, 0.5, -0.5, -1.5, -2.5, -3.5, -4.5]
+    assert bool((sd[1] == -12).all())  # an empty view: everything outside by more than the image
+    assert bool((signed_distance(~m[1:])[0] == 12).all())
+
+
+def test_ramp_carving_puts_a_thin_band_exactly_on_its_silhouette():
+    """A 6-pixel band seen by one view on a coarse grid (a voxel ~2.5 px): the alpha cut comes out
+    over a pixel fat, the signed-distance cut (``ramp``) within a fraction of a pixel."""
+    from mesh_renderer import Mesh
+    from mesh_renderer.raster import rasterize
+
+    occ, c, s = _sphere_grid(32)
+    # A dense slab a bit thicker than the band (|y| < 0.1, the band is |y| < 0.064 at the centre)
+    # and just under the level outside (a Gaussian tail): the cut must also cap the voxels next to
+    # the surface, or marching cubes interpolates the crossing towards their uncut 0.19.
+    y = torch.linspace(-1, 1, 32)[None, :, None].expand_as(occ)
+    occ = torch.where((y.abs() < 0.1) & (occ > 0.2), torch.ones_like(occ), torch.full_like(occ, 0.19))
+    cam = orbit_cameras(torch.tensor([0.0]), torch.tensor([0.0]), 3.0, 49.1, 128)
+    band = torch.zeros(1, 1, 128, 128)
+    band[..., 61:67, :] = 1.0  # rows 61-66: 6 pixels
+    thick = {}
+    for ramp in (0.0, 1.0):
+        carved = carve_to_silhouettes(occ, c, s, 0.2, cam, band, 0.5, ramp=ramp)
+        v, f = grid_marching_cubes(carved, c, s, 0.2)
+        cover = rasterize(Mesh(v=v, f=f), cam, backend="torch").alpha[0, 0] > 0.5
+        thick[ramp] = float(cover[:, 54:74].sum(0).float().mean())  # columns near the centre
+    assert thick[1.0] == pytest.approx(6.0, abs=0.3), thick
+    assert thick[0.0] > 7.0, thick
 
 
 # ---------------------------------------------------------------------------------- ghost case
