@@ -14,10 +14,8 @@ size; the cap keeps very large Gaussians from touching the whole grid, as theirs
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import distance_transform_edt
 
 from core.cameras import Cameras, focal_from_fovy
 
@@ -207,21 +205,39 @@ def carve_to_silhouettes(
     return out.reshape(occ.shape)
 
 
-def signed_distance(mask: torch.Tensor) -> torch.Tensor:
+#: How far (pixels) :func:`signed_distance` measures; farther points only need their side.
+SD_REACH = 6
+
+
+def signed_distance(mask: torch.Tensor, reach: int = SD_REACH) -> torch.Tensor:
     """Signed distance in pixels to the edge of a bool ``mask`` ``[V,1,H,W]``: positive inside, float, same device.
 
     The edge is taken on the pixel borders between the two classes, so a pixel next to it is
-    +-0.5 (bilinear sampling is then exact across a straight edge). An all-object view is +H+W
-    everywhere, an empty one -(H+W) (no edge: every point on its side by more than the image).
+    +-0.5 (bilinear sampling is then exact across a straight edge): a pixel centre's Euclidean
+    distance to the nearest centre of the other class, minus 0.5. Exact up to ``reach`` pixels;
+    farther, only the side counts: ``+(H+W)`` inside, ``-(H+W)`` outside (as for a view with no edge),
+    which is all :func:`carve_to_silhouettes` needs, the cut surface lying within a few pixels of an
+    edge. Beyond the image the mask continues as at its border (the border is no edge). Runs on the
+    mask's device: ~60 refined views of 256 px in milliseconds on a GPU (a CPU distance transform
+    took ~0.3 s there with the copies).
     """
-    m = mask.detach().cpu().numpy().astype(bool)
+    m = mask.bool()
     H, W = m.shape[-2:]
-    sd = np.empty(m.shape, dtype=np.float32)
-    for v in range(m.shape[0]):
-        mv = m[v, 0]
-        if mv.all() or not mv.any():
-            sd[v, 0] = (H + W) * (1.0 if mv.all() else -1.0)
-            continue
-        # edt(x) = distance to the nearest zero: inside pixels to the nearest outside one and back.
-        sd[v, 0] = np.where(mv, distance_transform_edt(mv) - 0.5, 0.5 - distance_transform_edt(~mv))
-    return torch.from_numpy(sd).to(mask.device)
+    far = float(H + W)
+    inside = torch.full(m.shape, far, device=m.device)
+    outside = torch.full(m.shape, far, device=m.device)
+    pad = F.pad(m.float(), (reach, reach, reach, reach), mode="replicate") > 0.5
+    offsets = sorted(
+        (dy * dy + dx * dx, dy, dx)
+        for dy in range(-reach, reach + 1)
+        for dx in range(-reach, reach + 1)
+        if 0 < dy * dy + dx * dx <= reach * reach
+    )
+    for r2, dy, dx in offsets:  # nearest first: the first hit of a pixel is its distance
+        other = pad[..., reach + dy : reach + dy + H, reach + dx : reach + dx + W]
+        r = float(r2) ** 0.5
+        inside = torch.where(m & ~other & (inside == far), r, inside)
+        outside = torch.where(~m & other & (outside == far), r, outside)
+    return torch.where(
+        m, torch.where(inside == far, far, inside - 0.5), torch.where(outside == far, -far, 0.5 - outside)
+    )

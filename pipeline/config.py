@@ -97,8 +97,10 @@ def config_rules() -> dict:
         "export.merge_ratio": C.in_range(0.0, 0.1),
         "export.visible_views": C.in_range(0, 1024),
         "export.hull": C.check(
-            lambda v: all(x in ("input", "gaussians") for x in v), "be a list of input, gaussians"
+            lambda v: all(x in ("input", "gaussians", "refined") for x in v),
+            "be a list of input, gaussians, refined",
         ),
+        "export.hull_t_max": C.in_range(0.0, 1.0),
         "export.hull_alpha": C.in_range(0.01, 0.99),
         "export.hull_ramp": C.in_range(0.0, 16.0),
         "export.visible_size": C.in_range(16, MAX_SIZE),

@@ -105,11 +105,14 @@ def run_sir(
     timer: PhaseTimer,
     device: torch.device,
     on_iteration: Callable[[int, int, torch.Tensor], None] | None = None,
+    on_target: Callable[[int | None, Cameras, torch.Tensor], None] | None = None,
 ) -> SirStats:
     """Run the init pass (when ``plan.init_steps``) and the SIR iterations of ``plan``.
 
     ``noise``: a NoiseSource for every random draw of the refine step. ``on_iteration(i, n, loss)``
-    is called after each iteration with the last loss (a tensor: reading it is the caller's sync).
+    is called after each iteration with the last loss (a tensor: reading it is the caller's sync);
+    ``on_target(t2, cams, target)`` with each iteration's refined views ``[V,3,H,W] in [0,1]`` and
+    its ``t2`` (None for the init pass, refined from pure noise).
     """
     stats = SirStats()
     passes: list[tuple[bool, int, int, int]] = []  # (from_noise, t1, t2, steps)
@@ -142,6 +145,8 @@ def run_sir(
                         from_noise=from_noise,
                     )
                     target = resize(refined.images.float(), plan.render_size, plan.resize_mode).clamp(0, 1)
+                    if on_target is not None:
+                        on_target(None if from_noise else t2, cams, target)
             with timer.phase("optimise"):
                 loss = rep.loss(out, target)
                 rep.step(loss, out)

@@ -28,6 +28,7 @@ from mesh_renderer.ops import clean_mesh, decimate, isotropic_remesh
 from mesh_renderer.uv import prestart_workers, start_unwrap
 from mesh_renderer.visibility import drop_hidden_faces
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
+from pipeline.hull_views import RefinedSilhouettes
 from pipeline.isolevel import calibrated_level
 from pipeline.plans import stage1_plan
 from pipeline.prefetch import EXPORT_MODULES, prefetch
@@ -149,8 +150,25 @@ def stage1_with_model(
     imports = prefetch(EXPORT_MODULES) if device.type == "cuda" and export else None
     if export:
         prestart_workers(cfg.export.uv_workers or None)  # xatlas processes import during the loop
+    hull = (
+        RefinedSilhouettes(
+            cfg.export.hull_t_max * denoiser.schedule.num_train_timesteps, cfg.sir.bg_threshold
+        )
+        if export and "refined" in cfg.export.hull
+        else None
+    )
     with progress(len(plan.t_pairs) + (plan.init_steps > 0), "stage 1 (Gaussians)", cfg.quiet) as on_iter:
-        stats = run_sir(rep, denoiser, plan, st.rng, st.noise, timer, device, on_iter)
+        stats = run_sir(
+            rep,
+            denoiser,
+            plan,
+            st.rng,
+            st.noise,
+            timer,
+            device,
+            on_iter,
+            hull.add if hull is not None else None,
+        )
     if imports is not None:
         imports.join()  # normally long done; the export then never imports alongside it
 
@@ -163,7 +181,9 @@ def stage1_with_model(
             outputs["ply"] = str(out.final_path("_model.ply"))
         ref = (st.ref_cam, st.ref_mask) if st.ref_cam is not None else None
         during = (lambda: during_unwrap(denoiser)) if during_unwrap is not None else None
-        mesh_info = export_coarse_mesh(cfg, model, timer, device, outputs, out, ref, during) if export else {}
+        mesh_info = (
+            export_coarse_mesh(cfg, model, timer, device, outputs, out, ref, during, hull) if export else {}
+        )
         with timer.phase("preview"):
             write_previews(
                 cfg, "gaussians", model, cfg.render.gs_backend, outputs, "_preview.png", "_gaussians.mp4", out
@@ -209,6 +229,7 @@ def export_coarse_mesh(
     out: OutputSet,
     ref: tuple | None = None,
     during_unwrap: Callable[[], None] | None = None,
+    refined: RefinedSilhouettes | None = None,
 ) -> dict:
     """Marching cubes on the Gaussian density (cut by the Gaussians' silhouettes), clean, drop hidden faces, UV-unwrap, bake colour, save (docs/method.md#coarse-mesh, #texture-bake).
 
@@ -220,7 +241,8 @@ def export_coarse_mesh(
     by the input mask (when :func:`input_view_fitted`) and/or the bake views' Gaussian alpha, ``> export.hull_alpha``
     (:func:`gs_renderer.extract.carve_to_silhouettes`). ``ref = (ref_cam, ref_mask [1,H,W])``
     is the input view, the calibration's ground truth. ``during_unwrap()`` runs on the main thread
-    while xatlas works (after the bake views are rendered).
+    while xatlas works (after the bake views are rendered). ``refined``: the last SIR iterations'
+    refined-view silhouettes, a cut too when ``export.hull`` has ``refined``.
     """
     ex = cfg.export
     info: dict = {}
@@ -246,6 +268,9 @@ def export_coarse_mesh(
             occ = _carve(
                 occ, center, scale, level, ref[0], ref[1][None], ex.hull_alpha, info, "input", ex.hull_ramp
             )
+        if refined is not None and len(refined) and "refined" in ex.hull:
+            r_cams, r_masks = refined.views()
+            occ = _carve(occ, center, scale, level, r_cams, r_masks, 0.5, info, "refined", ex.hull_ramp)
         if views is not None:
             occ = _carve(
                 occ, center, scale, level, cams, views.alpha, ex.hull_alpha, info, "gaussians", ex.hull_ramp
@@ -328,7 +353,11 @@ def _carve(
     if inside == 0:  # no surface to cut (export_coarse_mesh reports that itself)
         info[f"hull_kept_{source}"] = 1.0
         return occ
-    carved = carve_to_silhouettes(occ, center, scale, level, cams, alpha, threshold, ramp=float(ramp))
+    # Points per chunk x views bounds the sampling grid's memory (~1 GB at 2^24 entries).
+    chunk = max(1 << 14, (1 << 24) // max(1, len(cams)))
+    carved = carve_to_silhouettes(
+        occ, center, scale, level, cams, alpha, threshold, chunk=chunk, ramp=float(ramp)
+    )
     kept = int((carved >= level).sum()) / inside
     info[f"hull_kept_{source}"] = round(kept, 4)
     if kept < MIN_HULL_KEPT:

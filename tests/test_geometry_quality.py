@@ -453,3 +453,96 @@ def test_silhouette_init_depends_on_the_pose_not_its_device_rounding(caplog):
     with caplog.at_level("WARNING"):
         c = GaussianModel.init_silhouette(5000, 0.5, 0.87, cam, tiny, seed=3)
     assert 0 < c.num_points < 5000 and "initial Gaussians instead of 5000" in caplog.text
+
+
+def test_export_cuts_by_the_last_refined_views_silhouettes(tmp_path):
+    """``export.hull=[refined]``: the coarse mesh of a ball of Gaussians (radius ~0.4) fits the object
+    masks of the refined views (photos on white) of the SIR iterations refined from little noise
+    (``t2 <= export.hull_t_max * T``); a noisier iteration and the init pass (smaller disks) are not
+    kept, and without ``refined`` nothing is cut."""
+    from core.outputs import OutputSet
+    from core.timing import PhaseTimer
+    from mesh_renderer import load_mesh
+    from mesh_renderer.raster import rasterize
+    from pipeline import load_config
+    from pipeline.hull_views import RefinedSilhouettes
+    from pipeline.stage1 import export_coarse_mesh
+
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    means = d * (0.35 * torch.rand(n, 1, generator=g).pow(1 / 3))
+    quats = torch.zeros(n, 4)
+    quats[:, 0] = 1.0
+    side = orbit_cameras([0.0, 0.0], [90.0, -90.0], 2.0, 49.1, 64)
+    yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+
+    def photo(radius: float) -> torch.Tensor:
+        """Two refined views [2,3,64,64]: a grey disk of ``radius`` (world units at depth 2) on white."""
+        img = torch.ones(2, 3, 64, 64)
+        img[:, :, (xx - 32) ** 2 + (yy - 32) ** 2 < (radius * side.focal / 2.0) ** 2] = 0.6
+        return img
+
+    def export(hull: str) -> tuple[dict, int]:
+        cfg = load_config(
+            [
+                "--config",
+                str(ROOT / "configs" / "oracle_cpu.yaml"),
+                f"outdir={tmp_path / hull}",
+                "save_path=ball",
+                "quiet=true",
+                f"export.hull=[{hull}]",
+                "export.hull_t_max=0.5",
+                "export.visible_views=0",
+                "export.grid_resolution=48",
+            ]
+        )
+        kept = RefinedSilhouettes(cfg.export.hull_t_max * 1000, cfg.sir.bg_threshold)
+        kept.add(None, side, photo(0.1))  # the init pass: from pure noise
+        kept.add(501, side, photo(0.1))  # refined from more noise than hull_t_max
+        kept.add(500, side, photo(0.3))
+        assert len(kept) == 2
+        model = GaussianModel(
+            means,
+            torch.full((n, 3), math.log(0.03)),
+            quats,
+            torch.full((n,), 4.0),
+            torch.zeros(n, 1, 3),
+            None,
+            0,
+        )
+        outputs: dict = {}
+        with OutputSet(tmp_path / hull, "ball", "_report.json") as out:
+            info = export_coarse_mesh(
+                cfg, model, PhaseTimer(), torch.device("cpu"), outputs, out, None, None, kept
+            )
+            out.commit(lambda p: p.write_text("{}"))
+        cover = rasterize(load_mesh(outputs["mesh"]), side, backend="torch").alpha[:, 0] > 0.5
+        disk = (xx - 32) ** 2 + (yy - 32) ** 2 < (0.3 * side.focal / 2.0) ** 2
+        return info, int((cover & ~disk).sum())
+
+    info, outside = export("refined")
+    assert 0.2 < info["hull_kept_refined"] < 0.8 and outside <= 16, (info, outside)
+    info, outside = export("")
+    assert "hull_kept_refined" not in info and outside > 200, outside
+
+
+def test_signed_distance_equals_the_exact_transform_within_its_reach():
+    """Against scipy's exact Euclidean distance transform on random blobs: equal wherever the exact
+    distance is within the reach; farther, the right side at +-(H+W)."""
+    import numpy as np
+    from scipy.ndimage import distance_transform_edt
+
+    from gs_renderer.extract import SD_REACH
+
+    g = torch.Generator().manual_seed(3)
+    noise = torch.rand(3, 1, 5, 4, generator=g)
+    m = torch.nn.functional.interpolate(noise, size=(60, 48), mode="bilinear") > 0.5
+    sd = signed_distance(m)
+    for v in range(3):
+        mv = m[v, 0].numpy()
+        exact = np.where(mv, distance_transform_edt(mv) - 0.5, 0.5 - distance_transform_edt(~mv))
+        near = np.abs(exact) <= SD_REACH - 0.5
+        assert near.sum() > 500 and (~near).sum() > 50
+        np.testing.assert_allclose(sd[v, 0].numpy()[near], exact[near], atol=1e-5)
+        assert bool((sd[v, 0].numpy()[~near] == np.sign(exact[~near]) * 108).all())
