@@ -546,3 +546,42 @@ def test_signed_distance_equals_the_exact_transform_within_its_reach():
         assert near.sum() > 500 and (~near).sum() > 50
         np.testing.assert_allclose(sd[v, 0].numpy()[near], exact[near], atol=1e-5)
         assert bool((sd[v, 0].numpy()[~near] == np.sign(exact[~near]) * 108).all())
+
+
+def test_stage1_hands_the_refined_hull_each_iteration_with_its_t2_and_none_for_the_init_pass(
+    tmp_path, monkeypatch
+):
+    """run_sir reports every iteration's refined views: the init pass (from pure noise) as ``None``,
+    the others with their ``t2`` in schedule order; only ``t2 <= hull_t_max * T`` are kept."""
+    from guidance import load_denoiser
+    from pipeline import load_config, run_stage1
+    from pipeline.hull_views import RefinedSilhouettes
+
+    seen: list = []
+    real_add = RefinedSilhouettes.add
+
+    def spy(self, t2, cams, target):
+        seen.append((t2, len(cams), tuple(target.shape)))
+        real_add(self, t2, cams, target)
+
+    monkeypatch.setattr(RefinedSilhouettes, "add", spy)
+    spot = ROOT.parent / "shared" / "data" / "meshes" / "spot.obj"
+    cfg = load_config(
+        [
+            "--config",
+            str(ROOT / "tests" / "data" / "oracle_tiny.yaml"),
+            f"oracle.mesh={spot}",
+            f"outdir={tmp_path}",
+            "quiet=true",
+            "export.hull=[input,refined]",
+        ]
+    )
+    r1 = run_stage1(cfg, load_denoiser(cfg, torch.device("cpu")))
+    t2s = [t2 for t2, _, _ in seen]
+    assert t2s[0] is None and len(t2s) == cfg.sir.iters + 1
+    assert all(isinstance(t, int) for t in t2s[1:]) and t2s[1:] == sorted(t2s[1:], reverse=True)
+    V, S = cfg.sir.views, cfg.sir.render_size
+    assert all(v == V and shape == (V, 3, S, S) for _, v, shape in seen)
+    late = sum(t is not None and t <= cfg.export.hull_t_max * 1000 for t in t2s)
+    assert 0 < late < len(t2s) - 1
+    assert "hull_kept_refined" in r1["mesh"]
