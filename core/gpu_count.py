@@ -30,7 +30,8 @@ def cuda_driver_present() -> bool:
 
 
 def nvml_device_count() -> int | None:
-    """The machine's NVIDIA GPUs as NVML counts them; None when NVML cannot be loaded or answer."""
+    """The machine's NVIDIA GPUs as NVML counts them; None when NVML cannot be loaded or answer, or
+    when a GPU is in MIG mode (NVML counts the physical GPU, CUDA sees its MIG devices or none)."""
     for name in _NVML_NAMES:
         try:
             lib = ctypes.CDLL(name)
@@ -39,13 +40,34 @@ def nvml_device_count() -> int | None:
         try:
             if lib.nvmlInit_v2() != 0:
                 return None
-            count = ctypes.c_uint(0)
-            ok = lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0
-            lib.nvmlShutdown()
         except AttributeError:  # a library of that name without the NVML entry points
             return None
-        return int(count.value) if ok else None
+        try:
+            count = ctypes.c_uint(0)
+            if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+                return None
+            return None if _mig_or_unknown(lib, count.value) else int(count.value)
+        except AttributeError:
+            return None
+        finally:
+            lib.nvmlShutdown()
     return None
+
+
+def _mig_or_unknown(lib: ctypes.CDLL, count: int) -> bool:
+    """Whether one of the ``count`` GPUs is in MIG mode, or cannot be asked (no handle for it)."""
+    for i in range(count):
+        handle = ctypes.c_void_p()
+        if lib.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(i), ctypes.byref(handle)) != 0:
+            return True
+        current, pending = ctypes.c_uint(0), ctypes.c_uint(0)
+        # Not 0 (NVML_ERROR_NOT_SUPPORTED on GPUs without MIG): no MIG mode.
+        if (
+            lib.nvmlDeviceGetMigMode(handle, ctypes.byref(current), ctypes.byref(pending)) == 0
+            and current.value
+        ):
+            return True
+    return False
 
 
 def visible_count(machine: int, visible: str | None) -> int:

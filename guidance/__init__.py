@@ -1,7 +1,8 @@
 """Multi-view denoisers behind one interface, registered by name; the SIR refine step; model loading.
 
-``import guidance`` stays light: the models (:mod:`guidance.models`) are imported on the first use of
-the registry, and their heavy libraries (diffusers, transformers) only when one is loaded.
+``import guidance`` stays light: a model's module (:mod:`guidance.models`) and its heavy libraries
+(diffusers, transformers) are imported only when that model is loaded; the registry lists
+:data:`guidance.models.BUILTIN` without importing them.
 """
 
 from __future__ import annotations

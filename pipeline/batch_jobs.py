@@ -121,12 +121,12 @@ class BatchWorker:
     def stages(self, cfg: Any) -> dict[str, dict]:
         """Both stages on ``cfg`` with this worker's model (loaded here on first use)."""
         from core.device import resolve_device
-        from guidance import load_denoiser
-        from pipeline.both_stages import image_to_3d
+        from pipeline.both_stages import image_to_3d, load_model
 
         if self.denoiser is None:
             self.tried_load = True
-            self.denoiser = load_denoiser(cfg, resolve_device(cfg.device))
+            # As batch.load_stages: with the GPU warm-up, and a model that cannot load is a UserError.
+            self.denoiser = load_model(cfg, resolve_device(cfg.device))
         return image_to_3d(cfg, self.denoiser)
 
     def run(

@@ -376,6 +376,25 @@ def test_run_item_model_load_error_is_fatal(tmp_path, no_open_dict):
     assert result.status == "failed" and result.fatal and result.error == "cannot load model x"
 
 
+def test_a_ray_worker_reports_a_model_that_cannot_load_as_the_local_workers_do(tmp_path):
+    """A Ray worker loads its model as batch.load_stages does (pipeline.both_stages.load_model): a
+    model folder that does not load is one fatal UserError line, not a per-item traceback with the
+    load tried again at every item."""
+    png = tmp_path / "cat.png"
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(png)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{not json")  # a model folder whose files do not load
+    item = batch.Item("cat", png)
+    cfg = batch.item_config(
+        str(ROOT / "configs" / "image.yaml"), [f"model.path={model}"], tmp_path / "o", item
+    )
+    worker = BatchWorker()
+    result = run_item(cfg, png.read_bytes(), "cat.png", worker)
+    assert result.status == "failed" and result.fatal, (result.error, result.fatal)
+    assert re.match(r"cannot load the zero123 model from .*model\.path", result.error), result.error
+
+
 class _FakeRay:
     def __init__(self, **res) -> None:
         self.res = res

@@ -61,3 +61,54 @@ def test_nvml_count_is_none_or_a_count_here():
     """On any machine: an int (GPUs present) or None (no NVIDIA driver), never an exception."""
     n = gpu_count.nvml_device_count()
     assert n is None or (isinstance(n, int) and n >= 0)
+
+
+class _FakeNvml:
+    """``libnvidia-ml`` as ctypes sees it: ``gpus`` GPUs, MIG mode on for the indices in ``mig``."""
+
+    def __init__(self, gpus: int, mig: tuple[int, ...] = (), mig_ret: int = 0) -> None:
+        self.gpus, self.mig, self.mig_ret, self.shutdowns = gpus, mig, mig_ret, 0
+
+    def nvmlInit_v2(self) -> int:
+        return 0
+
+    def nvmlDeviceGetCount_v2(self, count) -> int:
+        count._obj.value = self.gpus
+        return 0
+
+    def nvmlDeviceGetHandleByIndex_v2(self, index, handle) -> int:
+        handle._obj.value = index.value + 1
+        return 0
+
+    def nvmlDeviceGetMigMode(self, handle, current, pending) -> int:
+        current._obj.value = int(handle.value - 1 in self.mig)
+        return self.mig_ret
+
+    def nvmlShutdown(self) -> int:
+        self.shutdowns += 1
+        return 0
+
+
+def _use_fake_nvml(monkeypatch, fake: _FakeNvml) -> None:
+    import ctypes
+
+    def cdll(name):
+        if "nvidia-ml" not in name:
+            raise OSError(name)
+        return fake
+
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+
+
+def test_a_gpu_in_mig_mode_leaves_the_count_to_cuda(monkeypatch):
+    """NVML counts physical GPUs; a GPU in MIG mode shows CUDA its MIG devices instead (or none when
+    none is made), so NVML's count is not what CUDA sees: the caller must ask torch (None)."""
+    fake = _FakeNvml(2)
+    _use_fake_nvml(monkeypatch, fake)
+    assert gpu_count.nvml_device_count() == 2 and fake.shutdowns == 1
+    _use_fake_nvml(monkeypatch, _FakeNvml(2, mig_ret=3))  # NVML_ERROR_NOT_SUPPORTED: no MIG there
+    assert gpu_count.nvml_device_count() == 2
+    fake = _FakeNvml(2, mig=(1,))
+    _use_fake_nvml(monkeypatch, fake)
+    assert gpu_count.nvml_device_count() is None and fake.shutdowns == 1
+    assert cuda_gpus({}) is None

@@ -35,6 +35,19 @@ def test_builtins_are_discovered():
         assert get(mod.SPEC.name) is mod.SPEC
 
 
+def test_every_model_module_is_declared_in_builtin():
+    """The registry lists guidance.models.BUILTIN, never scans the package: a model module missing
+    there (one that registers itself on import, the old way) would never be found in a fresh process."""
+    from guidance.registry import LazyLoad
+
+    modules = {info.name for info in pkgutil.iter_modules(guidance.models.__path__)}
+    declared = {spec.name: spec for spec in guidance.models.BUILTIN}
+    assert set(declared) == modules
+    for name, spec in declared.items():
+        assert spec.load == LazyLoad(f"guidance.models.{name}")
+        assert callable(importlib.import_module(f"guidance.models.{name}").load)
+
+
 def test_unknown_name_is_a_user_error_listing_the_names():
     with pytest.raises(UserError) as e:
         load_denoiser({"guidance": "sd"}, "cpu")
