@@ -16,6 +16,13 @@ from gs_renderer.render import render
 from pipeline.view_loss import ViewLossTerms, view_loss, view_loss_terms
 
 
+def background(target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Background pixels of refined views ``[V,3,H,W] in [0,1]`` (photos on white): bool ``[V,1,H,W]``,
+    every channel ``>= 1 - threshold`` (``sir.bg_threshold``; the stage-1 alpha losses and the
+    refined-view hull read the views with this one rule)."""
+    return target.amin(1, keepdim=True) >= 1.0 - threshold
+
+
 @dataclass(frozen=True)
 class GaussianSettings:
     """What the Gaussian representation reads: learning rates, densification, loss weights.
@@ -149,7 +156,7 @@ class GaussianRepresentation:
             # is object by colour, and pushing it opaque would fatten the silhouette: flat objects
             # seen edge-on are a few pixels thick).
             # bg_w * sum(alpha bg) / V + fg_w * sum((1 - alpha) fg) / V = sum(alpha C) + fg_w sum(fg) / V.
-            bg = (target.amin(1, keepdim=True) >= 1.0 - g.bg_threshold).to(target.dtype)
+            bg = background(target, g.bg_threshold).to(target.dtype)
             fg = (
                 1.0 - F.max_pool2d(bg, 3, stride=1, padding=1)
                 if g.fg_alpha_loss > 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from core.cameras import Cameras
+from pipeline.gaussians import background
 
 __all__ = ["RefinedSilhouettes"]
 
@@ -33,7 +34,7 @@ class RefinedSilhouettes:
         if t2 is None or t2 > self.t_max:
             return
         self._cams.append(cams)
-        self._masks.append(target.detach().amin(1, keepdim=True) < 1.0 - self.bg_threshold)
+        self._masks.append(~background(target.detach(), self.bg_threshold))
 
     def __len__(self) -> int:
         return sum(len(c) for c in self._cams)

@@ -241,8 +241,8 @@ def export_coarse_mesh(
     by the input mask (when :func:`input_view_fitted`) and/or the bake views' Gaussian alpha, ``> export.hull_alpha``
     (:func:`gs_renderer.extract.carve_to_silhouettes`). ``ref = (ref_cam, ref_mask [1,H,W])``
     is the input view, the calibration's ground truth. ``during_unwrap()`` runs on the main thread
-    while xatlas works (after the bake views are rendered). ``refined``: the last SIR iterations'
-    refined-view silhouettes, a cut too when ``export.hull`` has ``refined``.
+    while xatlas works (after the bake views are rendered). ``refined``: the late SIR iterations'
+    refined-view silhouettes (``export.hull_t_max``), a cut too when ``export.hull`` has ``refined``.
     """
     ex = cfg.export
     info: dict = {}

@@ -303,6 +303,19 @@ def test_silhouette_init_starts_on_every_part_the_input_shows():
     assert ball.num_points == 100 and float(ball.means.detach().norm(dim=1).max()) <= 0.5
 
 
+def _opaque_ball() -> GaussianModel:
+    """3000 opaque Gaussians (scale 0.03) filling a ball of radius 0.35 (surface ~0.4), seeded."""
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    means = d * (0.35 * torch.rand(n, 1, generator=g).pow(1 / 3))
+    quats = torch.zeros(n, 4)
+    quats[:, 0] = 1.0
+    return GaussianModel(
+        means, torch.full((n, 3), math.log(0.03)), quats, torch.full((n,), 4.0), torch.zeros(n, 1, 3), None, 0
+    )
+
+
 NO_REF_LOSS = ("sir.ref_loss=0", "sir.ref_mask_loss=0")  # ImageDream's stage 1: the input view is not fitted
 
 
@@ -334,15 +347,7 @@ def test_export_cuts_the_coarse_mesh_by_the_input_mask(tmp_path, hull, extra, cu
             *extra,
         ]
     )
-    g = torch.Generator().manual_seed(0)
-    n = 3000
-    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    means = d * (0.35 * torch.rand(n, 1, generator=g).pow(1 / 3))
-    quats = torch.zeros(n, 4)
-    quats[:, 0] = 1.0
-    model = GaussianModel(
-        means, torch.full((n, 3), math.log(0.03)), quats, torch.full((n,), 4.0), torch.zeros(n, 1, 3), None, 0
-    )
+    model = _opaque_ball()
     ref_cam = orbit_cameras(0.0, 0.0, 2.0, 49.1, 64)
     disk = torch.zeros(1, 64, 64)
     yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
@@ -468,12 +473,6 @@ def test_export_cuts_by_the_last_refined_views_silhouettes(tmp_path):
     from pipeline.hull_views import RefinedSilhouettes
     from pipeline.stage1 import export_coarse_mesh
 
-    g = torch.Generator().manual_seed(0)
-    n = 3000
-    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    means = d * (0.35 * torch.rand(n, 1, generator=g).pow(1 / 3))
-    quats = torch.zeros(n, 4)
-    quats[:, 0] = 1.0
     side = orbit_cameras([0.0, 0.0], [90.0, -90.0], 2.0, 49.1, 64)
     yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
 
@@ -502,15 +501,7 @@ def test_export_cuts_by_the_last_refined_views_silhouettes(tmp_path):
         kept.add(501, side, photo(0.1))  # refined from more noise than hull_t_max
         kept.add(500, side, photo(0.3))
         assert len(kept) == 2
-        model = GaussianModel(
-            means,
-            torch.full((n, 3), math.log(0.03)),
-            quats,
-            torch.full((n,), 4.0),
-            torch.zeros(n, 1, 3),
-            None,
-            0,
-        )
+        model = _opaque_ball()
         outputs: dict = {}
         with OutputSet(tmp_path / hull, "ball", "_report.json") as out:
             info = export_coarse_mesh(
