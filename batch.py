@@ -765,18 +765,69 @@ def _environ(values: dict[str, str | None]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: Modules every worker imports (through the default stage loader), imported once by the fork server.
+STAGE_MODULES = ("torch", "pipeline.both_stages")
+
+
+def _preload_modules(config: str, overrides: list[str], load: Callable | None) -> list[str]:
+    """What the fork server imports before forking workers: the stages and the config's model
+    module for the default loader (only the fork server's own imports for a custom ``load``)."""
+    if load is not None:
+        return []
+    mods = list(STAGE_MODULES)
+    try:
+        from guidance.registry import LazyLoad, get
+
+        spec_load = get(str(item_config(config, overrides, Path("."), None).guidance)).load
+    except Exception:  # the items' configs report it
+        return mods
+    if isinstance(spec_load, LazyLoad):
+        mods.append(spec_load.module)
+    return mods
+
+
+def _worker_context(preload: list[str], workers: int) -> Any:
+    """The multiprocessing context of the workers: a fork server (POSIX) started now, importing
+    ``preload`` once, so each worker is forked ready instead of importing torch itself; else spawn.
+
+    The server never touches CUDA (its imports do not), so each forked worker starts CUDA afresh in
+    its own environment (:func:`_apply_environ`). Its torch reads ``OMP_NUM_THREADS`` as it loads:
+    it is started with the workers' thread count (:func:`worker_threads`) unless the user set one.
+    """
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")  # a fresh interpreter: no inherited CUDA state
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", *preload])  # only read when the server starts
+    threads = worker_threads(max(1, workers), cpu_count(), os.environ)
+    with _environ({"OMP_NUM_THREADS": None if threads is None else str(threads)}):
+        forkserver.ensure_running()  # returns at once; the server imports in the background
+    return ctx
+
+
 def _worker_main(
-    conn: Any, wid: int, load: Callable[[], tuple[Callable, Callable]] | None, driver: int | None = None
+    conn: Any,
+    wid: int,
+    load: Callable[[], tuple[Callable, Callable]] | None,
+    driver: int | None = None,
+    environ: dict[str, str] | None = None,
 ) -> None:
     """A worker process: run the items the driver sends over ``conn`` until it sends None.
 
     Each message is ``(idx, cfg)``; the answer is ``("done", idx, record fields)``, or ``("fatal",
     idx, fields)`` when the model cannot load (then the worker ends). The model loads at the first
     item, followed by ``("loaded", idx, None)``: a worker that dies before it died loading the model.
+    ``environ``: the environment to run with (the driver's at spawn time plus this worker's GPU, MPS
+    and thread settings), applied before anything touches CUDA (:func:`_apply_environ`).
     """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the workers
+    if environ is not None:
+        _apply_environ(environ)
     # The driver stops a busy worker with SIGTERM: unwind, so that finally blocks remove
     # half-written temporary files and stop the UV unwrap's xatlas processes.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -827,24 +878,58 @@ def _serve(conn: Any, model: "_Model") -> None:
             return
 
 
-def _end_with_driver(driver: int | None) -> None:
-    """Linux: have the kernel send this worker SIGTERM when the driver (pid ``driver``) dies.
+def _apply_environ(environ: dict[str, str]) -> None:
+    """Make ``environ`` this process's environment. A forked worker (:func:`_worker_context`) starts
+    with its fork server's environment, so the driver's (the user's, plus the worker's GPU, MPS pipe
+    and thread count) is set here, before the first CUDA call reads it."""
+    os.environ.clear()
+    os.environ.update(environ)
+    threads = environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0 and "torch" in sys.modules:
+        # torch, imported by the fork server, read its thread count then
+        sys.modules["torch"].set_num_threads(int(threads))
 
-    So a driver killed outright (``kill -9``, the OOM killer) leaves no worker computing on for
-    nobody; elsewhere a worker ends when it next talks to the gone driver.
+
+def _end_with_driver(driver: int | None) -> None:
+    """End this worker (SIGTERM to itself, so ``finally`` blocks clean up) when the driver dies.
+
+    A forked worker's parent is the fork server, which outlives a killed driver while any worker
+    lives, so the kernel's parent-death signal cannot serve; a daemon thread waits on the driver's
+    pidfd (Linux) or polls it. So a driver killed outright (``kill -9``, the OOM killer) leaves no
+    worker computing on for nobody.
     """
     import signal
+    import threading
 
-    if not sys.platform.startswith("linux") or driver is None:
+    if driver is None:
         return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != driver:  # it died before the request: nobody will send the signal
+    if not _alive(driver):  # gone already
         raise SystemExit(128 + signal.SIGTERM)
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(driver)
+        except (AttributeError, OSError):  # not Linux >= 5.3, or it is gone: poll
+            while _alive(driver):
+                time.sleep(0.5)
+        else:
+            import select
+
+            select.select([fd], [], [])  # readable once the driver has exited
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="driver-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: it exists
+        return True
+    return True
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
@@ -902,9 +987,11 @@ def run_workers(
     workers' stage loader (a module-level callable, default :func:`load_stages`). ``mps_mode``: auto | on |
     off, CUDA MPS for workers sharing a GPU (:func:`core.mps.mps_daemon`), stopped after the workers.
     """
-    import multiprocessing as mp
     from multiprocessing.connection import wait
 
+    # First: the fork server imports torch and the stages while this process queues the items and
+    # starts MPS (on one H200, 4 workers each importing them at once took 3-5 s).
+    ctx = _worker_context(_preload_modules(config, overrides, load), min(workers, len(items)))
     summary = _Summary(items, out, shard, meta)
     records, flush, meta = summary.records, summary.flush, summary.meta
     bar = _ItemProgress(len(items), enabled=show_progress)
@@ -932,9 +1019,6 @@ def run_workers(
             ", ".join(g or "unchanged" for g in gpus),
             threads or "OMP_NUM_THREADS",
         )
-        ctx = mp.get_context(
-            "spawn"
-        )  # a fresh interpreter: no inherited CUDA state, the GPU chosen before torch loads
         live: list[_Worker] = []
         retired: list[_Worker] = []
         spawned = 0
@@ -957,13 +1041,13 @@ def run_workers(
                 "OMP_NUM_THREADS": None if threads is None else str(threads),
                 **mps.env,
             }
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(there, spawned, load, os.getpid()),
-                daemon=True,
-                name=f"batch-worker-{spawned}",
-            )
-            with _environ(env):  # the child's torch reads these when it first loads
+            with _environ(env):  # a spawned child inherits these; a forked one gets them passed
+                proc = ctx.Process(
+                    target=_worker_main,
+                    args=(there, spawned, load, os.getpid(), dict(os.environ)),
+                    daemon=True,
+                    name=f"batch-worker-{spawned}",
+                )
                 proc.start()
             there.close()
             spawned += 1

@@ -29,6 +29,8 @@ INTERRUPT_ON = "MD_TEST_INTERRUPT_ON"  # the fake stages press Ctrl-C in the dri
 DIE_AFTER = "MD_TEST_WORKER_DIES_AFTER"  # the fake stages end their process 0.3 s after these items
 LOAD_LOG = "MD_TEST_LOAD_LOG"  # the dying model load appends its pid to this file
 SIGNAL = "MD_TEST_SIGNAL"  # the signal the fake stages send the driver then (default SIGINT)
+PROBE = "MD_TEST_PROBE"  # the fake stages copy it into their report (the driver's environment reaches them)
+DRIVER_PID = "MD_TEST_DRIVER_PID"  # the driver's pid (a forked worker's parent is the fork server)
 
 
 # ------------------------------------------------------------------ fake stages (run in the workers)
@@ -41,6 +43,7 @@ def _fake_image_to_3d(cfg, denoiser):
         "seconds": {"sir": 1.5},
         "nfe": 10,
         "pid": os.getpid(),
+        "probe": os.environ.get(PROBE),
         "outputs": {"ply": str(out / f"{name}_model.ply")},
     }
     (out / f"{name}_report.json").write_text(json.dumps(r1))
@@ -56,7 +59,7 @@ def _fake_image_to_3d(cfg, denoiser):
         with atomic_path(out / f"{name}.glb") as tmp:  # mid-write, as a real stage would be
             tmp.write_text("half a glb")
             sig = getattr(signal, os.environ.get(SIGNAL, "SIGINT"))
-            os.kill(os.getppid(), sig)  # the driver is this worker's parent
+            os.kill(int(os.environ[DRIVER_PID]), sig)
             time.sleep(60)  # busy until the driver ends this worker
     if name in os.environ.get(DIE_AFTER, "").split(","):
         import threading
@@ -154,6 +157,55 @@ def test_environ_sets_and_restores(monkeypatch):
     assert os.environ["MD_X"] == "old" and "MD_Y" not in os.environ
 
 
+def test_apply_environ_replaces_the_environment_and_sets_torch_threads(monkeypatch):
+    import torch
+
+    saved, threads = dict(os.environ), torch.get_num_threads()
+    try:
+        batch._apply_environ({"MD_ONLY": "1", "OMP_NUM_THREADS": "3", "PATH": saved.get("PATH", "")})
+        assert os.environ.get("MD_ONLY") == "1" and "HOME" not in os.environ
+        assert torch.get_num_threads() == 3
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        torch.set_num_threads(threads)
+
+
+def test_fork_server_preload_starts_no_cuda():
+    """The fork server imports the stages and every model module, then forks workers: none of those
+    imports may ask CUDA anything (torch then refuses CUDA in every forked worker: "Cannot
+    re-initialize CUDA in forked subprocess")."""
+    import subprocess
+    import sys
+
+    from guidance.models import BUILTIN
+
+    mods = [*batch.STAGE_MODULES, *(spec.load.module for spec in BUILTIN)]
+    code = (
+        "import sys, torch\n"
+        "calls = []\n"
+        "for name in ('_cuda_getDeviceCount', '_cuda_init'):\n"
+        "    if hasattr(torch._C, name):\n"
+        "        f = getattr(torch._C, name)\n"
+        "        setattr(torch._C, name, lambda *a, f=f, n=name: (calls.append(n), f(*a))[1])\n"
+        "for m in sys.argv[1:]:\n"
+        "    __import__(m)\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "print('calls', calls)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, *mods], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert "calls []" in r.stdout, r.stdout
+
+
+def test_preload_is_the_stages_and_the_configs_model_for_the_default_loader():
+    assert batch._preload_modules(ORACLE_CFG, [], None) == [*batch.STAGE_MODULES, "guidance.models.oracle"]
+    assert batch._preload_modules(ORACLE_CFG, ["guidance=zero123"], None)[-1] == "guidance.models.zero123"
+    assert batch._preload_modules(ORACLE_CFG, [], load_fake) == []  # a custom loader imports its own
+
+
 def test_death_message():
     assert batch._death_message(3) == "worker process died (exit code 3)"
     assert batch._death_message(-9) == "worker process died (exit code -9, SIGKILL)"
@@ -173,6 +225,12 @@ def test_workers_one_summary_spread_and_resume(tmp_path, monkeypatch, capsys):
     pids = {json.loads((out / f"{n}_report.json").read_text())["pid"] for n in by}
     assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, neither the driver
     assert "4 ok, 0 skipped, 0 failed of 4" in capsys.readouterr().out
+
+    # Workers forked by a fork server started earlier still run in the driver's environment of now.
+    monkeypatch.setenv(PROBE, "set after the fork server started")
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2", "--force") == 0
+    probes = {json.loads((out / f"{n}_report.json").read_text())["probe"] for n in by}
+    assert probes == {"set after the fork server started"}
 
     # Resume: complete items are skipped (figures read back), one redone; no worker runs a skipped item.
     (out / "c_rgba.glb").unlink()
@@ -250,6 +308,7 @@ def test_ctrl_c_stops_the_workers_and_writes_the_summary(tmp_path, monkeypatch, 
 
     inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
     monkeypatch.setenv(INTERRUPT_ON, "b_rgba")
+    monkeypatch.setenv(DRIVER_PID, str(os.getpid()))
     t0 = time.perf_counter()
     assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 130
     assert time.perf_counter() - t0 < 50  # the sleeping worker was ended, not waited for
@@ -355,7 +414,8 @@ def test_workers_outputs_match_the_plain_path(tmp_path, monkeypatch):
 
 
 DRIVER = (  # batch.main in a child process, its workers on the fake stages of this module
-    "import functools, sys, batch, test_batch_workers as t; "
+    "import functools, os, sys, batch, test_batch_workers as t; "
+    "os.environ[t.DRIVER_PID] = str(os.getpid()); "
     "batch.run_workers = functools.partial(batch.run_workers, load=t.load_fake); "
     "sys.exit(batch.main(sys.argv[1:]))"
 )
