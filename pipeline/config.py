@@ -127,6 +127,7 @@ def config_rules() -> dict:
         "sir.steps_schedule": C.choices("fixed", "linear", "cosine_up", "cosine_down", "cosine_up_then_down"),
         "export.density_thresh": C.check(lambda v: 0 < v <= 100, "be > 0 and <= 100"),
         "export.grid_resolution": C.in_range(8, MAX_GRID),
+        "export.grid_fit_opacity": C.in_range(0.0, 1.0),
         "export.max_faces": C.in_range(MIN_FACES, 100_000_000),
         "export.uv_max_faces": C.in_range(MIN_FACES, 100_000_000),
         "export.texture_size": C.in_range(16, MAX_TEXTURE),

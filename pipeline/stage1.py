@@ -258,7 +258,7 @@ def export_coarse_mesh(
     # the density); otherwise while xatlas runs.
     views = render_bake_views() if "gaussians" in ex.hull else None
     with timer.phase("extract"):
-        occ, center, scale = density_grid(model, ex.grid_resolution)
+        occ, center, scale = density_grid(model, ex.grid_resolution, fit_opacity=ex.grid_fit_opacity)
         level = float(ex.density_thresh)
         if ex.iso_levels:
             level, scores = _calibrate(cfg, model, occ, center, scale, device, ref)

@@ -1,6 +1,7 @@
 """Density-grid marching cubes: a ball of Gaussians becomes a closed sphere of the right radius."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +69,45 @@ def test_grid_density_values_and_filter():
     assert float(occ[i, i, i]) == 0.0
     v, f = extract_density_mesh(m, resolution=33, density_thresh=2.0)  # never reached
     assert v.shape == (0, 3) and f.shape == (0, 3)
+
+
+def test_grid_fits_opaque_gaussians_not_faint_floaters():
+    # A ball of opaque Gaussians plus one faint floater far away: with grid_fit_opacity the grid
+    # spans the ball only (finer voxels), the ball's density is the same at its centre, and the
+    # floater (0.02 < 0.2, never a surface) is splatted only where it falls inside the grid.
+    ball, _, _ = _ball(radius=0.3, h=0.05, sigma=0.03, center=(0.0, 0.0, 0.0))
+    floater = GaussianModel(
+        means=torch.tensor([[1.5, 0.0, 0.0]]),
+        scales=torch.full((1, 3), math.log(0.03)),
+        quats=torch.tensor([[1.0, 0, 0, 0]]),
+        opacities=torch.logit(torch.tensor([0.02])),
+        sh0=torch.zeros(1, 1, 3),
+    )
+    m = GaussianModel(
+        means=torch.cat([ball.means, floater.means]).detach(),
+        scales=torch.cat([ball.scales, floater.scales]).detach(),
+        quats=torch.cat([ball.quats, floater.quats]).detach(),
+        opacities=torch.cat([ball.opacities, floater.opacities]).detach(),
+        sh0=torch.cat([ball.sh0, floater.sh0]).detach(),
+    )
+    _, c_all, s_all = density_grid(m, resolution=33)
+    assert s_all == pytest.approx(1.8 / 1.8) and float(c_all[0]) == pytest.approx(0.6)  # x from -0.3 to 1.5
+    occ, c_fit, s_fit = density_grid(m, resolution=33, fit_opacity=0.05)
+    assert s_fit == pytest.approx(1.8 / 0.6) and torch.allclose(c_fit, torch.zeros(3), atol=1e-6)
+    ref, _, _ = density_grid(ball, resolution=33)
+    assert torch.allclose(occ, ref, atol=1e-6)  # the floater lies outside the fitted grid
+    # No Gaussian above fit_opacity: the grid falls back to all of them (never an empty fit).
+    _, _, s_none = density_grid(m, resolution=33, fit_opacity=0.99)
+    assert s_none == pytest.approx(s_all)
+
+
+def test_grid_fit_opacity_key_is_validated():
+    from core.errors import UserError
+    from pipeline import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    base = ["--config", str(root / "configs" / "oracle_cpu.yaml")]
+    base.append(f"oracle.mesh={root.parent / 'shared' / 'data' / 'meshes' / 'spot.obj'}")
+    assert load_config(base).export.grid_fit_opacity == 0.05  # image.yaml's default
+    with pytest.raises(UserError, match="grid_fit_opacity"):
+        load_config([*base, "export.grid_fit_opacity=1.5"])
