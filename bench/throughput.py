@@ -292,6 +292,7 @@ def bench_workers(args: argparse.Namespace, counts: list[int]) -> dict:
         "overrides": overrides,
         "model": "full-size zero123 architecture, random weights, fp16 files",
         "warmup": not args.no_warmup,
+        "bytecode": bytecode_settings(),
         "rows": rows,
         "best": best_row(rows),
         "versions": versions(),
@@ -341,6 +342,15 @@ def bench_ray(args: argparse.Namespace) -> tuple[dict, int]:
         base = json.loads(one.read_text())["objects_per_minute"]
         result["scaling_efficiency"] = round(opm / (args.gpus * base), 3) if base else None
     return result, rc
+
+
+def bytecode_settings() -> dict:
+    """Python's bytecode-cache settings of the run: every worker start imports torch, which takes
+    seconds longer where no compiled bytecode can be read or written (README, "Throughput")."""
+    return {
+        "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE", ""),
+        "PYTHONPYCACHEPREFIX": os.environ.get("PYTHONPYCACHEPREFIX", ""),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -375,7 +375,6 @@ def test_paper_configs_differ_only_on_the_listed_points(toy, paper, base, extra)
         "sir.fg_alpha_loss": 0.0,
         "export.visible_views": 0,
         "export.hull": [],
-        "export.grid_fit_opacity": 0.0,
     }
     assert diff == {"export.remesh_size": 0.015, **geometry, **extra}
 
