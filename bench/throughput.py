@@ -1,6 +1,6 @@
 """Batch throughput: objects per minute through ``batch.py --workers N`` on this machine (or ``--ray``).
 
-    python -m bench.throughput                      # --workers 1,2,4 -> bench/results/throughput_<gpu>.json
+    python -m bench.throughput                      # --workers 1,4,8 -> bench/results/throughput_<gpu>.json
     python -m bench.throughput --workers 1,2,4 --images 8
     python -m bench.throughput --workers 3 --mps off   # the same batch without CUDA MPS, to compare
     python -m bench.throughput --ray --gpus 2       # batch.py --ray: -> throughput_2gpu_<gpu>.json
@@ -356,7 +356,7 @@ def bytecode_settings() -> dict:
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's options."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workers", default="1,2,4", help="comma list of worker counts, one timed batch each")
+    ap.add_argument("--workers", default="1,4,8", help="comma list of worker counts, one timed batch each")
     ap.add_argument("--ray", action="store_true", help="the Ray benchmark instead (batch.py --ray, --gpus)")
     ap.add_argument(
         "--mps",
