@@ -109,6 +109,7 @@ def config_rules() -> dict:
         "refine.ssaa_min": C.check(lambda v: 0 < v <= 8, "be > 0 and <= 8"),
         "refine.ssaa_max": [C.check(lambda v: 0 < v <= 8, "be > 0 and <= 8"), C.at_least("refine.ssaa_min")],
         "sir.views": C.in_range(1, MAX_VIEWS),
+        "sir.level_views": [C.in_range(0, MAX_VIEWS), C.at_most("sir.views")],
         "sir.render_size": C.in_range(8, MAX_SIZE),
         "sir.iters": C.in_range(0, MAX_STEPS),
         "sir.init_steps": C.in_range(0, MAX_STEPS),

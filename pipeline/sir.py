@@ -63,6 +63,8 @@ class SirPlan:
     fovy: float = DEFAULT_FOVY
     even_view: bool = True
     resize_mode: str = "bilinear"  # renders -> model size and back (stage 1 bicubic, stage 2 bilinear)
+    level_views: int = 0  # views put at the input's elevation in the iterations with t2 <= level_t2_max
+    level_t2_max: int = -1
 
 
 @dataclass
@@ -81,11 +83,19 @@ def resize(images: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Ten
     return F.interpolate(images, (size, size), mode=mode, align_corners=False)
 
 
-def sample_cameras(plan: SirPlan, rng: np.random.Generator, device: torch.device) -> Cameras:
-    """The V cameras of one SIR iteration (docs/method.md#view-sampling)."""
+def sample_cameras(
+    plan: SirPlan, rng: np.random.Generator, device: torch.device, t2: int | None = None
+) -> Cameras:
+    """The V cameras of one SIR iteration refined from ``t2`` (None: the init pass)
+    (docs/method.md#view-sampling). With ``plan.level_views`` = k and ``t2 <= plan.level_t2_max``,
+    k views spread around the orbit (indices ``round(i * V / k)``) are moved to the input's
+    elevation after the draw, so the random stream is the same as without."""
     offsets, azimuths = sample_orbit_views(
         rng, plan.views, plan.ref_elevation, plan.min_ver, plan.max_ver, plan.even_view
     )
+    k = min(plan.level_views, plan.views)
+    if k > 0 and t2 is not None and t2 <= plan.level_t2_max:
+        offsets[[round(i * plan.views / k) for i in range(k)]] = 0
     return orbit_cameras(
         plan.ref_elevation + offsets.astype(np.float32),
         azimuths.astype(np.float32),
@@ -121,7 +131,7 @@ def run_sir(
     passes += [(False, t1, t2, n) for (t1, t2), n in zip(plan.t_pairs, plan.steps)]
 
     for i, (from_noise, t1, t2, n_steps) in enumerate(passes):
-        cams = sample_cameras(plan, rng, device)
+        cams = sample_cameras(plan, rng, device, None if from_noise else t2)
         rep.begin_iteration(cams)
         target = None
         loss = None

@@ -552,7 +552,7 @@ def test_stage1_hands_the_refined_hull_each_iteration_with_its_t2_and_none_for_t
     real_add = RefinedSilhouettes.add
 
     def spy(self, t2, cams, target):
-        seen.append((t2, len(cams), tuple(target.shape)))
+        seen.append((t2, len(cams), tuple(target.shape), cams.elevation.clone()))
         real_add(self, t2, cams, target)
 
     monkeypatch.setattr(RefinedSilhouettes, "add", spy)
@@ -565,14 +565,49 @@ def test_stage1_hands_the_refined_hull_each_iteration_with_its_t2_and_none_for_t
             f"outdir={tmp_path}",
             "quiet=true",
             "export.hull=[input,refined]",
+            "sir.level_views=1",
+            "elevation=-5",
         ]
     )
     r1 = run_stage1(cfg, load_denoiser(cfg, torch.device("cpu")))
-    t2s = [t2 for t2, _, _ in seen]
+    t2s = [t2 for t2, _, _, _ in seen]
     assert t2s[0] is None and len(t2s) == cfg.sir.iters + 1
     assert all(isinstance(t, int) for t in t2s[1:]) and t2s[1:] == sorted(t2s[1:], reverse=True)
     V, S = cfg.sir.views, cfg.sir.render_size
-    assert all(v == V and shape == (V, 3, S, S) for _, v, shape in seen)
-    late = sum(t is not None and t <= cfg.export.hull_t_max * 1000 for t in t2s)
-    assert 0 < late < len(t2s) - 1
+    assert all(v == V and shape == (V, 3, S, S) for _, v, shape, _ in seen)
+    is_late = [t is not None and t <= cfg.export.hull_t_max * 1000 for t in t2s]
+    assert 0 < sum(is_late) < len(t2s) - 1
     assert "hull_kept_refined" in r1["mesh"]
+    # sir.level_views=1: the late iterations' first view looks from the input's elevation
+    assert all(float(e[0]) == -5.0 for (_, _, _, e), late in zip(seen, is_late) if late)
+    assert any(float(e[0]) != -5.0 for (_, _, _, e), late in zip(seen, is_late) if not late)
+
+
+def test_level_views_move_spread_views_to_the_input_elevation_in_late_iterations_only():
+    """``sir.level_views``: in the iterations whose refined views make the hull, k views spread
+    around the orbit look from the input's elevation (a thin flat part seen edge-on from all
+    around); the random draws stay those of the authors' sampling."""
+    import dataclasses
+
+    import numpy as np
+
+    from pipeline.sir import SirPlan, sample_cameras
+
+    base = SirPlan(
+        views=6, render_size=8, t_pairs=[], steps=[], grid_steps=10, eta=0.0, cfg=1.0, ref_elevation=-10.0
+    )
+    plan = dataclasses.replace(base, level_views=2, level_t2_max=500)
+    dev = torch.device("cpu")
+
+    def cams(p, t2, seed=3):
+        return sample_cameras(p, np.random.default_rng(seed), dev, t2)
+
+    for seed in range(5):
+        plain, late = cams(base, 400, seed), cams(plan, 400, seed)
+        assert torch.equal(plain.azimuth, late.azimuth)
+        assert torch.all(late.elevation[[0, 3]] == -10.0)  # views 0 and 3: opposite sides
+        keep = [1, 2, 4, 5]
+        assert torch.equal(plain.elevation[keep], late.elevation[keep])
+        for t2 in (600, None):  # an earlier iteration, the init pass: the authors' sampling
+            assert torch.equal(cams(plan, t2, seed).elevation, cams(base, t2, seed).elevation)
+    assert (cams(base, 400, 0).elevation != -10.0).any()  # the check above can fail
