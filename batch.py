@@ -802,15 +802,21 @@ def _worker_context(preload: list[str], workers: int) -> Any:
 
     if "forkserver" not in mp.get_all_start_methods():
         return _spawn_context()  # a fresh interpreter: no inherited CUDA state
-    from multiprocessing import forkserver
-
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", *preload])  # only read when the server starts
     threads = worker_threads(max(1, workers), cpu_count(), os.environ)
-    env = {"OMP_NUM_THREADS": None if threads is None else str(threads), **_import_path()}
-    with _environ(env), _sigint_ignored():  # a started process keeps an ignored signal ignored
-        forkserver.ensure_running()  # returns at once; the server imports in the background
+    with _environ({"OMP_NUM_THREADS": None if threads is None else str(threads)}):
+        _ensure_fork_server()  # returns at once; the server imports in the background
     return ctx
+
+
+def _ensure_fork_server() -> None:
+    """Start the fork server unless it runs (again, after it was killed), importing from this
+    process's ``sys.path`` (:func:`_import_path`) and ignoring Ctrl-C (:func:`_worker_context`)."""
+    from multiprocessing import forkserver
+
+    with _environ(_import_path()), _sigint_ignored():  # a started process keeps an ignored signal ignored
+        forkserver.ensure_running()
 
 
 def _spawn_context() -> Any:
@@ -1126,6 +1132,8 @@ def run_workers(
                     name=f"batch-worker-{spawned}",
                 )
                 try:
+                    if ctx.get_start_method() == "forkserver":
+                        _ensure_fork_server()  # not the plain restart of multiprocessing, if it was killed
                     proc.start()
                     return proc
                 except (EOFError, OSError):
@@ -1197,6 +1205,8 @@ def run_workers(
                         live.remove(w)
                         retired.append(w)
                         message = _death_message(w.proc.exitcode)
+                        if _end_orphan(w.proc):
+                            message = "worker process ended: the workers' fork server died (killed?)"
                         if w.idx is not None and not w.loaded:  # its item never ran: back to the queue
                             load_deaths += 1
                             todo.appendleft(w.idx)
@@ -1259,7 +1269,41 @@ def _stop_workers(workers: list[_Worker], grace: float) -> None:
         if w.proc.is_alive():
             w.proc.kill()
             w.proc.join(timeout=5)
+        _end_orphan(w.proc)
         w.conn.close()
+
+
+def _end_orphan(proc: Any) -> bool:
+    """End a forked worker that reads as ended only because its fork server died (killed: exit code
+    255 stands for the status that went with it) while it runs on; -> whether it ran on.
+
+    Left alone it would finish its item beside the fresh worker that the driver starts in its place.
+    SIGTERM (it removes its temporary files), SIGKILL after 5 s; it is not our child: no wait.
+    """
+    import signal
+
+    if proc.exitcode != 255 or proc.pid is None or not _running(proc.pid):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        deadline = time.monotonic() + 5.0
+        while _running(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _running(proc.pid):
+            break
+    return True
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie: ended, not yet reaped)."""
+    if not os.path.exists("/proc/self/stat"):  # no procfs (macOS)
+        return _alive(pid)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 # -------------------------------------------------------------------------------------------- Ray

@@ -32,6 +32,9 @@ SIGNAL = "MD_TEST_SIGNAL"  # the signal the fake stages send the driver then (de
 PROBE = "MD_TEST_PROBE"  # the fake stages copy it into their report (the driver's environment reaches them)
 DRIVER_PID = "MD_TEST_DRIVER_PID"  # the driver's pid (a forked worker's parent is the fork server)
 PROBE_MODULE = "MD_TEST_PROBE_MODULE"  # the fake stages copy this module's VALUE into their report
+KILL_SERVER_ON = (
+    "MD_TEST_KILL_SERVER_ON"  # the fake stages SIGKILL their fork server on this item, then run on
+)
 
 
 # ------------------------------------------------------------------ fake stages (run in the workers)
@@ -54,6 +57,17 @@ def _fake_image_to_3d(cfg, denoiser):
     (out / f"{name}_report.json").write_text(json.dumps(r1))
     if name in os.environ.get(DIE_ON, "").split(","):
         os._exit(3)  # as a segfault or the OOM killer would: no answer, no cleanup
+    if name == os.environ.get(KILL_SERVER_ON):  # the OOM killer (or a pkill) takes the fork server
+        import signal
+        import time
+
+        from core.fileio import atomic_path
+
+        (out / f"{name}.pid").write_text(str(os.getpid()))
+        os.kill(os.getppid(), signal.SIGKILL)
+        with atomic_path(out / f"{name}.glb") as tmp:
+            tmp.write_text("half a glb")
+            time.sleep(60)  # computing on, its exit status gone with the server
     if name == os.environ.get(INTERRUPT_ON):
         import signal
         import time
@@ -592,7 +606,7 @@ def test_the_fork_server_starts_for_the_items_left_only(tmp_path, monkeypatch, f
     assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "4") == 0
     doc = _summary(out)
     assert doc["counts"]["ok"] == 1 and doc["workers"]["threads"] == batch.cpu_count()
-    assert started == [str(batch.cpu_count())]
+    assert started and set(started) == {str(batch.cpu_count())}  # at the start, and at each worker's
 
 
 def test_the_fork_server_imports_from_the_drivers_path(tmp_path):
@@ -626,3 +640,22 @@ def test_the_fork_server_imports_from_the_drivers_path(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "worker sees the driver's", r.stdout
+
+
+@pytest.mark.slow  # three worker processes
+def test_workers_of_a_killed_fork_server_are_ended(tmp_path, monkeypatch, fresh_fork_server):
+    """The fork server killed (the OOM killer, a pkill): its workers read as dead (exit code 255, their
+    status went with it) but run on; each is ended (its temporary files removed), not left computing
+    beside the fresh workers, and its item fails."""
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba", "c_rgba")), tmp_path / "out"
+    monkeypatch.setenv(KILL_SERVER_ON, "a_rgba")
+    t0 = time.perf_counter()
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 1
+    assert time.perf_counter() - t0 < 50
+    pid = int((out / "a_rgba.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
+    assert statuses["a_rgba"] == "failed" and statuses["c_rgba"] == "ok"
