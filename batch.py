@@ -27,8 +27,8 @@ sharing a folder split it without talking to each other; a sharded run writes
 ``batch_summary.shard-i-of-n.json/.csv`` so shards never overwrite each other.
 
 ``--workers N`` (N > 1, without ``--ray``) runs the items on N worker processes of this machine
-(:func:`run_workers`; forked from a fork server that imported torch and the stages once, or spawned
-where there is none): each loads the model once, at its first item, and takes the next
+(:func:`run_workers`; forked from a fork server started for the batch, which imported torch and
+the stages once, or spawned where there is none): each loads the model once, at its first item, and takes the next
 item whenever it finishes one, so a slow item holds back no other. Workers write each item's outputs
 straight into ``--out`` through the same item body as the plain path (:func:`run_one`); this process
 (the driver) keeps the records, resume skips, progress bar, log and summary. With G visible GPUs
@@ -1121,8 +1121,8 @@ def run_workers(
                 w.idx = None
 
         def start(there: Any, environ: dict[str, str]) -> Any:
-            """Worker ``spawned`` started; spawned from now on if the fork server has ended (a preloaded
-            module raised as it imported, its traceback is above: the workers meet that error again)."""
+            """Worker number ``spawned``, started: spawned from now on if the fork server has ended (a
+            preloaded module raised as it imported, its traceback above: the workers meet it again)."""
             nonlocal ctx
             while True:
                 proc = ctx.Process(
@@ -1277,8 +1277,8 @@ def _end_orphan(proc: Any) -> bool:
     """End a forked worker that reads as ended only because its fork server died (killed: exit code
     255 stands for the status that went with it) while it runs on; -> whether it ran on.
 
-    Left alone it would finish its item beside the fresh worker that the driver starts in its place.
-    SIGTERM (it removes its temporary files), SIGKILL after 5 s; it is not our child: no wait.
+    Left alone it would write its item's outputs into ``--out`` after the item was failed, beside the
+    fresh workers. SIGTERM (it removes its temporary files), SIGKILL after 5 s; not our child: no wait.
     """
     import signal
 
