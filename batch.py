@@ -28,8 +28,8 @@ sharing a folder split it without talking to each other; a sharded run writes
 
 ``--workers N`` (N > 1, without ``--ray``) runs the items on N worker processes of this machine
 (:func:`run_workers`; forked from a fork server started for the batch, which imported torch and
-the stages once, or spawned where there is none): each loads the model once, at its first item, and takes the next
-item whenever it finishes one, so a slow item holds back no other. Workers write each item's outputs
+the stages once, or spawned where there is none): each loads the model once, at its first item, and
+takes the next item whenever it finishes one, so a slow item holds back no other. Workers write each item's outputs
 straight into ``--out`` through the same item body as the plain path (:func:`run_one`); this process
 (the driver) keeps the records, resume skips, progress bar, log and summary. With G visible GPUs
 worker i runs on GPU ``i % G`` (its ``CUDA_VISIBLE_DEVICES``, picked inside the user's own list);
