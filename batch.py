@@ -27,9 +27,9 @@ sharing a folder split it without talking to each other; a sharded run writes
 ``batch_summary.shard-i-of-n.json/.csv`` so shards never overwrite each other.
 
 ``--workers N`` (N > 1, without ``--ray``) runs the items on N worker processes of this machine
-(:func:`run_workers`; forked from a fork server that imported torch and the stages once, or spawned
-where there is none): each loads the model once, at its first item, and takes the next
-item whenever it finishes one, so a slow item holds back no other. Workers write each item's outputs
+(:func:`run_workers`; forked from a fork server started for the batch, which imported torch and
+the stages once, or spawned where there is none): each loads the model once, at its first item, and
+takes the next item whenever it finishes one, so a slow item holds back no other. Workers write each item's outputs
 straight into ``--out`` through the same item body as the plain path (:func:`run_one`); this process
 (the driver) keeps the records, resume skips, progress bar, log and summary. With G visible GPUs
 worker i runs on GPU ``i % G`` (its ``CUDA_VISIBLE_DEVICES``, picked inside the user's own list);
@@ -794,19 +794,100 @@ def _worker_context(preload: list[str], workers: int) -> Any:
     The server never touches CUDA (its imports do not), so each forked worker starts CUDA afresh in
     its own environment (:func:`_apply_environ`). Its torch reads ``OMP_NUM_THREADS`` as it loads:
     it is started with the workers' thread count (:func:`worker_threads`) unless the user set one.
+    It imports from this process's ``sys.path`` (:func:`_import_path`) and ignores Ctrl-C, as do the
+    workers it forks until :func:`_worker_main` says so itself: Ctrl-C as it imports would end it
+    with a KeyboardInterrupt traceback, and this process's next fork with ``EOFError``.
     """
     import multiprocessing as mp
 
     if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")  # a fresh interpreter: no inherited CUDA state
-    from multiprocessing import forkserver
-
+        return _spawn_context()  # a fresh interpreter: no inherited CUDA state
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", *preload])  # only read when the server starts
     threads = worker_threads(max(1, workers), cpu_count(), os.environ)
     with _environ({"OMP_NUM_THREADS": None if threads is None else str(threads)}):
-        forkserver.ensure_running()  # returns at once; the server imports in the background
+        _ensure_fork_server()  # returns at once; the server imports in the background
     return ctx
+
+
+def _ensure_fork_server() -> None:
+    """Start the fork server unless it runs (again, after it was killed), importing from this
+    process's ``sys.path`` (:func:`_import_path`) and ignoring Ctrl-C (:func:`_worker_context`)."""
+    from multiprocessing import forkserver
+
+    with _environ(_import_path()), _sigint_ignored():  # a started process keeps an ignored signal ignored
+        forkserver.ensure_running()
+
+
+def _spawn_context() -> Any:
+    """The multiprocessing context that starts fresh interpreters."""
+    import multiprocessing as mp
+
+    return mp.get_context("spawn")
+
+
+@contextlib.contextmanager
+def _fork_server(preload: list[str], workers: int) -> Iterator[Any]:
+    """:func:`_worker_context` for the block; a fork server started for it is ended after it, its
+    workers gone: so a later batch in this process (a notebook, a long-lived host, the tests) gets a
+    fresh one, importing the code and environment of then, and no idle server holding torch stays."""
+    before = _fork_server_pid()
+    ctx = _worker_context(preload, workers)
+    try:
+        yield ctx
+    finally:
+        pid = _fork_server_pid()
+        if pid is not None and pid != before:  # one started (or restarted) here: not the user's own
+            _stop_fork_server(pid)
+
+
+def _fork_server_pid() -> int | None:
+    """The pid of this process's multiprocessing fork server (a private singleton), or None."""
+    from multiprocessing import forkserver
+
+    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+
+
+def _stop_fork_server(pid: int) -> None:
+    """End the fork server ``pid`` now, even mid-import (it reads its stop signal only after), and
+    reap it; multiprocessing starts another when next asked."""
+    import signal
+    from multiprocessing import forkserver
+
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(Exception):  # private API: at worst the server idles on as before
+        forkserver._forkserver._stop()  # closes our end of its pipe, waits for it, removes its socket
+
+
+def _import_path() -> dict[str, str]:
+    """The environment that gives a ``python -c`` process this one's ``sys.path``.
+
+    Python 3.11's fork server ignores the ``sys.path`` it is handed (CPython gh-117378): it would
+    import the preloaded modules from its working folder (``''`` first) and the default path, e.g.
+    another installed copy of the project when ``python /repo/batch.py`` runs elsewhere, and its
+    workers would run those. ``PYTHONSAFEPATH`` drops that ``''``; one here is the working folder.
+    """
+    entries = [os.path.abspath(p or os.curdir) for p in sys.path]
+    return {"PYTHONPATH": os.pathsep.join(p for p in entries if os.path.exists(p)), "PYTHONSAFEPATH": "1"}
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT in the block (main thread only, where Python sets signals), for a process started
+    in it; a Ctrl-C in those milliseconds is lost."""
+    import signal
+    import threading
+
+    saved = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or saved is None:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 def _worker_main(
@@ -990,18 +1071,23 @@ def run_workers(
     """
     from multiprocessing.connection import wait
 
-    # First: the fork server imports torch and the stages while this process queues the items and
-    # starts MPS (on one H200, 4 workers each importing them at once took 3-5 s).
-    ctx = _worker_context(_preload_modules(config, overrides, load), min(workers, len(items)))
     summary = _Summary(items, out, shard, meta)
     records, flush, meta = summary.records, summary.flush, summary.meta
     bar = _ItemProgress(len(items), enabled=show_progress)
+    preload = _preload_modules(config, overrides, load)
     with contextlib.ExitStack() as stack:
+        # First: the fork server imports torch and the stages while this process queues the items and
+        # starts MPS (on one H200, 4 workers each importing them at once took 3-5 s). Not when nothing
+        # is left to run: it would import for nothing, holding this process's output pipes after it ends.
+        left = sum(1 for it in items if force or not item_done(out, it.name))
+        ctx = stack.enter_context(_fork_server(preload, min(workers, left))) if left else None
         stack.enter_context(bar)
         todo, cfgs = _queue_items(items, summary, config, overrides, force, bar)
         if not todo:
             return records
         n = min(workers, len(todo))
+        if ctx is None:  # an item's outputs went missing since they were counted
+            ctx = stack.enter_context(_fork_server(preload, n))
         device = str(cfgs[todo[0]].device)
         visible = _visible_gpus(device)
         # Left after the workers have stopped (the try/finally below), before the bar closes.
@@ -1034,6 +1120,28 @@ def run_workers(
                 todo.appendleft(w.idx)
                 w.idx = None
 
+        def start(there: Any, environ: dict[str, str]) -> Any:
+            """Worker number ``spawned``, started: spawned from now on if the fork server has ended (a
+            preloaded module raised as it imported, its traceback above: the workers meet it again)."""
+            nonlocal ctx
+            while True:
+                proc = ctx.Process(
+                    target=_worker_main,
+                    args=(there, spawned, load, os.getpid(), environ),
+                    daemon=True,
+                    name=f"batch-worker-{spawned}",
+                )
+                try:
+                    if ctx.get_start_method() == "forkserver":
+                        _ensure_fork_server()  # not the plain restart of multiprocessing, if it was killed
+                    proc.start()
+                    return proc
+                except (EOFError, OSError):
+                    if ctx.get_start_method() != "forkserver":
+                        raise
+                    log.warning("the workers' fork server ended: workers are spawned instead")
+                    ctx = _spawn_context()
+
         def spawn(gpu: str | None) -> None:
             nonlocal spawned
             here, there = ctx.Pipe()
@@ -1043,13 +1151,7 @@ def run_workers(
                 **mps.env,
             }
             with _environ(env):  # a spawned child inherits these; a forked one gets them passed
-                proc = ctx.Process(
-                    target=_worker_main,
-                    args=(there, spawned, load, os.getpid(), dict(os.environ)),
-                    daemon=True,
-                    name=f"batch-worker-{spawned}",
-                )
-                proc.start()
+                proc = start(there, dict(os.environ))
             there.close()
             spawned += 1
             w = _Worker(proc, here, gpu)
@@ -1103,6 +1205,8 @@ def run_workers(
                         live.remove(w)
                         retired.append(w)
                         message = _death_message(w.proc.exitcode)
+                        if _end_orphan(w.proc):
+                            message = "worker process ended: the workers' fork server died (killed?)"
                         if w.idx is not None and not w.loaded:  # its item never ran: back to the queue
                             load_deaths += 1
                             todo.appendleft(w.idx)
@@ -1165,7 +1269,41 @@ def _stop_workers(workers: list[_Worker], grace: float) -> None:
         if w.proc.is_alive():
             w.proc.kill()
             w.proc.join(timeout=5)
+        _end_orphan(w.proc)
         w.conn.close()
+
+
+def _end_orphan(proc: Any) -> bool:
+    """End a forked worker that reads as ended only because its fork server died (killed: exit code
+    255 stands for the status that went with it) while it runs on; -> whether it ran on.
+
+    Left alone it would write its item's outputs into ``--out`` after the item was failed, beside the
+    fresh workers. SIGTERM (it removes its temporary files), SIGKILL after 5 s; not our child: no wait.
+    """
+    import signal
+
+    if proc.exitcode != 255 or proc.pid is None or not _running(proc.pid):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        deadline = time.monotonic() + 5.0
+        while _running(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _running(proc.pid):
+            break
+    return True
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie: ended, not yet reaped)."""
+    if not os.path.exists("/proc/self/stat"):  # no procfs (macOS)
+        return _alive(pid)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 # -------------------------------------------------------------------------------------------- Ray

@@ -31,6 +31,10 @@ LOAD_LOG = "MD_TEST_LOAD_LOG"  # the dying model load appends its pid to this fi
 SIGNAL = "MD_TEST_SIGNAL"  # the signal the fake stages send the driver then (default SIGINT)
 PROBE = "MD_TEST_PROBE"  # the fake stages copy it into their report (the driver's environment reaches them)
 DRIVER_PID = "MD_TEST_DRIVER_PID"  # the driver's pid (a forked worker's parent is the fork server)
+PROBE_MODULE = "MD_TEST_PROBE_MODULE"  # the fake stages copy this module's VALUE into their report
+KILL_SERVER_ON = (
+    "MD_TEST_KILL_SERVER_ON"  # the fake stages SIGKILL their fork server on this item, then run on
+)
 
 
 # ------------------------------------------------------------------ fake stages (run in the workers)
@@ -46,9 +50,24 @@ def _fake_image_to_3d(cfg, denoiser):
         "probe": os.environ.get(PROBE),
         "outputs": {"ply": str(out / f"{name}_model.ply")},
     }
+    if os.environ.get(PROBE_MODULE):
+        import importlib
+
+        r1["module_value"] = importlib.import_module(os.environ[PROBE_MODULE]).VALUE
     (out / f"{name}_report.json").write_text(json.dumps(r1))
     if name in os.environ.get(DIE_ON, "").split(","):
         os._exit(3)  # as a segfault or the OOM killer would: no answer, no cleanup
+    if name == os.environ.get(KILL_SERVER_ON):  # the OOM killer (or a pkill) takes the fork server
+        import signal
+        import time
+
+        from core.fileio import atomic_path
+
+        (out / f"{name}.pid").write_text(str(os.getpid()))
+        os.kill(os.getppid(), signal.SIGKILL)
+        with atomic_path(out / f"{name}.glb") as tmp:
+            tmp.write_text("half a glb")
+            time.sleep(60)  # computing on, its exit status gone with the server
     if name == os.environ.get(INTERRUPT_ON):
         import signal
         import time
@@ -132,6 +151,23 @@ def _main(monkeypatch, load, *args: str) -> int:
 
 def _summary(out: Path) -> dict:
     return json.loads((out / "batch_summary.json").read_text())
+
+
+@pytest.fixture
+def fresh_fork_server():
+    """No fork server left running by an earlier test: the test's batch starts its own (its preload)."""
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()
+    yield
+    forkserver._forkserver._stop()
+
+
+def _module(folder: Path, name: str, source: str, monkeypatch) -> None:
+    """Module ``name`` of ``source`` in ``folder``, importable here (and so in the fork server and workers)."""
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
 
 
 # --------------------------------------------------------------------------------------- pure parts
@@ -470,3 +506,156 @@ def test_workers_end_when_the_driver_is_killed(tmp_path):
     assert not Path(f"/proc/{pid}").exists(), "the worker outlived its driver"
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
+
+
+# ------------------------------------------------------------------------------ the fork server
+SLOW_IMPORT_DRIVER = (  # a fork server whose preload is still importing gets Ctrl-C, then forks a worker
+    "import os, signal, sys, time, batch\n"
+    "from multiprocessing import forkserver\n"
+    "ctx = batch._worker_context(['md_test_slow_import'], 2)\n"
+    "while not os.path.exists(os.environ['MD_TEST_MARK']):\n"
+    "    time.sleep(0.02)\n"
+    "os.kill(forkserver._forkserver._forkserver_pid, signal.SIGINT)  # Ctrl-C reaches the process group\n"
+    "p = ctx.Process(target=os.getpid)\n"
+    "p.start()\n"
+    "p.join()\n"
+    "print('worker exit code', p.exitcode)\n"
+)
+
+
+def test_ctrl_c_while_the_fork_server_imports_is_no_traceback(tmp_path):
+    """Ctrl-C in the first seconds of a batch reaches the fork server while it imports torch: it must
+    neither print a KeyboardInterrupt traceback nor die (the driver then met ``EOFError`` forking)."""
+    import subprocess
+    import sys
+
+    mark = tmp_path / "importing"
+    (tmp_path / "md_test_slow_import.py").write_text(
+        f"import time\nopen({str(mark)!r}, 'w').close()\ntime.sleep(1.0)\n"
+    )
+    env = {**os.environ, "MD_TEST_MARK": str(mark), "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    r = subprocess.run(
+        [sys.executable, "-c", SLOW_IMPORT_DRIVER],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "KeyboardInterrupt" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 0 and "worker exit code 0" in r.stdout, r.stderr
+
+
+@pytest.mark.slow  # two spawned worker processes
+def test_a_fork_server_that_cannot_import_leaves_spawned_workers(tmp_path, monkeypatch, fresh_fork_server):
+    """A preloaded module that raises (not an ImportError: a broken install) ends the fork server as it
+    imports; the batch goes on with spawned workers instead of dying with ``EOFError``."""
+    _module(tmp_path / "mods", "md_test_broken_import", "raise RuntimeError('broken install')\n", monkeypatch)
+    monkeypatch.setattr(batch, "_preload_modules", lambda *a: ["md_test_broken_import"])
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 0
+    assert _summary(out)["counts"]["ok"] == 2
+
+
+@pytest.mark.slow  # four worker processes
+def test_a_second_batch_in_one_process_runs_the_code_of_then(tmp_path, monkeypatch, fresh_fork_server):
+    """Two batches in one process (a notebook, a long-lived host): the second one's workers run the code
+    as it is on disk now, not as the first batch's fork server imported it (nor its environment)."""
+    mods = tmp_path / "mods"
+    _module(mods, "md_test_probe_mod", "VALUE = 'first'\n", monkeypatch)
+    monkeypatch.setattr(batch, "_preload_modules", lambda *a: ["md_test_probe_mod"])
+    monkeypatch.setenv(PROBE_MODULE, "md_test_probe_mod")
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba")), tmp_path / "out"
+
+    def values() -> set:
+        return {
+            json.loads((out / f"{n}_report.json").read_text())["module_value"] for n in ("a_rgba", "b_rgba")
+        }
+
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 0
+    assert values() == {"first"}
+    (mods / "md_test_probe_mod.py").write_text("VALUE = 'edited since'\n")
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2", "--force") == 0
+    assert values() == {"edited since"}
+
+
+@pytest.mark.slow  # one worker process
+def test_the_fork_server_starts_for_the_items_left_only(tmp_path, monkeypatch, fresh_fork_server):
+    """A resumed batch with nothing left starts no fork server (it would import torch for nothing,
+    holding this process's output pipes after it ended); else its torch threads are those of the
+    workers of the items left (one here: all the cores), not of every item."""
+    from multiprocessing import forkserver
+
+    inp, out = _inputs(tmp_path / "in"), tmp_path / "out"
+    out.mkdir()
+    for n in ("a_rgba", "b_rgba", "c_rgba", "d_rgba"):
+        (out / f"{n}.glb").write_text("glb")
+        (out / f"{n}_final_report.json").write_text(json.dumps({"outputs": {"glb": str(out / f"{n}.glb")}}))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    started = []
+    ensure_running = forkserver.ensure_running
+    monkeypatch.setattr(
+        forkserver,
+        "ensure_running",
+        lambda: (started.append(os.environ.get("OMP_NUM_THREADS")), ensure_running()),
+    )
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "4") == 0
+    assert _summary(out)["counts"]["skipped"] == 4 and started == []
+
+    (out / "c_rgba.glb").unlink()
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "4") == 0
+    doc = _summary(out)
+    assert doc["counts"]["ok"] == 1 and doc["workers"]["threads"] == batch.cpu_count()
+    assert started and set(started) == {str(batch.cpu_count())}  # at the start, and at each worker's
+
+
+def test_the_fork_server_imports_from_the_drivers_path(tmp_path):
+    """``python /repo/batch.py`` run from another folder: the fork server imports the preloaded modules
+    from the driver's ``sys.path`` (the script's folder first; Python 3.11's forkserver ignores the path
+    it is handed), not from its working folder or another installed copy, which its workers would run."""
+    import subprocess
+    import sys
+
+    code, here = tmp_path / "code", tmp_path / "here"
+    source = "VALUE = {!r}\n\ndef report():\n    print('worker sees', VALUE, flush=True)\n"
+    for folder, value in ((code, "the driver's"), (here, "the working folder's")):
+        folder.mkdir()
+        (folder / "md_test_where.py").write_text(source.format(value))
+    (code / "driver.py").write_text(
+        "import batch, md_test_where\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = batch._worker_context(['md_test_where'], 2)\n"
+        "    p = ctx.Process(target=md_test_where.report)\n"
+        "    p.start()\n"
+        "    p.join()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [sys.executable, str(code / "driver.py")],
+        cwd=here,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "worker sees the driver's", r.stdout
+
+
+@pytest.mark.slow  # three worker processes
+def test_workers_of_a_killed_fork_server_are_ended(tmp_path, monkeypatch, fresh_fork_server):
+    """The fork server killed (the OOM killer, a pkill): its workers read as dead (exit code 255, their
+    status went with it) but run on; each is ended (its temporary files removed), not left computing
+    beside the fresh workers, and its item fails."""
+    import time
+
+    inp, out = _inputs(tmp_path / "in", names=("a_rgba", "b_rgba", "c_rgba")), tmp_path / "out"
+    monkeypatch.setenv(KILL_SERVER_ON, "a_rgba")
+    t0 = time.perf_counter()
+    assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 1
+    assert time.perf_counter() - t0 < 50
+    pid = int((out / "a_rgba.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
+    assert statuses["a_rgba"] == "failed" and statuses["c_rgba"] == "ok"
