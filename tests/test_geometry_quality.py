@@ -611,3 +611,18 @@ def test_level_views_move_spread_views_to_the_input_elevation_in_late_iterations
         for t2 in (600, None):  # an earlier iteration, the init pass: the authors' sampling
             assert torch.equal(cams(plan, t2, seed).elevation, cams(base, t2, seed).elevation)
     assert (cams(base, 400, 0).elevation != -10.0).any()  # the check above can fail
+
+
+def test_hull_defaults_per_model():
+    """Stable Zero123 cuts by the input mask and the late refined views, on the edge distance; ImageDream
+    and text to 3D keep the input cut (the refined-view hull is measured with Zero123's schedule only)."""
+    from pipeline import load_config
+
+    cfgs, cat = ROOT / "configs", str(ROOT.parent / "shared" / "data" / "images" / "cat_rgba.png")
+    z = load_config(["--config", str(cfgs / "image.yaml"), f"input={cat}"]).export
+    assert list(z.hull) == ["input", "refined"] and z.hull_ramp == 0.5 and z.hull_t_max == 0.5
+    for name in ("imagedream.yaml", "text.yaml"):
+        e = load_config(
+            ["--config", str(cfgs / name), "prompt=a cat", *([f"input={cat}"] * (name == "imagedream.yaml"))]
+        ).export
+        assert list(e.hull) == ["input"] and e.hull_ramp == 0.0
