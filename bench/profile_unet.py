@@ -42,7 +42,7 @@ CATEGORIES = (
         ("group_norm", "groupnorm", "GroupNorm", "welford", "RowwiseMoments", "ComputeFusedParams"),
     ),
     ("convolution", ("conv", "implicit", "xmma", "cudnn", "nhwc", "dgrad", "wgrad", "fprop")),
-    ("matmul", ("gemm", "cutlass", "cublas", "sm90", "matmul", "fp8")),
+    ("matmul", ("gemm", "cutlass", "cublas", "sm90", "matmul")),
     ("triton (fused)", ("triton",)),
     ("copy/layout", ("copy", "transpose", "cat", "Memcpy", "memcpy", "permute", "nchw", "Nchw")),
     ("elementwise", ("elementwise", "vectorized", "unrolled", "reduce", "Reduce", "silu", "gelu")),
@@ -121,7 +121,6 @@ def build(folder: Path, dtype: str, mode: str, views: int):
         cuda_graph=mode != "eager",
         channels_last=mode != "nchw",
         fused_norm=option != "exactnorm",
-        **({"fp8": True} if mode == "fp8" else {}),
     )
     if mode == "compile":
         from guidance.compiled import compile_networks
