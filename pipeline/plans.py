@@ -35,9 +35,8 @@ def stage1_plan(cfg: DictConfig, denoiser) -> SirPlan:
         fovy=cfg.cameras.fovy,
         even_view=s.even_view,
         resize_mode="bicubic",
-        level_views=s.get("level_views", 0),
-        # the iterations whose refined views make the refined-view hull (pipeline/hull_views.py)
-        level_t2_max=int(cfg.export.hull_t_max * sched.num_train_timesteps) if "export" in cfg else -1,
+        late_t2_max=int(cfg.export.hull_t_max * sched.num_train_timesteps),
+        level_views=s.level_views,
     )
 
 

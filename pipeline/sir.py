@@ -63,8 +63,8 @@ class SirPlan:
     fovy: float = DEFAULT_FOVY
     even_view: bool = True
     resize_mode: str = "bilinear"  # renders -> model size and back (stage 1 bicubic, stage 2 bilinear)
-    level_views: int = 0  # views put at the input's elevation in the iterations with t2 <= level_t2_max
-    level_t2_max: int = -1
+    late_t2_max: int = -1  # the late iterations (t2 <= this): their refined views make the refined-view hull
+    level_views: int = 0  # views put at the input's elevation in the late iterations
 
 
 @dataclass
@@ -87,14 +87,14 @@ def sample_cameras(
     plan: SirPlan, rng: np.random.Generator, device: torch.device, t2: int | None = None
 ) -> Cameras:
     """The V cameras of one SIR iteration refined from ``t2`` (None: the init pass)
-    (docs/method.md#view-sampling). With ``plan.level_views`` = k and ``t2 <= plan.level_t2_max``,
+    (docs/method.md#view-sampling). With ``plan.level_views`` = k and ``t2 <= plan.late_t2_max``,
     k views spread around the orbit (indices ``round(i * V / k)``) are moved to the input's
     elevation after the draw, so the random stream is the same as without."""
     offsets, azimuths = sample_orbit_views(
         rng, plan.views, plan.ref_elevation, plan.min_ver, plan.max_ver, plan.even_view
     )
     k = min(plan.level_views, plan.views)
-    if k > 0 and t2 is not None and t2 <= plan.level_t2_max:
+    if k > 0 and t2 is not None and t2 <= plan.late_t2_max:
         offsets[[round(i * plan.views / k) for i in range(k)]] = 0
     return orbit_cameras(
         plan.ref_elevation + offsets.astype(np.float32),

@@ -151,9 +151,7 @@ def stage1_with_model(
     if export:
         prestart_workers(cfg.export.uv_workers or None)  # xatlas processes import during the loop
     hull = (
-        RefinedSilhouettes(
-            cfg.export.hull_t_max * denoiser.schedule.num_train_timesteps, cfg.sir.bg_threshold
-        )
+        RefinedSilhouettes(plan.late_t2_max, cfg.sir.bg_threshold)
         if export and "refined" in cfg.export.hull
         else None
     )

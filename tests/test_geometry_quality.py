@@ -596,7 +596,7 @@ def test_level_views_move_spread_views_to_the_input_elevation_in_late_iterations
     base = SirPlan(
         views=6, render_size=8, t_pairs=[], steps=[], grid_steps=10, eta=0.0, cfg=1.0, ref_elevation=-10.0
     )
-    plan = dataclasses.replace(base, level_views=2, level_t2_max=500)
+    plan = dataclasses.replace(base, level_views=2, late_t2_max=500)
     dev = torch.device("cpu")
 
     def cams(p, t2, seed=3):

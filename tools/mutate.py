@@ -368,7 +368,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "pipeline/sir.py",
-        "if k > 0 and t2 is not None and t2 <= plan.level_t2_max:",
+        "if k > 0 and t2 is not None and t2 <= plan.late_t2_max:",
         "if k > 0:",
         "level views: in every iteration and the init pass",
         "tests/test_geometry_quality.py",
