@@ -81,6 +81,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -1079,8 +1080,11 @@ def run_workers(
         # First: the fork server imports torch and the stages while this process queues the items and
         # starts MPS (on one H200, 4 workers each importing them at once took 3-5 s). Not when nothing
         # is left to run: it would import for nothing, holding this process's output pipes after it ends.
-        left = sum(1 for it in items if force or not item_done(out, it.name))
-        ctx = stack.enter_context(_fork_server(preload, min(workers, left))) if left else None
+        # Counted up to `workers` only: _queue_items checks every item again just below.
+        left = sum(
+            1 for _ in itertools.islice((it for it in items if force or not item_done(out, it.name)), workers)
+        )
+        ctx = stack.enter_context(_fork_server(preload, left)) if left else None
         stack.enter_context(bar)
         todo, cfgs = _queue_items(items, summary, config, overrides, force, bar)
         if not todo:
