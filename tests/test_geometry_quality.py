@@ -614,15 +614,19 @@ def test_level_views_move_spread_views_to_the_input_elevation_in_late_iterations
 
 
 def test_hull_defaults_per_model():
-    """Stable Zero123 cuts by the input mask and the late refined views, on the edge distance; ImageDream
-    and text to 3D keep the input cut (the refined-view hull is measured with Zero123's schedule only)."""
+    """Stable Zero123 cuts by the input mask and the late refined views, on the edge distance, and
+    levels three late views; ImageDream and text to 3D keep the input cut and the authors' view
+    sampling (both measured with Zero123's schedule only); paper mode levels no view."""
     from pipeline import load_config
 
     cfgs, cat = ROOT / "configs", str(ROOT.parent / "shared" / "data" / "images" / "cat_rgba.png")
     z = load_config(["--config", str(cfgs / "image.yaml"), f"input={cat}"]).export
     assert list(z.hull) == ["input", "refined"] and z.hull_ramp == 0.5 and z.hull_t_max == 0.5
-    for name in ("imagedream.yaml", "text.yaml"):
+    assert load_config(["--config", str(cfgs / "image.yaml"), f"input={cat}"]).sir.level_views == 3
+    for name in ("imagedream.yaml", "text.yaml", "image_paper.yaml"):
         e = load_config(
-            ["--config", str(cfgs / name), "prompt=a cat", *([f"input={cat}"] * (name == "imagedream.yaml"))]
-        ).export
-        assert list(e.hull) == ["input"] and e.hull_ramp == 0.0
+            ["--config", str(cfgs / name), "prompt=a cat", *([f"input={cat}"] * (name != "text.yaml"))]
+        )
+        assert e.sir.level_views == 0
+        if name != "image_paper.yaml":
+            assert list(e.export.hull) == ["input"] and e.export.hull_ramp == 0.0

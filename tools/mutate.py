@@ -353,6 +353,20 @@ MUTATIONS: list[Mutation] = [
         "tests/test_geometry_quality.py",
     ),
     _m(
+        "configs/image.yaml",
+        "  level_views: 3 ",
+        "  level_views: 1 ",
+        "default: one level view",
+        "tests/test_geometry_quality.py",
+    ),
+    _m(
+        "configs/image_paper.yaml",
+        "  level_views: 0 ",
+        "  level_views: 3 ",
+        "paper mode: level views",
+        "tests/test_method_plumbing.py",
+    ),
+    _m(
         "pipeline/sir.py",
         "cams = sample_cameras(plan, rng, device, None if from_noise else t2)",
         "cams = sample_cameras(plan, rng, device, None)",

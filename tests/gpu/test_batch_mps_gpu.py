@@ -3,10 +3,13 @@ and each object's outputs match a plain one-process run with the same seed.
 
 Tolerance: gsplat's backward accumulates with atomics, so two CUDA runs of the same seed need not
 agree to the bit, with MPS or without, and Adam turns the noise of near-zero gradients into whole
-steps. So the MPS run is held to what a second plain run does: its median Gaussian-mean difference
-and its final texture's mean absolute difference from the first plain run within 3x the second plain
-run's, plus 1e-3 and 0.01. All batches run as subprocesses, so this test process opens no CUDA
-context beside the MPS server's clients.
+steps. The coarse mesh's vertex order and count move between two such runs too (2793 vs 2796
+vertices), and with them the UV layout, so texture arrays are not comparable texel by texel: the
+final meshes are compared by their renders (8 views around the object, on the CPU). So the MPS run
+is held to what a second plain run does: its median Gaussian-mean difference and its renders' mean
+absolute difference from the first plain run within 3x the second plain run's, plus 1e-3 and 0.01.
+All batches run as subprocesses, so this test process opens no CUDA context beside the MPS
+server's clients.
 """
 
 from __future__ import annotations
@@ -41,8 +44,11 @@ def _batch(args: list[str], env: dict) -> subprocess.CompletedProcess:
 def test_workers_under_mps_match_the_plain_run(tmp_path, monkeypatch):
     import os
 
+    import torch
+
+    from core.cameras import orbit_cameras
     from gs_renderer.ply import load_ply
-    from mesh_renderer import load_mesh
+    from mesh_renderer import load_mesh, render
 
     monkeypatch.delenv(PIPE_ENV, raising=False)
     env = {k: v for k, v in os.environ.items() if k != PIPE_ENV}
@@ -60,17 +66,27 @@ def test_workers_under_mps_match_the_plain_run(tmp_path, monkeypatch):
     assert doc["mps"]["used"] and doc["mps"]["started"]
     assert not Path(doc["mps"]["pipe_dir"]).parent.exists()  # stopped and cleaned up
 
+    az = torch.tensor([0.0, 90.0, 180.0, 270.0] * 2)
+    el = torch.tensor([0.0] * 4 + [-30.0] * 4)
+    cams = orbit_cameras(el, az, 2.0, 49.1, 128)
+
+    def views(run: str, n: str) -> torch.Tensor:
+        """The final mesh's renders ``[8,3,128,128] in [0,1]`` on white."""
+        mesh = load_mesh(tmp_path / run / f"{n}.glb")
+        assert mesh.albedo is not None and mesh.vt is not None
+        with torch.no_grad():
+            return render(mesh, cams, torch.ones(3), backend="torch").rgb.float().clamp(0, 1)
+
     def diffs(run: str, n: str) -> tuple[float, float]:
         a = load_ply(tmp_path / "plain" / f"{n}_model.ply").means.detach()
         b = load_ply(tmp_path / run / f"{n}_model.ply").means.detach()
-        ta = load_mesh(tmp_path / "plain" / f"{n}.glb").albedo
-        tb = load_mesh(tmp_path / run / f"{n}.glb").albedo
-        assert a.shape == b.shape and ta is not None and ta.shape == tb.shape
-        return float((a - b).abs().median()), float((ta.float() - tb.float()).abs().mean())
+        assert a.shape == b.shape
+        return float((a - b).abs().median()), float((views("plain", n) - views(run, n)).abs().mean())
 
     for n in NAMES:
         (m2, t2), (m, t) = diffs("plain2", n), diffs("mps", n)
         print(
-            f"{n}: median mean |diff| plain2 {m2:.2e} mps {m:.2e}; texture |diff| plain2 {t2:.2e} mps {t:.2e}"
+            f"{n}: median mean |diff| plain2 {m2:.2e} mps {m:.2e}; render |diff| plain2 {t2:.2e} mps {t:.2e}"
         )
+        assert views("plain", n).mean() < 0.99  # the object is in the views
         assert m <= 3 * m2 + 1e-3 and t <= 3 * t2 + 0.01
