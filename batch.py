@@ -999,8 +999,12 @@ def _end_with_driver(driver: int | None) -> None:
             import select
 
             select.select([fd], [], [])  # readable once the driver has exited
-        os.kill(os.getpid(), signal.SIGTERM)
+        # To the main thread itself: a signal sent to the process may be taken by this thread, and
+        # then the main thread's blocking call (a sleep, a pipe read) is not interrupted, so its
+        # handler waits for that call to return (seen once in ~20 test runs: a worker outlived its driver).
+        signal.pthread_kill(main, signal.SIGTERM)
 
+    main = threading.main_thread().ident
     threading.Thread(target=watch, name="driver-watch", daemon=True).start()
 
 

@@ -3,14 +3,14 @@
 Readers (a resuming batch, a viewer) never see half a file: either the old file or the new one.
 On an exception the temporary file is removed and the target is left untouched. The final file
 gets the usual permissions of a newly created file (``0o666 & ~umask``, e.g. 0644), not the 0600
-that ``tempfile.mkstemp`` gives its files.
+the temporary file is created with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,18 +41,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.pid{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        # The name is known before the file exists, so an exception at any point (Ctrl-C's
+        # KeyboardInterrupt lands between any two steps) finds it here and removes it; it carries
+        # this process's pid, so a file of that name is this process's own.
+        while True:
+            tmp = path.parent / f".{path.stem}.pid{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}"
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                break
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -67,6 +67,21 @@ def test_error_leaves_target_untouched_and_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["d.txt"]
 
 
+def test_ctrl_c_as_the_temporary_file_is_made_leaves_none(tmp_path, monkeypatch):
+    """Ctrl-C lands between any two steps: once the temporary file exists (here: as its descriptor
+    is closed, before the body runs), it is still removed."""
+    real_close = os.close
+
+    def interrupted(fd):
+        real_close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fileio.os, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt), fileio.atomic_path(tmp_path / "e.json") as tmp:
+        tmp.write_text("never")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_writers_in_the_project_use_it(tmp_path, umask_022):
     """The former private copies (config, images, run report) now give 0644 files too."""
     import numpy as np
