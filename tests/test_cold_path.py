@@ -17,14 +17,14 @@ from pipeline import load_config
 from pipeline.plans import stage2_plan
 from pipeline.prefetch import prefetch
 from pipeline.stage2 import warm_stage2_networks
+from testing.oracle_tiny import oracle_tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _oracle_tiny_config():
     """tests/data/oracle_tiny.yaml on the shared spot mesh (a stage config that loads in a blink)."""
-    spot = ROOT.parent / "shared" / "data" / "meshes" / "spot.obj"
-    return load_config(["--config", str(ROOT / "tests" / "data" / "oracle_tiny.yaml"), f"oracle.mesh={spot}"])
+    return load_config(oracle_tiny_args())
 
 
 @pytest.fixture
@@ -214,15 +214,7 @@ def test_a_failed_stage2_warm_up_costs_no_stage1_output(tmp_path, monkeypatch, c
         raise RuntimeError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(i3d, "warm_stage2_networks", boom)
-    spot = ROOT.parent / "shared" / "data" / "meshes" / "spot.obj"
-    cfg = load_config(
-        [
-            "--config",
-            str(ROOT / "tests" / "data" / "oracle_tiny.yaml"),
-            f"oracle.mesh={spot}",
-            f"outdir={tmp_path}",
-        ]
-    )
+    cfg = load_config(oracle_tiny_args(f"outdir={tmp_path}"))
     oracle = load_denoiser(cfg, torch.device("cpu"))
     oracle.cuda_graphs = True  # as a model on CUDA graphs: the warm-up is attempted
     with caplog.at_level("WARNING"):

@@ -20,6 +20,7 @@ from gs_renderer.densify import Densifier
 from gs_renderer.extract import carve_to_silhouettes, grid_marching_cubes, signed_distance
 from pipeline.gaussians import GaussianRepresentation, GaussianSettings
 from pipeline.isolevel import calibrated_level, silhouette_iou
+from testing.oracle_tiny import oracle_tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -556,18 +557,14 @@ def test_stage1_hands_the_refined_hull_each_iteration_with_its_t2_and_none_for_t
         real_add(self, t2, cams, target)
 
     monkeypatch.setattr(RefinedSilhouettes, "add", spy)
-    spot = ROOT.parent / "shared" / "data" / "meshes" / "spot.obj"
     cfg = load_config(
-        [
-            "--config",
-            str(ROOT / "tests" / "data" / "oracle_tiny.yaml"),
-            f"oracle.mesh={spot}",
+        oracle_tiny_args(
             f"outdir={tmp_path}",
             "quiet=true",
             "export.hull=[input,refined]",
             "sir.level_views=1",
             "elevation=-5",
-        ]
+        )
     )
     r1 = run_stage1(cfg, load_denoiser(cfg, torch.device("cpu")))
     t2s = [t2 for t2, _, _, _ in seen]

@@ -73,16 +73,14 @@ def test_views_zero_keeps_the_mesh_untouched():
 def test_stage1_export_drops_the_inner_walls(tmp_path):
     """The tiny oracle run: its coarse mesh reports the hidden faces it dropped, and with
     export.visible_views=0 (the paper) it keeps every face."""
-    from pathlib import Path
-
     from pipeline import load_config, run_stage1
+    from testing.oracle_tiny import oracle_tiny_args
 
-    root = Path(__file__).resolve().parents[1]
-    spot = root.parent / "shared" / "data" / "meshes" / "spot.obj"
-    base = ["--config", str(root / "tests" / "data" / "oracle_tiny.yaml"), f"oracle.mesh={spot}"]
     faces = {}
     for views in (0, 32):
-        cfg = load_config([*base, f"outdir={tmp_path / str(views)}", f"export.visible_views={views}"])
+        cfg = load_config(
+            oracle_tiny_args(f"outdir={tmp_path / str(views)}", f"export.visible_views={views}")
+        )
         mesh = run_stage1(cfg)["mesh"]
         faces[views] = (mesh["faces"], mesh.get("hidden_faces_dropped"))
     assert faces[0][1] is None

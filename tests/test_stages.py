@@ -22,6 +22,7 @@ from core.errors import UserError
 from core.metrics import chamfer_fscore, psnr
 from pipeline import load_config as load_stage_config
 from pipeline import run_stage1, run_stage2
+from testing.oracle_tiny import oracle_tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOT = ROOT / ".." / "shared" / "data" / "meshes" / "spot.obj"
@@ -236,12 +237,7 @@ def counting_loader(monkeypatch):
 
 def _argv(out: Path) -> list[str]:
     """``main.py`` arguments: the oracle CPU demo shrunk to seconds (tests/data/oracle_tiny.yaml)."""
-    return [
-        "--config",
-        str(ROOT / "tests" / "data" / "oracle_tiny.yaml"),
-        f"oracle.mesh={SPOT}",
-        f"outdir={out}",
-    ]
+    return oracle_tiny_args(f"outdir={out}")
 
 
 def test_one_command_runs_both_stages_with_one_model_load(tmp_path, counting_loader, capsys):

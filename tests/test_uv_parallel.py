@@ -209,13 +209,10 @@ def test_uv_workers_config_key():
 @pytest.mark.parametrize("workers,expected", [(0, None), (3, 3)])
 def test_stage1_passes_export_uv_workers_to_the_unwrap(tmp_path, monkeypatch, workers, expected):
     """``export.uv_workers`` reaches the unwrap (0 = auto, i.e. None there)."""
-    from pathlib import Path
-
     import pipeline.stage1
     from pipeline import load_config, run_stage1
+    from testing.oracle_tiny import oracle_tiny_args
 
-    root = Path(__file__).resolve().parents[1]
-    spot = root.parent / "shared" / "data" / "meshes" / "spot.obj"
     seen, prestarted = [], []
     real, real_prestart = pipeline.stage1.start_unwrap, pipeline.stage1.prestart_workers
 
@@ -230,15 +227,7 @@ def test_stage1_passes_export_uv_workers_to_the_unwrap(tmp_path, monkeypatch, wo
 
     monkeypatch.setattr(pipeline.stage1, "start_unwrap", spy)
     monkeypatch.setattr(pipeline.stage1, "prestart_workers", spy_prestart)
-    cfg = load_config(
-        [
-            "--config",
-            str(root / "tests" / "data" / "oracle_tiny.yaml"),
-            f"oracle.mesh={spot}",
-            f"outdir={tmp_path}",
-            f"export.uv_workers={workers}",
-        ]
-    )
+    cfg = load_config(oracle_tiny_args(f"outdir={tmp_path}", f"export.uv_workers={workers}"))
     run_stage1(cfg)
     assert seen == [expected] and prestarted == [expected]
 
