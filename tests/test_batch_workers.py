@@ -458,14 +458,6 @@ DRIVER = (  # batch.main in a child process, its workers on the fake stages of t
 )
 
 
-def _state(pid: int) -> str:
-    """Process ``pid``'s state letter from /proc (``Z``: a zombie, ended), or ``gone``."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "gone"
-
-
 def _driver_run(tmp_path: Path, signal_name: str) -> tuple[Path, dict, list[str]]:
     """A two-item, two-worker batch for :data:`DRIVER` whose fake stage sends the driver ``signal_name``
     at item ``b_rgba``; -> (out folder, environment, batch arguments)."""
@@ -491,7 +483,7 @@ def test_sigterm_to_the_driver_stops_its_workers(tmp_path):
     assert proc.returncode == 130, proc.stderr
     assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr
     pid = int((out / "b_rgba.pid").read_text())
-    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not batch._running(pid)  # gone, or a zombie: ended
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     statuses = {r["name"]: r["status"] for r in _summary(out)["items"]}
     assert statuses["b_rgba"] == "pending"
@@ -510,10 +502,10 @@ def test_workers_end_when_the_driver_is_killed(tmp_path):
         assert proc.wait(timeout=60) == -9
     pid = int((out / "b_rgba.pid").read_text())
     deadline = time.monotonic() + 20
-    while _state(pid) not in ("gone", "Z") and time.monotonic() < deadline:
+    while batch._running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     # A zombie has ended: its fork server may have exited first, leaving it to an init that reaps late.
-    assert _state(pid) in ("gone", "Z"), f"the worker outlived its driver (state {_state(pid)})"
+    assert not batch._running(pid), "the worker outlived its driver"
     # The worker removed its temporaries. The driver, killed outright, may have been writing its
     # summary: that temporary carries its pid, and the next run in the folder removes it.
     left = [p.name for p in out.iterdir() if ".tmp" in p.name]
@@ -670,7 +662,7 @@ def test_workers_of_a_killed_fork_server_are_ended(tmp_path, monkeypatch, fresh_
     assert _main(monkeypatch, load_fake, str(inp), "--out", str(out), "--workers", "2") == 1
     assert time.perf_counter() - t0 < 50
     pid = int((out / "a_rgba.pid").read_text())
-    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not batch._running(pid)  # gone, or a zombie: ended
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     items = {r["name"]: r for r in _summary(out)["items"]}
     assert items["a_rgba"]["status"] == "failed" and "fork server died" in items["a_rgba"]["error"]

@@ -617,9 +617,13 @@ def test_hull_defaults_per_model():
     from pipeline import load_config
 
     cfgs, cat = ROOT / "configs", str(ROOT.parent / "shared" / "data" / "images" / "cat_rgba.png")
-    z = load_config(["--config", str(cfgs / "image.yaml"), f"input={cat}"]).export
-    assert list(z.hull) == ["input", "refined"] and z.hull_ramp == 0.5 and z.hull_t_max == 0.5
-    assert load_config(["--config", str(cfgs / "image.yaml"), f"input={cat}"]).sir.level_views == 3
+    z = load_config(["--config", str(cfgs / "image.yaml"), f"input={cat}"])
+    assert (
+        list(z.export.hull) == ["input", "refined"]
+        and z.export.hull_ramp == 0.5
+        and z.export.hull_t_max == 0.5
+    )
+    assert z.sir.level_views == 3
     for name in ("imagedream.yaml", "text.yaml", "image_paper.yaml"):
         e = load_config(
             ["--config", str(cfgs / name), "prompt=a cat", *([f"input={cat}"] * (name != "text.yaml"))]
